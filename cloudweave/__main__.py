@@ -1,0 +1,5 @@
+import sys
+
+from cloudweave.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""The `cloudweave` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cloudweave.config import ConfigError, load_model
+from cloudweave.config.model import Model
+
+
+def _load(path: str) -> tuple[Model | None, int]:
+    try:
+        model, warnings = load_model(path)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return None, 1
+    for w in warnings:
+        print(w, file=sys.stderr)
+    return model, 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from flows.compile import compile_model
+
+    model, rc = _load(args.file)
+    if model is None:
+        return rc
+    states = compile_model(model)
+    print(f"{args.file}: valid ({len(model.files)} file(s))")
+    print(f"{len(model.sites)} sites, {len(model.links)} links, {len(model.segments)} segments, "
+          f"{len(model.endpoints)} endpoints")
+    print(f"{'site':<12} {'dpid':>8} {'vtep':<16} {'bridge':<10} {'tunnels':>7} {'endpoints':>9} {'flows':>6}")
+    for site in model.sites:
+        st = states[site.name]
+        eps = sum(1 for e in model.endpoints if e.site == site.name)
+        print(f"{site.name:<12} {site.dpid:>#8x} {str(site.vtep):<16} {site.bridge:<10} {len(st.tunnels):>7} "
+              f"{eps:>9} {len(st.flows):>6}")
+    for seg in model.segments:
+        sites = sorted({e.site for e in model.endpoints if e.segment == seg.name})
+        print(f"segment {seg.name}: vni {seg.vni}, {seg.subnet}, mode {seg.mode}, sites {', '.join(sites) or '-'}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from flows.compile import compile_site
+    from flows.ofctl import render_flows
+
+    model, rc = _load(args.file)
+    if model is None:
+        return rc
+    if args.site not in {s.name for s in model.sites}:
+        print(f"cloudweave: unknown site '{args.site}' (sites: {', '.join(s.name for s in model.sites)})",
+              file=sys.stderr)
+        return 2
+    state = compile_site(model, args.site)
+    if args.groups:
+        sys.stdout.write(f"# cloudweave groups for site {args.site}: none (the overlay uses no groups)\n")
+    else:
+        sys.stdout.write(render_flows(state.flows, args.site))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.launch import run
+
+    model, rc = _load(args.file)
+    if model is None:
+        return rc
+    return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level)
+
+
+def cmd_testbed(args: argparse.Namespace) -> int:
+    from testbed import cli as tb
+
+    return tb.main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from testbed.demo import demo
+
+    return demo(args.topology, args.workdir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloudweave", description=(
+        "SDN controller for Open vSwitch: VXLAN overlays between sites, programmed from a YAML file."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("check", help="validate a topology/policy file and summarise it",
+                       description="Exit 0 and print a summary when FILE is valid; otherwise exit 1 and print one "
+                                   "line per problem as FILE:LINE:COL: message.")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("compile", help="print a site's flows in ovs-ofctl syntax",
+                       description="Print the flows of one site, deterministically, with port names; load them "
+                                   "with: ovs-ofctl -O OpenFlow15 --bundle add-flows BRIDGE FILE")
+    s.add_argument("file")
+    s.add_argument("--site", required=True, help="the site whose flows to print")
+    s.add_argument("--groups", action="store_true", help="print groups (ovs-ofctl add-groups syntax) instead")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run the controller (os-ken) for a topology/policy file",
+                       description="Run controller.app. The file is reloaded on change and on SIGHUP; an invalid "
+                                   "edit is rejected and the running flows stay as they are.")
+    s.add_argument("file")
+    s.add_argument("--listen", default="tcp:127.0.0.1:6653",
+                   help="OpenFlow listen address: tcp:HOST:PORT or unix:/path/to.sock (default %(default)s)")
+    s.add_argument("--switch-target", default=None,
+                   help="controller target written into each bridge (default: derived from --listen)")
+    s.add_argument("--metrics", default="127.0.0.1:9108",
+                   help="Prometheus metrics HOST:PORT, or 'off' (default %(default)s)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("testbed", help="build, use and remove the emulated test bed (Mininet)")
+    tsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("up", help="build a topology: one OVS instance per site, endpoints as Mininet hosts")
+    t.add_argument("topology")
+    t.add_argument("--workdir", default="/run/cloudweave", help="sockets, logs and state (default %(default)s)")
+    t.add_argument("--controller", default=None,
+                   help="attach to a running controller at this OpenFlow target (unix:/path or tcp:H:P) "
+                        "instead of starting one")
+    t = tsub.add_parser("exec", help="run a command in an endpoint's namespace; exits with its status")
+    t.add_argument("host")
+    t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    t.add_argument("--workdir", default="/run/cloudweave")
+    t = tsub.add_parser("down", help="remove every namespace, process and socket the test bed made")
+    t.add_argument("--workdir", default="/run/cloudweave")
+    t.add_argument("--force", action="store_true", help="clean up from the state file even after a crash")
+    t = tsub.add_parser("status", help="show what the test bed runs")
+    t.add_argument("--workdir", default="/run/cloudweave")
+    s.set_defaults(func=cmd_testbed)
+
+    s = sub.add_parser("demo", help="test bed up on the three-site topology, ping and iperf3 across sites, down")
+    s.add_argument("--topology", default=None, help="topology file (default: topologies/three-clouds.yaml)")
+    s.add_argument("--workdir", default="/run/cloudweave")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

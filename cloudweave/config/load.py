@@ -1,0 +1,267 @@
+"""Load configuration files (with includes) into a validated Model, or raise ConfigError with every problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import networkx as nx
+
+from cloudweave.config import values as v
+from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
+from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
+from cloudweave.config.yamlpos import LDict, LList, load_located
+
+Schema = dict[str, tuple[Callable[[Any], Any], bool]]  # key -> (converter, required)
+
+SITE: Schema = {
+    "dpid": (v.integer(1, 2**64 - 1), True),
+    "vtep": (v.ipv4, True),
+    "ovsdb": (v.text, True),
+    "bridge": (v.ifname, False),
+    "datapath": (v.choice("system", "netdev"), False),
+    "uplink": (v.ifname, False),
+    "nat_ip": (v.ipv4, False),
+}
+LINK: Schema = {"between": (v.name_list, True), "capacity": (v.rate_mbps, True)}
+SEGMENT: Schema = {
+    "vni": (v.integer(1, 2**24 - 1), True),
+    "subnet": (v.ipv4_net, True),
+    "mode": (v.choice("bridge", "nat", "direct"), False),
+    "default": (v.choice("deny", "allow"), False),
+}
+ENDPOINT: Schema = {
+    "site": (v.name, True),
+    "port": (v.ifname, True),
+    "segment": (v.name, True),
+    "mac": (v.mac, True),
+    "ip": (v.ipv4, True),
+    "groups": (v.name_list, False),
+}
+TRAFFIC: Schema = {"poll_interval": (v.duration_s, False)}
+TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
+            "security_groups", "routes", "traffic")
+NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
+LIST_SECTIONS = ("links", "routes")
+
+
+class _Collector:
+    """Accumulates problems; every check appends and carries on, so one run reports them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, loc: Loc, message: str) -> None:
+        self.problems.append(Problem(loc, message))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        self.problems.append(Problem(loc, message, "warning"))
+
+    def record(self, raw: Any, loc: Loc, schema: Schema, what: str) -> dict[str, Any] | None:
+        """Convert one mapping by its schema; None when it is not a mapping or a field is wrong."""
+        if not isinstance(raw, LDict):
+            self.error(loc, f"{what} must be a mapping, got {type(raw).__name__}")
+            return None
+        out: dict[str, Any] = {}
+        ok = True
+        for key, value in raw.items():
+            if key not in schema:
+                self.error(raw.key_locs[key], f"unknown key '{key}' in {what} (expected one of: {', '.join(schema)})")
+                ok = False
+                continue
+            try:
+                out[key] = schema[key][0](value)
+            except Invalid as exc:
+                self.error(raw.val_locs[key], f"{what}: {key}: {exc}")
+                ok = False
+        for key, (_, required) in schema.items():
+            if required and key not in raw:
+                self.error(raw.loc, f"{what}: missing required key '{key}'")
+                ok = False
+        return out if ok else None
+
+
+def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any]) -> None:
+    """Read one file and, depth first, the files it includes; merge their sections."""
+    real = os.path.realpath(path)
+    if real in seen:
+        return
+    seen.append(real)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        c.error(Loc(path, 1, 1), f"cannot read file: {exc.strerror}")
+        return
+    doc, problems = load_located(path, text)
+    c.problems.extend(problems)
+    if doc is None:
+        return
+    if not isinstance(doc, LDict):
+        c.error(getattr(doc, "loc", Loc(path, 1, 1)), "the file must hold a mapping of sections")
+        return
+    for key in doc:
+        if key not in TOP_KEYS:
+            c.error(doc.key_locs[key], f"unknown section '{key}' (expected one of: {', '.join(TOP_KEYS)})")
+    if "version" in doc and doc["version"] != 1:
+        c.error(doc.val_locs["version"], f"unsupported version {doc['version']!r} (this cloudweave reads version 1)")
+    for section in NAMED_SECTIONS:
+        if section not in doc or doc[section] is None:
+            continue
+        body = doc[section]
+        if not isinstance(body, LDict):
+            c.error(doc.val_locs[section], f"section '{section}' must be a mapping of names")
+            continue
+        target = merged.setdefault(section, {})
+        for item_name, item in body.items():
+            key_loc = body.key_locs[item_name]
+            if item_name in target:
+                c.error(key_loc, f"{section[:-1]} '{item_name}' is defined twice (first at {target[item_name][1]})")
+                continue
+            try:
+                v.name(item_name)
+            except Invalid as exc:
+                c.error(key_loc, str(exc))
+                continue
+            target[item_name] = (item, key_loc)
+    for section in LIST_SECTIONS:
+        if section not in doc or doc[section] is None:
+            continue
+        body = doc[section]
+        if not isinstance(body, LList):
+            c.error(doc.val_locs[section], f"section '{section}' must be a list")
+            continue
+        merged.setdefault(section, []).extend(zip(body, body.item_locs, strict=False))
+    if "traffic" in doc:
+        if "traffic" in merged:
+            c.error(doc.key_locs["traffic"], f"section 'traffic' is given twice (first at {merged['traffic'][1]})")
+        else:
+            merged["traffic"] = (doc["traffic"], doc.val_locs["traffic"])
+    if "include" in doc:
+        includes = doc["include"]
+        locs = includes.item_locs if isinstance(includes, LList) else [doc.val_locs["include"]]
+        includes = includes if isinstance(includes, list) else [includes]
+        for inc, loc in zip(includes, locs, strict=False):
+            if not isinstance(inc, str):
+                c.error(loc, f"include: expected a file name, got {inc!r}")
+                continue
+            inc_path = os.path.join(os.path.dirname(path), inc)
+            if not os.path.exists(inc_path):
+                c.error(loc, f"include: no such file '{inc}'")
+                continue
+            _read_files(inc_path, c, seen, merged)
+
+
+def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: str) -> None:
+    first: dict[Any, Any] = {}
+    for item in items:
+        k = key(item)
+        if k in first:
+            c.error(item.loc, f"{what} {k} is used twice: by '{first[k].name}' ({first[k].loc}) and '{item.name}'")
+        else:
+            first[k] = item
+
+
+def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Model:
+    sites, segments, endpoints, links = [], [], [], []
+    for nm, (raw, loc) in merged.get("sites", {}).items():
+        rec = c.record(raw, loc, SITE, f"site '{nm}'")
+        if rec is not None:
+            sites.append(Site(name=nm, loc=loc, **rec))
+    for nm, (raw, loc) in merged.get("segments", {}).items():
+        rec = c.record(raw, loc, SEGMENT, f"segment '{nm}'")
+        if rec is not None:
+            segments.append(Segment(name=nm, loc=loc, **rec))
+    for nm, (raw, loc) in merged.get("endpoints", {}).items():
+        rec = c.record(raw, loc, ENDPOINT, f"endpoint '{nm}'")
+        if rec is not None:
+            endpoints.append(Endpoint(name=nm, loc=loc, **rec))
+    for raw, loc in merged.get("links", []):
+        rec = c.record(raw, loc, LINK, "link")
+        if rec is None:
+            continue
+        between = rec["between"]
+        if len(between) != 2 or between[0] == between[1]:
+            c.error(raw.val_locs["between"], "link: 'between' must name two different sites")
+            continue
+        links.append(Link(sites=tuple(sorted(between)), capacity_mbps=rec["capacity"], loc=loc))
+    poll = 5.0
+    if "traffic" in merged:
+        rec = c.record(merged["traffic"][0], merged["traffic"][1], TRAFFIC, "traffic")
+        poll = (rec or {}).get("poll_interval", poll)
+
+    site_names = {s.name for s in sites}
+    seg_by_name = {s.name: s for s in segments}
+    _unique(c, sites, lambda s: s.dpid, "dpid")
+    _unique(c, sites, lambda s: s.vtep, "vtep address")
+    _unique(c, segments, lambda s: s.vni, "VNI")
+    _unique(c, endpoints, lambda e: (e.site, e.port), "site and port")
+    _unique(c, endpoints, lambda e: (e.segment, e.mac), "segment and MAC")
+    _unique(c, endpoints, lambda e: (e.segment, e.ip), "segment and IP")
+    for site in sites:
+        if site.datapath == "system" and len(site.bridge) > 15:
+            c.error(site.loc, f"site '{site.name}': bridge name '{site.bridge}' is longer than 15 characters")
+    seen_links: dict[tuple[str, str], Link] = {}
+    for link in links:
+        for s in link.sites:
+            if s not in site_names:
+                c.error(link.loc, f"link: unknown site '{s}'")
+        if link.sites in seen_links:
+            c.error(link.loc, f"link between {link.sites[0]} and {link.sites[1]} is given twice "
+                              f"(first at {seen_links[link.sites].loc})")
+        seen_links[link.sites] = link
+    for ep in endpoints:
+        if ep.site not in site_names:
+            c.error(ep.loc, f"endpoint '{ep.name}': unknown site '{ep.site}'")
+        seg = seg_by_name.get(ep.segment)
+        if seg is None:
+            c.error(ep.loc, f"endpoint '{ep.name}': unknown segment '{ep.segment}'")
+        elif ep.ip not in seg.subnet:
+            c.error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is outside segment '{seg.name}' subnet {seg.subnet}")
+        elif ep.ip in (seg.subnet.network_address, seg.subnet.broadcast_address):
+            c.error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is the network or broadcast address of {seg.subnet}")
+    _check_reachability(c, sites, links, segments, endpoints)
+    _warn_unenforced(c, merged, segments)
+    return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
+                 poll_interval_s=poll, security_groups=merged.get("security_groups"),
+                 routes=merged.get("routes"), files=files)
+
+
+def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], segments: list[Segment],
+                        endpoints: list[Endpoint]) -> None:
+    graph = nx.Graph()
+    graph.add_nodes_from(s.name for s in sites)
+    graph.add_edges_from(link.sites for link in links if all(graph.has_node(s) for s in link.sites))
+    for seg in segments:
+        seg_sites = sorted({e.site for e in endpoints if e.segment == seg.name and graph.has_node(e.site)})
+        for other in seg_sites[1:]:
+            if not nx.has_path(graph, seg_sites[0], other):
+                c.error(seg.loc, f"segment '{seg.name}' spans sites '{seg_sites[0]}' and '{other}' "
+                                 "that no chain of links joins")
+
+
+def _warn_unenforced(c: _Collector, merged: dict[str, Any], segments: list[Segment]) -> None:
+    """Say plainly what the file asks for that this version does not enforce yet."""
+    for section in ("security_groups", "routes"):
+        if merged.get(section):
+            first = merged[section]
+            loc = next(iter(first.values()))[1] if isinstance(first, dict) else first[0][1]
+            c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic within a segment is allowed")
+    for seg in segments:
+        if seg.mode != "bridge":
+            c.warn(seg.loc, f"segment '{seg.name}': mode '{seg.mode}' is not implemented yet; "
+                            "the segment is forwarded as mode 'bridge'")
+
+
+def load_model(path: str) -> tuple[Model, list[Problem]]:
+    """Load a configuration; return the model and its warnings, or raise ConfigError listing every error."""
+    c = _Collector()
+    merged: dict[str, Any] = {}
+    seen: list[str] = []
+    _read_files(path, c, seen, merged)
+    model = _build(merged, c, tuple(seen))
+    errors = [p for p in c.problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(errors)
+    return model, sorted(p for p in c.problems if p.severity == "warning")

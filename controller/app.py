@@ -1,0 +1,249 @@
+"""The os-ken application: `osken-manager controller.app` or `cloudweave run FILE`.
+
+It decides nothing itself: flows come from flows.compile, the diff from controller.reconcile. This module
+connects the events (switch up, port change, config edit, SIGHUP) to those functions and sends the result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+from os_ken import cfg
+from os_ken.app.ofctl import api as ofctl
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_4
+
+from cloudweave.config import ConfigError, load_model
+from cloudweave.config.model import Model
+from controller.changes import describe
+from controller.codec import canonical_actual, flow_add, flow_delete
+from controller.metrics import Metrics
+from controller.ovsdb import SiteOvsdb
+from controller.reconcile import Plan, desired_canonical, plan
+from controller.settings import Settings
+from controller.unix_socket import install as install_unix_socket_support
+from controller.watch import ReloadRequests
+from flows.compile import SwitchState, compile_model
+from flows.cookies import OWNER, OWNER_MASK
+
+install_unix_socket_support()
+
+LOOP_TICK_S = 0.1
+OVSDB_RETRY_S = 3.0
+
+
+class CloudweaveApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_4.OFP_VERSION]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.logger = logging.getLogger("cloudweave")
+        conf = cfg.CONF
+        self.settings = Settings.from_env(conf.ofp_listen_host, conf.ofp_tcp_listen_port)
+        self.metrics = Metrics()
+        try:
+            model, warnings = load_model(self.settings.config)
+        except ConfigError as exc:
+            for p in exc.problems:
+                self.logger.error("%s", p)
+            raise SystemExit(1) from None
+        for w in warnings:
+            self.logger.warning("%s", w)
+        self.model: Model = model
+        self.desired: dict[str, SwitchState] = compile_model(model)
+        self.logger.info("loaded %s: %s", self.settings.config, describe(None, model))
+        self.datapaths: dict[int, Any] = {}
+        self.pending: set[int] = set()
+        self.unknown_dpids: set[int] = set()
+        self.ovsdb: dict[str, SiteOvsdb] = {}
+        self.ovsdb_dirty: dict[str, float] = {s.name: 0.0 for s in model.sites}  # site -> next try (monotonic)
+        self.errors: dict[int, list[Any]] = {}
+        self.bundle_ids = itertools.count(1)
+        self.reloads = ReloadRequests()
+        self.reloads.install_sighup()
+
+    def start(self) -> Any:
+        thread = super().start()
+        self.threads.append(hub.spawn(self._switch_loop))
+        self.threads.append(hub.spawn(self._ovsdb_loop))
+        if self.settings.metrics:
+            self.metrics.serve(*self.settings.metrics)
+            self.logger.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
+        self.reloads.watch(self.model.files)
+        return thread
+
+    def stop(self) -> None:
+        self.reloads.stop()
+        for conn in self.ovsdb.values():
+            conn.close()
+        super().stop()
+
+    # ---- events -------------------------------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev: Any) -> None:
+        dp = ev.datapath
+        if ev.state == MAIN_DISPATCHER:
+            self.datapaths[dp.id] = dp
+            self.pending.add(dp.id)
+            self.logger.info("switch %#x connected", dp.id)
+        elif dp.id is not None and self.datapaths.get(dp.id) is dp:
+            del self.datapaths[dp.id]
+            self.logger.info("switch %#x disconnected", dp.id)
+        self.metrics.switches.set(len(self.datapaths))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev: Any) -> None:
+        self.pending.add(ev.msg.datapath.id)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev: Any) -> None:
+        msg = ev.msg
+        self.errors.setdefault(msg.datapath.id, []).append(msg)
+        self.logger.error("switch %#x: OpenFlow error type=%d code=%d xid=%#x", msg.datapath.id,
+                          msg.type, msg.code, msg.xid)
+
+    # ---- loops --------------------------------------------------------------------------------------------
+
+    def _switch_loop(self) -> None:
+        while self.is_active:
+            try:
+                if self.reloads.due():
+                    self.reload()
+                while self.pending:
+                    dpid = min(self.pending)
+                    self.pending.discard(dpid)
+                    dp = self.datapaths.get(dpid)
+                    if dp is not None:
+                        self.reconcile(dp)
+            except Exception:  # noqa: BLE001 - one bad round must not stop the controller
+                self.logger.exception("controller loop")
+            hub.sleep(LOOP_TICK_S)
+
+    def _ovsdb_loop(self) -> None:
+        while self.is_active:
+            now = time.monotonic()
+            for name, when in sorted(self.ovsdb_dirty.items()):
+                if when <= now:
+                    self._sync_site(name)
+            hub.sleep(LOOP_TICK_S)
+
+    # ---- work ---------------------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the files again; apply the difference, or keep everything as it is if they are invalid."""
+        try:
+            model, warnings = load_model(self.settings.config)
+        except ConfigError as exc:
+            for p in exc.problems:
+                self.logger.error("%s", p)
+            self.logger.error("reload rejected: %d problem(s); the running configuration stays in force",
+                              len(exc.problems))
+            self.metrics.reloads.labels("rejected").inc()
+            return False
+        for w in warnings:
+            self.logger.warning("%s", w)
+        self.logger.info("reload: %s", describe(self.model, model))
+        old_sites = {s.name: s for s in self.model.sites}
+        self.model, self.desired = model, compile_model(model)
+        for site in model.sites:
+            if old_sites.get(site.name) != site:
+                self._drop_ovsdb(site.name)
+        for gone in set(old_sites) - {s.name for s in model.sites}:
+            self._drop_ovsdb(gone)
+            self.ovsdb_dirty.pop(gone, None)
+        self.ovsdb_dirty.update({s.name: 0.0 for s in model.sites})
+        self.pending.update(self.datapaths)
+        if set(model.files) != set(self.reloads._files):
+            self.reloads.watch(model.files)
+        self.metrics.reloads.labels("applied").inc()
+        return True
+
+    def _drop_ovsdb(self, site: str) -> None:
+        conn = self.ovsdb.pop(site, None)
+        if conn is not None:
+            conn.close()
+
+    def _sync_site(self, name: str) -> None:
+        site = next((s for s in self.model.sites if s.name == name), None)
+        if site is None:
+            self.ovsdb_dirty.pop(name, None)
+            return
+        try:
+            if name not in self.ovsdb:
+                self.ovsdb[name] = SiteOvsdb(site)
+            report = self.ovsdb[name].sync(site, self.desired[name].tunnels, self.settings.switch_target)
+        except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
+            self.logger.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, OVSDB_RETRY_S)
+            self._drop_ovsdb(name)
+            self.ovsdb_dirty[name] = time.monotonic() + OVSDB_RETRY_S
+            self.metrics.ovsdb_syncs.labels(name, "failed").inc()
+            return
+        self.ovsdb_dirty.pop(name, None)
+        self.metrics.ovsdb_syncs.labels(name, "ok").inc()
+        level = logging.INFO if report.changed else logging.DEBUG
+        self.logger.log(level, "site %s: OVSDB bridge %s: %s", name, site.bridge, report)
+
+    def reconcile(self, dp: Any) -> Plan | None:
+        """Read the switch's ports and flows, and send only the difference to the desired flows, in one bundle."""
+        started = time.monotonic()
+        site = self.model.site_by_dpid(dp.id)
+        if site is None:
+            if dp.id not in self.unknown_dpids:
+                self.logger.warning("switch %#x is not a site of %s; leaving it alone", dp.id, self.settings.config)
+                self.unknown_dpids.add(dp.id)
+            return None
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        port_replies = ofctl.send_msg(self, parser.OFPPortDescStatsRequest(dp, 0), parser.OFPPortDescStatsReply,
+                                      reply_multi=True)
+        ports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
+                 for r in port_replies for p in r.body}
+        flow_replies = ofctl.send_msg(self, parser.OFPFlowStatsRequest(
+            dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()),
+            parser.OFPFlowStatsReply, reply_multi=True)
+        actual = dict(canonical_actual(s, ofp) for r in flow_replies for s in r.body)
+        desired, missing = desired_canonical(self.desired[site.name].flows, ports)
+        p = plan(desired, actual)
+        p.missing_ports = missing
+        ok = True
+        if p.size:
+            msgs = [flow_delete(dp, k) for k in p.delete]
+            msgs += [flow_add(dp, k, c) for k, c in itertools.chain(p.add.items(), p.replace.items())]
+            ok = self._send_bundle(dp, msgs)
+            self.metrics.flow_mods.labels(site.name).inc(len(msgs))
+        group_replies = ofctl.send_msg(self, parser.OFPGroupDescStatsRequest(dp, 0), parser.OFPGroupDescStatsReply,
+                                       reply_multi=True)
+        elapsed = time.monotonic() - started
+        self.metrics.flows.labels(site.name).set(len(desired) if ok else len(actual))
+        self.metrics.groups.labels(site.name).set(sum(len(r.body) for r in group_replies))
+        self.metrics.reconcile_seconds.labels(site.name).set(elapsed)
+        wait = f"; waiting for ports: {', '.join(sorted(missing))}" if missing else ""
+        self.logger.info("site %s (dpid %#x): %d flows desired, %d were on the switch: %s (%d flow-mods%s) "
+                         "in %.0f ms%s", site.name, dp.id, len(desired), len(actual), p.summary(), p.size,
+                         "" if ok else ", FAILED", elapsed * 1000, wait)
+        return p
+
+    def _send_bundle(self, dp: Any, msgs: list[Any]) -> bool:
+        """Send the messages in one atomic, ordered bundle and wait once for its commit."""
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        bundle_id = next(self.bundle_ids)
+        flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+        errors_before = len(self.errors.get(dp.id, []))
+        try:
+            ofctl.send_msg(self, parser.OFPBundleCtrlMsg(dp, bundle_id, ofp.OFPBCT_OPEN_REQUEST, flags, []),
+                           parser.OFPBundleCtrlMsg)
+            for m in msgs:
+                dp.send_msg(parser.OFPBundleAddMsg(dp, bundle_id, flags, m, []))
+            ofctl.send_msg(self, parser.OFPBundleCtrlMsg(dp, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags, []),
+                           parser.OFPBundleCtrlMsg)
+        except Exception as exc:  # noqa: BLE001 - os-ken raises its own OFError types
+            self.logger.error("switch %#x: bundle %d of %d messages was not committed: %s", dp.id, bundle_id,
+                              len(msgs), exc)
+            return False
+        return len(self.errors.get(dp.id, [])) == errors_before

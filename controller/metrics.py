@@ -1,0 +1,25 @@
+"""Prometheus metrics of the controller, in a registry of its own, served on a loopback address."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.switches = Gauge("cloudweave_switches_connected", "Switches connected over OpenFlow", registry=r)
+        self.flows = Gauge("cloudweave_switch_flows", "cloudweave flows on the switch after the last reconcile",
+                           ["site"], registry=r)
+        self.groups = Gauge("cloudweave_switch_groups", "Groups on the switch after the last reconcile",
+                            ["site"], registry=r)
+        self.flow_mods = Counter("cloudweave_flow_mods", "Flow-mods sent", ["site"], registry=r)
+        self.reloads = Counter("cloudweave_reloads", "Configuration reloads", ["result"], registry=r)
+        self.reconcile_seconds = Gauge("cloudweave_reconcile_seconds", "Duration of the last reconcile",
+                                       ["site"], registry=r)
+        self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
+                                   registry=r)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,124 @@
+"""Make a site's bridge match the config through OVSDB: the bridge, its controller, and our tunnel ports.
+
+Only ports that carry our external_ids mark are ever changed or removed; everything else is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from cloudweave.config.model import Site
+from flows.compile import TunnelPort
+
+LOG = logging.getLogger("cloudweave.ovsdb")
+MARK = "cloudweave-tunnel"  # external_ids key on the Interface rows we own; its value is the peer site
+PROTOCOLS = ["OpenFlow13", "OpenFlow14", "OpenFlow15"]
+# OVS backs off up to 8 s between attempts by default; a restarted controller should get its switches back fast.
+CONTROLLER_MAX_BACKOFF_MS = 1000
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bridge_changed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.removed or self.bridge_changed)
+
+    def __str__(self) -> str:
+        parts = [f"{k} {', '.join(v)}" for k, v in
+                 (("created", self.created), ("updated", self.updated), ("removed", self.removed),
+                  ("bridge", self.bridge_changed)) if v]
+        return "; ".join(parts) or "no change"
+
+
+def tunnel_options(t: TunnelPort) -> dict[str, str]:
+    return {"remote_ip": str(t.remote_ip), "local_ip": str(t.local_ip), "key": "flow"}
+
+
+class SiteOvsdb:
+    """One site's OVSDB connection (python-ovs IDL through ovsdbapp)."""
+
+    def __init__(self, site: Site, timeout: float = 10.0):
+        self.site = site
+        idl = connection.OvsdbIdl.from_server(site.ovsdb, "Open_vSwitch")
+        self.conn = connection.Connection(idl=idl, timeout=timeout)
+        self.api = impl_idl.OvsdbIdl(self.conn)
+
+    def close(self) -> None:
+        self.conn.stop()
+
+    def sync(self, site: Site, tunnels: tuple[TunnelPort, ...], controller_target: str) -> SyncReport:
+        """Bring the bridge to the desired state, in one OVSDB transaction; idempotent."""
+        report = SyncReport()
+        api, br = self.api, site.bridge
+        bridge_cols = {
+            "datapath_type": "netdev" if site.datapath == "netdev" else "system",
+            "fail_mode": "secure",
+            "protocols": PROTOCOLS,
+        }
+        other_config = {"datapath-id": f"{site.dpid:016x}", "disable-in-band": "true"}
+        existing = {row["name"]: row for row in api.db_list("Bridge", columns=[
+            "name", "datapath_type", "fail_mode", "protocols", "other_config", "controller"]).execute(check_error=True)}
+        ifaces = {row["name"]: row for row in api.db_list("Interface", columns=[
+            "name", "type", "options", "external_ids"]).execute(check_error=True)}
+        ports_on_bridge = set(api.list_ports(br).execute(check_error=True)) if br in existing else set()
+        with api.transaction(check_error=True) as txn:
+            if br not in existing:
+                txn.add(api.add_br(br, datapath_type=bridge_cols["datapath_type"]))
+                report.bridge_changed.append(f"created {br}")
+            row = existing.get(br, {})
+            for col, want in bridge_cols.items():
+                have = row.get(col)
+                if (list(have) if isinstance(have, list) else have) != want:
+                    txn.add(api.db_set("Bridge", br, (col, want)))
+                    if br in existing:
+                        report.bridge_changed.append(f"{col}={want}")
+            have_oc = row.get("other_config", {})
+            if any(have_oc.get(k) != v for k, v in other_config.items()):
+                txn.add(api.db_set("Bridge", br, ("other_config", other_config)))
+                if br in existing:
+                    report.bridge_changed.append(f"datapath-id={other_config['datapath-id']}")
+            targets = [c for c in self._controller_targets(br)] if br in existing else []
+            if targets != [controller_target]:
+                txn.add(api.set_controller(br, [controller_target]))
+                report.bridge_changed.append(f"controller={controller_target}")
+            wanted = {t.name: t for t in tunnels}
+            for name, t in wanted.items():
+                opts, ext = tunnel_options(t), {MARK: t.peer}
+                have = ifaces.get(name)
+                if have is None or name not in ports_on_bridge:
+                    txn.add(api.add_port(br, name, may_exist=True))
+                    txn.add(api.db_set("Interface", name, ("type", "vxlan"), ("options", opts),
+                                       ("external_ids", ext)))
+                    report.created.append(name)
+                elif have["type"] != "vxlan" or dict(have["options"]) != opts or \
+                        dict(have["external_ids"]).get(MARK) != t.peer:
+                    if MARK not in have["external_ids"]:
+                        LOG.error("site %s: port %s exists but was not made by cloudweave; leaving it alone",
+                                  site.name, name)
+                        continue
+                    txn.add(api.db_set("Interface", name, ("type", "vxlan"), ("options", opts),
+                                       ("external_ids", ext)))
+                    report.updated.append(name)
+            for name in sorted(ports_on_bridge):
+                row = ifaces.get(name)
+                if row is not None and MARK in row["external_ids"] and name not in wanted:
+                    txn.add(api.del_port(name, bridge=br))
+                    report.removed.append(name)
+        for row in api.db_find("Controller", ("target", "=", controller_target),
+                               columns=["_uuid", "max_backoff"]).execute(check_error=True):
+            if row["max_backoff"] != [CONTROLLER_MAX_BACKOFF_MS]:
+                api.db_set("Controller", row["_uuid"], ("max_backoff", CONTROLLER_MAX_BACKOFF_MS)).execute(
+                    check_error=True)
+        return report
+
+    def _controller_targets(self, bridge: str) -> list[str]:
+        return sorted(self.api.get_controller(bridge).execute(check_error=True))

@@ -1,0 +1,35 @@
+"""Controller settings from the environment, so that `osken-manager controller.app` and `cloudweave run` agree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: str
+    switch_target: str
+    metrics: tuple[str, int] | None
+
+    @staticmethod
+    def from_env(listen_host: str, listen_port: int | None) -> Settings:
+        config = os.environ.get("CLOUDWEAVE_CONFIG")
+        if not config:
+            raise SystemExit("cloudweave: set CLOUDWEAVE_CONFIG to the topology/policy file "
+                             "(or start it with `cloudweave run FILE`)")
+        target = os.environ.get("CLOUDWEAVE_SWITCH_TARGET") or default_switch_target(listen_host, listen_port)
+        metrics_env = os.environ.get("CLOUDWEAVE_METRICS", "127.0.0.1:9108")
+        metrics = None
+        if metrics_env != "off":
+            host, _, port = metrics_env.rpartition(":")
+            metrics = (host or "127.0.0.1", int(port))
+        return Settings(config, target, metrics)
+
+
+def default_switch_target(listen_host: str, listen_port: int | None) -> str:
+    """What OVS is told to connect to: the controller's own listen address."""
+    if listen_host.startswith("/"):
+        return f"unix:{listen_host}"
+    host = listen_host if listen_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"tcp:{host}:{listen_port or 6653}"

@@ -1,0 +1,41 @@
+"""Cookies say who owns a flow and which part of the policy made it.
+
+Layout (64 bits): 16-bit owner tag | 8-bit kind | 40-bit object id (a stable hash of the object's name).
+The controller reads and deletes only flows whose top 16 bits carry the owner tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+OWNER = 0xC10D << 48
+OWNER_MASK = 0xFFFF << 48
+KIND_SHIFT = 40
+ID_MASK = (1 << KIND_SHIFT) - 1
+
+KINDS = {
+    "table_miss": 1,
+    "classify_port": 2,
+    "classify_tunnel": 3,
+    "port_security": 4,
+    "l2_local": 5,
+    "l2_remote": 6,
+    "flood": 7,
+}
+KIND_NAMES = {v: k for k, v in KINDS.items()}
+
+
+def object_id(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=5).digest(), "big")
+
+
+def cookie(kind: str, name: str) -> int:
+    return OWNER | (KINDS[kind] << KIND_SHIFT) | object_id(name)
+
+
+def is_ours(value: int) -> bool:
+    return value & OWNER_MASK == OWNER
+
+
+def kind_of(value: int) -> str:
+    return KIND_NAMES.get((value >> KIND_SHIFT) & 0xFF, "unknown")
