@@ -110,7 +110,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="tcp:127.0.0.1:6653",
                    help="OpenFlow listen address: tcp:HOST:PORT or unix:/path/to.sock (default %(default)s)")
     s.add_argument("--switch-target", default=None,
-                   help="controller target written into each bridge (default: derived from --listen)")
+                   help="controller target written into each bridge (default: derived from --listen); may use "
+                        "{site} and {ovsdb_dir} (the directory of the site's unix OVSDB socket), since OVS only "
+                        "connects to unix sockets inside its run directory")
     s.add_argument("--metrics", default="127.0.0.1:9108",
                    help="Prometheus metrics HOST:PORT, or 'off' (default %(default)s)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

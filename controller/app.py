@@ -26,7 +26,7 @@ from controller.codec import canonical_actual, flow_add, flow_delete
 from controller.metrics import Metrics
 from controller.ovsdb import SiteOvsdb
 from controller.reconcile import Plan, desired_canonical, plan
-from controller.settings import Settings
+from controller.settings import Settings, switch_target_for
 from controller.unix_socket import install as install_unix_socket_support
 from controller.watch import ReloadRequests
 from flows.compile import SwitchState, compile_model
@@ -178,7 +178,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         try:
             if name not in self.ovsdb:
                 self.ovsdb[name] = SiteOvsdb(site)
-            report = self.ovsdb[name].sync(site, self.desired[name].tunnels, self.settings.switch_target)
+            target = switch_target_for(self.settings.switch_target, site)
+            report = self.ovsdb[name].sync(site, self.desired[name].tunnels, target)
         except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
             self.logger.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, OVSDB_RETRY_S)
             self._drop_ovsdb(name)

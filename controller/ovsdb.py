@@ -50,7 +50,10 @@ class SiteOvsdb:
         self.site = site
         idl = connection.OvsdbIdl.from_server(site.ovsdb, "Open_vSwitch")
         self.conn = connection.Connection(idl=idl, timeout=timeout)
-        self.api = impl_idl.OvsdbIdl(self.conn)
+        # ovsdbapp keeps the connection in a class attribute and the first one set wins; a class per site
+        # keeps each site on its own OVSDB.
+        api_class = type(f"OvsdbIdl_{site.name}", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+        self.api = api_class(self.conn)
 
     def close(self) -> None:
         self.conn.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cloudweave.config.model import Site
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -25,6 +27,13 @@ class Settings:
             host, _, port = metrics_env.rpartition(":")
             metrics = (host or "127.0.0.1", int(port))
         return Settings(config, target, metrics)
+
+
+def switch_target_for(template: str, site: Site) -> str:
+    """Fill in a per-site target template. OVS connects to a unix socket only inside its own run directory,
+    so with one OVS per site the target is usually `unix:{ovsdb_dir}/controller.sock`."""
+    ovsdb_dir = os.path.dirname(site.ovsdb.split(":", 1)[1]) if site.ovsdb.startswith("unix:") else ""
+    return template.format(site=site.name, ovsdb_dir=ovsdb_dir)
 
 
 def default_switch_target(listen_host: str, listen_port: int | None) -> str:

@@ -1,0 +1,201 @@
+"""Build a topology file into a live emulation with Mininet nodes and links, one OVS instance per site.
+
+Each site is a Mininet node (its own network namespace) that runs its own ovsdb-server and ovs-vswitchd
+(userspace datapath). Underlay links are veth pairs between site namespaces, shaped to the declared
+capacity with htb (an OVS linux-htb QoS on each end); the site's tunnel endpoint address sits on a `br-phy`
+bridge that holds them.
+Endpoints are Mininet hosts wired to their site's integration bridge by a veth named as the config says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from mininet.link import Link
+from mininet.node import Host
+
+from cloudweave.config.model import Model
+from flows.compile import compile_site
+from flows.cookies import OWNER, OWNER_MASK
+from testbed.ovs import OvsInstance, kill
+from testbed.state import State
+
+LOG = logging.getLogger("cloudweave.testbed")
+UNDERLAY_BRIDGE = "br-phy"
+HOST_MTU = 1450  # leaves room for the 50-byte VXLAN header on a 1500-byte underlay
+MAX_SHAPED_MBPS = 1000
+SITE_CONTROLLER_SOCK = "controller.sock"  # Mininet's htb helper refuses more; faster links run unshaped
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+def underlay_port(peer: str) -> str:
+    name = "ul-" + peer
+    return name if len(name) <= 15 else "ul-" + hashlib.blake2b(peer.encode(), digest_size=6).hexdigest()
+
+
+def underlay_mac(site: str) -> str:
+    digest = hashlib.blake2b(site.encode(), digest_size=5).digest()
+    return "0e:" + ":".join(f"{b:02x}" for b in digest)
+
+
+def underlay_prefixlen(model: Model) -> int:
+    """The longest prefix length that still covers every site's tunnel endpoint address (at least /8)."""
+    addrs = [int(s.vtep) for s in model.sites]
+    plen = 32
+    while plen > 8 and len({a >> (32 - plen) for a in addrs}) > 1:
+        plen -= 1
+    return plen
+
+
+def site_rundir(model: Model, site: str) -> str:
+    ovsdb = model.site(site).ovsdb
+    if not ovsdb.startswith("unix:"):
+        raise TestbedError(f"site {site}: the test bed needs 'ovsdb: unix:/path/db.sock', got '{ovsdb}'")
+    return os.path.dirname(ovsdb[len("unix:"):])
+
+
+class Testbed:
+    def __init__(self, model: Model, state: State):
+        self.model = model
+        self.state = state
+        self.nodes: dict[str, Host] = {}
+        self.ovs: dict[str, OvsInstance] = {}
+        self.controller: subprocess.Popen | None = None
+
+    # ---- build --------------------------------------------------------------------------------------------
+
+    def build(self, controller_target: str | None, metrics: str) -> None:
+        clash = {s.name for s in self.model.sites} & {e.name for e in self.model.endpoints}
+        if clash:
+            raise TestbedError(f"names used by both a site and an endpoint: {', '.join(sorted(clash))}")
+        for site in self.model.sites:
+            self._site(site.name)
+        for link in self.model.links:
+            self._underlay(*link.sites, link.capacity_mbps)
+        for ep in self.model.endpoints:
+            self._endpoint(ep)
+        target = controller_target or self._start_controller(metrics)
+        self.state.controller.setdefault("target", target)
+        self.state.save()
+
+    def _site(self, name: str) -> None:
+        node = Host(name, inNamespace=True)
+        self.nodes[name] = node
+        rundir = site_rundir(self.model, name)
+        self.state.sites[name] = {"pid": node.pid, "rundir": rundir}
+        self.state.save()
+        node.cmd("ip link set lo up; sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
+        ovs = OvsInstance(rundir, run=node.cmd)
+        ovs.start()
+        self.ovs[name] = ovs
+        site = self.model.site(name)
+        ovs.vsctl("add-br", UNDERLAY_BRIDGE, "--", "set", "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev",
+                  "fail_mode=secure", f"other-config:hwaddr={underlay_mac(name)}")
+        # One prefix that covers every tunnel endpoint: the kernel (and OVS's route table, which copies it)
+        # then has a route to each peer through br-phy, with this site's address as the source.
+        plen = underlay_prefixlen(self.model)
+        node.cmd(f"ip addr add {site.vtep}/{plen} dev {UNDERLAY_BRIDGE}; ip link set {UNDERLAY_BRIDGE} up")
+        # The integration bridge is the hypervisor's, as on a real host: we plug endpoints into it; the
+        # controller owns its flows, controller target and tunnel ports.
+        ovs.vsctl("--may-exist", "add-br", site.bridge, "--", "set", "bridge", site.bridge,
+                  f"datapath_type={site.datapath}", "fail_mode=secure")
+
+    def _underlay(self, a: str, b: str, capacity_mbps: float) -> None:
+        Link(self.nodes[a], self.nodes[b], intfName1=underlay_port(b), intfName2=underlay_port(a))
+        for me, peer in ((a, b), (b, a)):
+            node, ovs, port = self.nodes[me], self.ovs[me], underlay_port(peer)
+            peer_vtep = self.model.site(peer).vtep
+            node.cmd(f"ethtool -K {port} tx off >/dev/null 2>&1")
+            # OVS owns the root qdisc of its ports (it deletes one set behind its back), so the link's
+            # capacity is an OVS linux-htb QoS on the port: htb on the veth, kept by OVS itself.
+            rate = int(capacity_mbps * 1e6)
+            ovs.vsctl("add-port", UNDERLAY_BRIDGE, port, "--", "set", "port", port, "qos=@q", "--",
+                      "--id=@q", "create", "qos", "type=linux-htb", f"other-config:max-rate={rate}")
+            # Point-to-point underlay without a learning switch, so that a ring of sites cannot loop:
+            # everything from the wire goes up to the tunnel endpoint; what it sends goes to the peer's wire.
+            flows = (f"priority=100,in_port={port},actions=LOCAL\n"
+                     f"priority=100,in_port=LOCAL,ip,nw_dst={peer_vtep},actions=output:{port}\n"
+                     f"priority=100,in_port=LOCAL,arp,arp_tpa={peer_vtep},actions=output:{port}\n")
+            subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "add-flows", ovs.mgmt(UNDERLAY_BRIDGE), "-"],
+                           input=flows, text=True, check=True, capture_output=True)
+            ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, str(peer_vtep), underlay_mac(peer))
+
+    def _endpoint(self, ep) -> None:
+        seg = self.model.segment(ep.segment)
+        host = Host(ep.name, inNamespace=True)
+        self.nodes[ep.name] = host
+        self.state.hosts[ep.name] = host.pid
+        self.state.save()
+        site_node = self.nodes[ep.site]
+        Link(host, site_node, intfName1="eth0", intfName2=ep.port)
+        host.cmd(f"sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip link set lo up; "
+                 f"ip link set eth0 address {ep.mac} mtu {HOST_MTU}; "
+                 f"ip addr flush dev eth0; ip addr add {ep.ip}/{seg.subnet.prefixlen} dev eth0; "
+                 f"ip link set eth0 up; ethtool -K eth0 tx off >/dev/null 2>&1")
+        site_node.cmd(f"ip link set {ep.port} mtu {HOST_MTU} up; ethtool -K {ep.port} tx off >/dev/null 2>&1")
+        self.ovs[ep.site].vsctl("--may-exist", "add-port", self.model.site(ep.site).bridge, ep.port)
+
+    def _start_controller(self, metrics: str) -> str:
+        sock = os.path.join(self.state.workdir, "controller.sock")
+        log = os.path.join(self.state.workdir, "controller.log")
+        # OVS connects only to unix sockets inside its own run directory: link ours into each site's.
+        for site in self.model.sites:
+            link = os.path.join(site_rundir(self.model, site.name), SITE_CONTROLLER_SOCK)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(sock, link)
+        argv = [sys.executable, "-m", "cloudweave", "run", self.state.topology, "--listen", f"unix:{sock}",
+                "--switch-target", "unix:{ovsdb_dir}/" + SITE_CONTROLLER_SOCK, "--metrics", metrics]
+        with open(log, "wb") as fh:
+            self.controller = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.state.controller = {"pid": self.controller.pid, "target": f"unix:{sock}", "log": log}
+        self.state.save()
+        return f"unix:{sock}"
+
+    def wait_for_flows(self, timeout_s: float = 90.0) -> None:
+        """Return once every site's bridge holds exactly its compiled flows (by count of our cookies)."""
+        want = {s.name: len(compile_site(self.model, s.name).flows) for s in self.model.sites}
+        deadline = time.monotonic() + timeout_s
+        have: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            if self.controller is not None and self.controller.poll() is not None:
+                raise TestbedError(f"the controller exited ({self.controller.returncode}); "
+                                   f"see {self.state.controller['log']}")
+            have = {s: self.flow_count(s) for s in want}
+            if have == want:
+                return
+            time.sleep(0.2)
+        raise TestbedError(f"flows not in place after {timeout_s:.0f} s: want {want}, have {have}")
+
+    def flow_count(self, site: str) -> int:
+        bridge = self.model.site(site).bridge
+        try:
+            out = self.ovs[site].ofctl("dump-flows", bridge, f"cookie={OWNER:#x}/{OWNER_MASK:#x}")
+        except RuntimeError:
+            return -1
+        return sum(1 for line in out.splitlines() if "cookie=" in line)
+
+    # ---- tear down ----------------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        if self.controller is not None and self.controller.poll() is None:
+            self.controller.terminate()
+            try:
+                self.controller.wait(10)
+            except subprocess.TimeoutExpired:
+                self.controller.kill()
+        for ovs in self.ovs.values():
+            ovs.stop()
+        for node in self.nodes.values():
+            try:
+                node.terminate()
+            except Exception:  # noqa: BLE001 - keep tearing down the rest
+                kill(node.pid, 9)

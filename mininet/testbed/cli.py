@@ -1,0 +1,114 @@
+"""`cloudweave testbed up|exec|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from testbed.cleanup import force_cleanup
+from testbed.ovs import alive, kill
+from testbed.state import State
+
+UP_TIMEOUT_S = 180.0
+
+
+def up(topology: str, workdir: str, controller: str | None = None, metrics: str = "127.0.0.1:9108") -> int:
+    existing = State.load(workdir)
+    if existing is not None and alive(existing.keeper_pid):
+        print(f"cloudweave: a test bed is already running in {workdir} (keeper pid {existing.keeper_pid}); "
+              "run `cloudweave testbed down` first", file=sys.stderr)
+        return 1
+    if existing is not None:
+        force_cleanup(existing)
+    os.makedirs(workdir, exist_ok=True)
+    argv = [sys.executable, "-m", "testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
+            "--metrics", metrics]
+    if controller:
+        argv += ["--controller", controller]
+    log = os.path.join(workdir, "testbed.log")
+    with open(log, "ab") as fh:
+        keeper = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = State.load(workdir)
+        if state is not None and state.keeper_pid == keeper.pid and state.status in ("ready", "failed"):
+            if state.status == "failed":
+                print(f"cloudweave: test bed failed: {state.error} (log: {log})", file=sys.stderr)
+                return 1
+            print(f"test bed up: {len(state.sites)} sites, {len(state.hosts)} endpoints, controller "
+                  f"{state.controller.get('target')}; logs in {workdir}")
+            return 0
+        if keeper.poll() is not None:
+            print(f"cloudweave: test bed keeper exited ({keeper.returncode}); see {log}", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print(f"cloudweave: test bed not ready after {UP_TIMEOUT_S:.0f} s; see {log}", file=sys.stderr)
+    return 1
+
+
+def exec_in(workdir: str, name: str, cmd: list[str], **popen: object) -> subprocess.CompletedProcess:
+    state = State.load(workdir)
+    if state is None:
+        raise LookupError(f"no test bed in {workdir}")
+    pid = state.namespace_pid(name)
+    if pid is None:
+        raise LookupError(f"no endpoint or site named '{name}' (endpoints: {', '.join(sorted(state.hosts))})")
+    return subprocess.run(["mnexec", "-a", str(pid), *cmd], **popen)
+
+
+def down(workdir: str, force: bool = False) -> int:
+    state = State.load(workdir)
+    if state is None:
+        print(f"no test bed in {workdir}")
+        return 0
+    if alive(state.keeper_pid) and not force:
+        kill(state.keeper_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while alive(state.keeper_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    leftover = State.load(workdir)
+    if leftover is not None:
+        for line in force_cleanup(leftover):
+            print(line)
+    print("test bed down")
+    return 0
+
+
+def status(workdir: str) -> int:
+    state = State.load(workdir)
+    if state is None:
+        print(f"no test bed in {workdir}")
+        return 1
+    keeper = "running" if alive(state.keeper_pid) else "DEAD (run `cloudweave testbed down --force`)"
+    print(f"test bed in {workdir}: {state.status}, keeper {state.keeper_pid} {keeper}")
+    print(f"topology: {state.topology}")
+    print(f"controller: {state.controller.get('target')} (pid {state.controller.get('pid', 0) or 'attached'})")
+    for name, site in sorted(state.sites.items()):
+        print(f"site {name}: namespace pid {site['pid']}, OVS in {site['rundir']}")
+    for name, pid in sorted(state.hosts.items()):
+        print(f"endpoint {name}: namespace pid {pid}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    workdir = os.path.abspath(args.workdir)
+    if args.action == "up":
+        return up(args.topology, workdir, args.controller)
+    if args.action == "down":
+        return down(workdir, args.force)
+    if args.action == "status":
+        return status(workdir)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("cloudweave: testbed exec HOST -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    try:
+        return exec_in(workdir, args.host, cmd).returncode
+    except LookupError as exc:
+        print(f"cloudweave: {exc}", file=sys.stderr)
+        return 2
