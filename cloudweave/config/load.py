@@ -94,6 +94,9 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
     except OSError as exc:
         c.error(Loc(path, 1, 1), f"cannot read file: {exc.strerror}")
         return
+    except UnicodeDecodeError as exc:
+        c.error(Loc(path, 1, 1), f"not a UTF-8 text file (byte {exc.start})")
+        return
     doc, problems = load_located(path, text)
     c.problems.extend(problems)
     if doc is None:
@@ -153,12 +156,13 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
             _read_files(inc_path, c, seen, merged)
 
 
-def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: str) -> None:
+def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: Callable[[Any], str]) -> None:
+    """Report every item whose key an earlier item already has; `what` words the key for the message."""
     first: dict[Any, Any] = {}
     for item in items:
         k = key(item)
         if k in first:
-            c.error(item.loc, f"{what} {k} is used twice: by '{first[k].name}' ({first[k].loc}) and '{item.name}'")
+            c.error(item.loc, f"{what(item)} is used twice: by '{first[k].name}' ({first[k].loc}) and '{item.name}'")
         else:
             first[k] = item
 
@@ -191,14 +195,17 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
         rec = c.record(merged["traffic"][0], merged["traffic"][1], TRAFFIC, "traffic")
         poll = (rec or {}).get("poll_interval", poll)
 
-    site_names = {s.name for s in sites}
+    # References are checked against every defined name, valid or not: a site with a bad field is reported
+    # once, not again by each endpoint that names it.
+    site_names = set(merged.get("sites", {}))
     seg_by_name = {s.name: s for s in segments}
-    _unique(c, sites, lambda s: s.dpid, "dpid")
-    _unique(c, sites, lambda s: s.vtep, "vtep address")
-    _unique(c, segments, lambda s: s.vni, "VNI")
-    _unique(c, endpoints, lambda e: (e.site, e.port), "site and port")
-    _unique(c, endpoints, lambda e: (e.segment, e.mac), "segment and MAC")
-    _unique(c, endpoints, lambda e: (e.segment, e.ip), "segment and IP")
+    seg_names = set(merged.get("segments", {}))
+    _unique(c, sites, lambda s: s.dpid, lambda s: f"dpid {s.dpid:#x}")
+    _unique(c, sites, lambda s: s.vtep, lambda s: f"vtep address {s.vtep}")
+    _unique(c, segments, lambda s: s.vni, lambda s: f"VNI {s.vni}")
+    _unique(c, endpoints, lambda e: (e.site, e.port), lambda e: f"port {e.port} of site '{e.site}'")
+    _unique(c, endpoints, lambda e: (e.segment, e.mac), lambda e: f"MAC {e.mac} in segment '{e.segment}'")
+    _unique(c, endpoints, lambda e: (e.segment, e.ip), lambda e: f"IP {e.ip} in segment '{e.segment}'")
     for site in sites:
         if site.datapath == "system" and len(site.bridge) > 15:
             c.error(site.loc, f"site '{site.name}': bridge name '{site.bridge}' is longer than 15 characters")
@@ -215,8 +222,10 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
         if ep.site not in site_names:
             c.error(ep.loc, f"endpoint '{ep.name}': unknown site '{ep.site}'")
         seg = seg_by_name.get(ep.segment)
-        if seg is None:
+        if ep.segment not in seg_names:
             c.error(ep.loc, f"endpoint '{ep.name}': unknown segment '{ep.segment}'")
+        elif seg is None:
+            continue
         elif ep.ip not in seg.subnet:
             c.error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is outside segment '{seg.name}' subnet {seg.subnet}")
         elif ep.ip in (seg.subnet.network_address, seg.subnet.broadcast_address):
