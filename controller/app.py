@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ from flows.cookies import OWNER, OWNER_MASK
 install_unix_socket_support()
 
 LOOP_TICK_S = 0.1
+INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
 OVSDB_RETRY_S = 3.0
 
 
@@ -75,7 +77,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         if self.settings.metrics:
             self.metrics.serve(*self.settings.metrics)
             self.logger.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
-        self.reloads.watch(self.model.files)
+        self.reloads.watch(self.model.files, use_inotify=INOTIFY)
         return thread
 
     def stop(self) -> None:
@@ -114,6 +116,8 @@ class CloudweaveApp(app_manager.OSKenApp):
     def _switch_loop(self) -> None:
         while self.is_active:
             try:
+                if not INOTIFY:
+                    self.reloads.poll_mtimes()
                 if self.reloads.due():
                     self.reload()
                 while self.pending:
@@ -160,8 +164,8 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.ovsdb_dirty.pop(gone, None)
         self.ovsdb_dirty.update({s.name: 0.0 for s in model.sites})
         self.pending.update(self.datapaths)
-        if set(model.files) != set(self.reloads._files):
-            self.reloads.watch(model.files)
+        if {os.path.realpath(f) for f in model.files} != self.reloads.files:
+            self.reloads.watch(model.files, use_inotify=INOTIFY)
         self.metrics.reloads.labels("applied").inc()
         return True
 

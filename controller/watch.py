@@ -1,4 +1,9 @@
-"""Notice edits of the configuration files (watchdog) and SIGHUP, and raise one flag for the reload loop."""
+"""Notice edits of the configuration files and SIGHUP, and raise one flag for the reload loop.
+
+Files are watched with watchdog (inotify) on os-ken's native hub, which `cloudweave run` uses. Under
+eventlet (plain `osken-manager`), eventlet's patched queue breaks watchdog's threads, so there the reload
+loop calls `poll_mtimes()` instead: a stat of each file, once a second.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class ReloadRequests(FileSystemEventHandler):
         self._lock = threading.Lock()
         self._files: set[str] = set()
         self._observer: Observer | None = None
+        self._mtimes: dict[str, float | None] = {}
+        self._polled_at = 0.0
 
     def request(self, why: str) -> None:
         LOG.info("reload requested: %s", why)
@@ -43,16 +50,35 @@ class ReloadRequests(FileSystemEventHandler):
         if paths & self._files:
             self.request(f"{event.event_type} {sorted(paths & self._files)[0]}")
 
-    def watch(self, files: tuple[str, ...]) -> None:
+    @property
+    def files(self) -> set[str]:
+        return set(self._files)
+
+    def watch(self, files: tuple[str, ...], use_inotify: bool = True) -> None:
         """Watch these files (and nothing else); called again after a reload whose includes changed."""
         self._files = {os.path.realpath(f) for f in files}
+        self._mtimes = {f: _mtime(f) for f in self._files}
         if self._observer is not None:
             self._observer.stop()
+            self._observer = None
+        if not use_inotify:
+            return
         self._observer = Observer()
         for directory in sorted({os.path.dirname(f) for f in self._files}):
             self._observer.schedule(self, directory, recursive=False)
         self._observer.daemon = True
         self._observer.start()
+
+    def poll_mtimes(self, every_s: float = 1.0) -> None:
+        now = time.monotonic()
+        if now - self._polled_at < every_s:
+            return
+        self._polled_at = now
+        for path, seen in self._mtimes.items():
+            current = _mtime(path)
+            if current != seen:
+                self._mtimes[path] = current
+                self.request(f"modified {path}")
 
     def install_sighup(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -61,3 +87,10 @@ class ReloadRequests(FileSystemEventHandler):
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

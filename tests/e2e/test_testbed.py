@@ -1,0 +1,177 @@
+"""End to end on the Mininet test bed: real namespaces, one OVS per site, VXLAN between them, real packets."""
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from testbed.cli import down, exec_in, up
+from testbed.ovs import alive
+from testbed.state import State
+
+from cloudweave.config import load_model
+from tests.harness import ROOT, free_port, rewrite_topology
+
+pytestmark = pytest.mark.testbed
+
+
+def bring_up(tmp_path_factory, name: str):
+    workdir = tmp_path_factory.mktemp(name)
+    src = os.path.join(ROOT, "topologies", f"{name}.yaml")
+    model = load_model(src)[0]
+    topo = str(workdir / f"{name}.yaml")
+    rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites})
+    rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}")
+    if rc != 0:
+        down(str(workdir), force=True)
+        log = (workdir / "testbed.log").read_text()[-3000:]
+        pytest.fail(f"test bed did not come up:\n{log}")
+    return str(workdir), load_model(topo)[0]
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    workdir, model = bring_up(tmp_path_factory, "three-clouds")
+    try:
+        yield workdir, model
+    finally:
+        down(workdir, force=False)
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    workdir, model = bring_up(tmp_path_factory, "four-ring")
+    try:
+        yield workdir, model
+    finally:
+        down(workdir, force=False)
+
+
+def sh(workdir: str, host: str, cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return exec_in(workdir, host, ["sh", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def ping(workdir: str, src: str, ip: str, extra: str = "") -> bool:
+    return sh(workdir, src, f"ping -c 2 -i 0.2 -W 2 {extra} {ip}").returncode == 0
+
+
+def test_every_pair_in_a_segment_reaches_each_other(three):
+    workdir, model = three
+    failures = [f"{a.name}->{b.name}" for a, b in itertools.permutations(model.endpoints, 2)
+                if a.segment == b.segment and not ping(workdir, a.name, str(b.ip))]
+    assert failures == []
+
+
+def test_segments_are_isolated_even_with_overlapping_addresses(three):
+    workdir, model = three
+    # lab1 (segment lab, 10.10.0.11) and web1 (segment prod, 10.10.0.11) share an address plan.
+    assert not ping(workdir, "lab1", "10.10.0.21")  # app1 exists only in prod
+    assert ping(workdir, "lab1", "10.10.0.12")  # lab2, not web2 (also 10.10.0.12)
+    neigh = sh(workdir, "lab1", "ip neigh show 10.10.0.12").stdout
+    assert "02:00:00:00:04:02" in neigh, neigh
+    # From prod to edge (10.30.0.0/24) with the route on the wire: the frames never leave prod.
+    sh(workdir, "web2", "ip route replace 10.30.0.0/24 dev eth0")
+    try:
+        assert not ping(workdir, "web2", "10.30.0.5")
+    finally:
+        sh(workdir, "web2", "ip route del 10.30.0.0/24 dev eth0")
+
+
+def test_spoofed_sources_are_dropped(three):
+    workdir, _ = three
+    drops_before = port_security_drops(workdir, "onprem")
+    sh(workdir, "web1", "ip addr add 10.10.0.99/24 dev eth0")
+    try:
+        assert not ping(workdir, "web1", "10.10.0.12", "-I 10.10.0.99")
+    finally:
+        sh(workdir, "web1", "ip addr del 10.10.0.99/24 dev eth0")
+    sh(workdir, "web1", "ip link set eth0 address 02:00:00:00:99:99")
+    try:
+        assert not ping(workdir, "web1", "10.10.0.12")
+    finally:
+        sh(workdir, "web1", "ip link set eth0 address 02:00:00:00:01:01")
+    assert port_security_drops(workdir, "onprem") > drops_before
+    assert ping(workdir, "web1", "10.10.0.12")  # the real identity still passes
+
+
+def port_security_drops(workdir: str, site: str) -> int:
+    state = State.load(workdir)
+    mgmt = f"unix:{state.sites[site]['rundir']}/br-int.mgmt"
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", mgmt, "table=1"],
+                         capture_output=True, text=True, check=True).stdout
+    miss = next(line for line in out.splitlines() if re.search(r"priority=0\b", line))
+    return int(re.search(r"n_packets=(\d+)", miss).group(1))
+
+
+def test_tcp_carries_data_across_a_tunnel_at_the_link_capacity(three):
+    workdir, model = three
+    srv = subprocess.Popen(["mnexec", "-a", str(State.load(workdir).hosts["web2"]), "iperf3", "-s", "-1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = None
+        for _ in range(20):
+            run = sh(workdir, "web1", "iperf3 -J -t 2 -c 10.10.0.12", timeout=30)
+            if run.returncode == 0:
+                out = json.loads(run.stdout)
+                break
+            subprocess.run(["sleep", "0.2"])
+        assert out is not None, "iperf3 could not connect"
+        received = out["end"]["sum_received"]
+        assert received["bytes"] > 1_000_000
+        capacity = next(link.capacity_mbps for link in model.links if link.sites == ("cloud1", "onprem"))
+        assert received["bits_per_second"] < capacity * 1e6 * 1.1  # the underlay is shaped to its capacity
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_ring_relays_and_does_not_loop_broadcasts(ring):
+    workdir, model = ring
+    # north and south have no link: relayed by a neighbour.
+    assert ping(workdir, "n1", "10.40.0.3")
+    assert ping(workdir, "w1", "10.40.0.2")
+    before = flood_packets(workdir, model)
+    sh(workdir, "n1", "ping -c 3 -i 0.2 -W 1 10.40.0.99")  # ARP broadcasts for an address no one has
+    after = flood_packets(workdir, model)
+    grown = after - before
+    # 3 ARP requests; each crosses every site's flood table once (4 sites): a loop would be thousands.
+    assert 3 <= grown <= 3 * len(model.sites) + 4, grown
+
+
+def flood_packets(workdir: str, model) -> int:
+    state = State.load(workdir)
+    total = 0
+    for site in model.sites:
+        mgmt = f"unix:{state.sites[site.name]['rundir']}/br-int.mgmt"
+        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", mgmt, "table=7"],
+                             capture_output=True, text=True, check=True).stdout
+        total += sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
+    return total
+
+
+def test_down_removes_everything_also_after_a_crash(tmp_path_factory):
+    workdir, model = bring_up(tmp_path_factory, "two-sites")
+    state = State.load(workdir)
+    pids = list(state.hosts.values()) + [s["pid"] for s in state.sites.values()] + [state.controller["pid"]]
+    assert all(alive(p) for p in pids)
+    os.kill(state.keeper_pid, signal.SIGKILL)  # the keeper crashes
+    run = subprocess.run([sys.executable, "-m", "cloudweave", "testbed", "down", "--force", "--workdir", workdir],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert not any(alive(p) for p in pids)
+    assert State.load(workdir) is None
+    for site in state.sites.values():
+        assert not any(name.endswith((".sock", ".pid", ".ctl")) for name in os.listdir(site["rundir"]))
+
+
+def test_exec_returns_the_command_status(three):
+    workdir, _ = three
+    assert subprocess.run([sys.executable, "-m", "cloudweave", "testbed", "exec", "--workdir", workdir, "web1", "--",
+                           "sh", "-c", "exit 7"], cwd=ROOT).returncode == 7
+    run = subprocess.run([sys.executable, "-m", "cloudweave", "testbed", "exec", "--workdir", workdir, "nobody",
+                          "--", "true"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and "no endpoint or site named 'nobody'" in run.stderr

@@ -1,0 +1,153 @@
+"""Real components for tests: OVS instances in their own network namespaces, and the controller process.
+
+Everything started here is stopped by the fixture that started it, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+from testbed.ovs import OvsInstance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NetnsOvs(OvsInstance):
+    """An OVS instance inside a network namespace of its own (userspace bridges make kernel tap devices,
+    so two instances with a bridge of the same name cannot share a namespace)."""
+
+    def __init__(self, rundir: str, netns: str):
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        self.netns = netns
+        super().__init__(rundir, run=lambda cmd: subprocess.run(
+            ["ip", "netns", "exec", netns, "sh", "-c", cmd], capture_output=True, text=True).stdout)
+
+    def stop(self) -> None:
+        super().stop()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+
+    def flows(self, bridge: str = "br-int") -> list[str]:
+        """Our flows, without statistics, sorted: what the controller programmed."""
+        out = self.ofctl("dump-flows", bridge, "--no-stats", "--names", "cookie=0xc10d000000000000/0xffff000000000000")
+        return sorted(line.strip() for line in out.splitlines() if "cookie=" in line or "priority" in line)
+
+    def flow_durations(self, bridge: str = "br-int") -> dict[str, float]:
+        out = self.ofctl("dump-flows", bridge, "cookie=0xc10d000000000000/0xffff000000000000")
+        durations = {}
+        for line in out.splitlines():
+            m = re.search(r"duration=([0-9.]+)s", line)
+            if m:
+                key = re.sub(r"(duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?", "", line).strip()
+                durations[key] = float(m.group(1))
+        return durations
+
+
+class Controller:
+    """`cloudweave run` as a child process, its log kept in a file."""
+
+    def __init__(self, config: str, workdir: str, rundirs: list[str], argv: list[str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.config = config
+        self.sock = os.path.join(workdir, "ctl.sock")
+        self.log_path = os.path.join(workdir, f"controller-{time.monotonic_ns()}.log")
+        self.metrics_port = free_port()
+        for rundir in rundirs:  # OVS connects only to unix sockets inside its run directory
+            link = os.path.join(rundir, "controller.sock")
+            if not os.path.lexists(link):
+                os.symlink(self.sock, link)
+        self.argv = argv or [sys.executable, "-m", "cloudweave", "run", config, "--listen", f"unix:{self.sock}",
+                             "--switch-target", "unix:{ovsdb_dir}/controller.sock",
+                             "--metrics", f"127.0.0.1:{self.metrics_port}"]
+        self.env = dict(os.environ, **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Controller:
+        self._fh = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+    def log(self) -> str:
+        with open(self.log_path) as fh:
+            return fh.read()
+
+    def reconcile_lines(self, site: str) -> list[str]:
+        return [line for line in self.log().splitlines() if f"site {site} (dpid" in line]
+
+    def wait_reconciles(self, site: str, count: int, timeout_s: float = 30.0) -> str:
+        lines = wait_for(lambda: len(self.reconcile_lines(site)) >= count and self.reconcile_lines(site),
+                         timeout_s, what=f"{count} reconcile(s) of {site}\n{self.log()[-3000:]}")
+        return lines[count - 1]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample from the controller's /metrics, by name and labels; None if absent."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return None
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def rewrite_topology(src: str, dst: str, ovsdb_dirs: dict[str, str], edit=None) -> dict:
+    """Copy a topology with each site's OVSDB socket moved into a test's own directory."""
+    with open(src) as fh:
+        doc = yaml.safe_load(fh)
+    for inc in doc.pop("include", []):  # flatten, so that one file carries the moved sockets
+        with open(os.path.join(os.path.dirname(src), inc)) as fh:
+            for section, body in yaml.safe_load(fh).items():
+                if isinstance(body, dict):
+                    doc.setdefault(section, {}).update(body)
+                else:
+                    doc.setdefault(section, []).extend(body)
+    for name, site in doc["sites"].items():
+        site["ovsdb"] = f"unix:{os.path.join(ovsdb_dirs[name], 'db.sock')}"
+    if edit:
+        edit(doc)
+    with open(dst, "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    return doc
