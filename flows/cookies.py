@@ -7,6 +7,7 @@ The controller reads and deletes only flows whose top 16 bits carry the owner ta
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 OWNER = 0xC10D << 48
 OWNER_MASK = 0xFFFF << 48
@@ -25,6 +26,7 @@ KINDS = {
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
 
+@lru_cache(maxsize=1 << 20)
 def object_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=5).digest(), "big")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import lru_cache
 
 from cloudweave.config.model import Endpoint, Model, Segment
 from flows import cookies
@@ -38,6 +39,7 @@ def local_endpoint_flows(ep: Endpoint, seg: Segment) -> list[Flow]:
     ]
 
 
+@lru_cache(maxsize=1 << 16)
 def to_tunnel(vni: int, peer: str) -> tuple[SetField, Output]:
     return SetField("tunnel_id", vni), Output(tunnel_port_name(peer))
 
@@ -50,15 +52,15 @@ class OverlayCompiler:
         self.graph = SiteGraph(model)
         self.segments = {s.name: s for s in model.segments}
         self.members: dict[str, list[Endpoint]] = defaultdict(list)
-        for ep in model.endpoints:
+        for ep in sorted(model.endpoints, key=lambda e: e.name):
             self.members[ep.segment].append(ep)
         self.scope = {name: self._scope(name) for name in self.segments}
 
-    def _scope(self, segment: str) -> tuple[set[str], object]:
+    def _scope(self, segment: str) -> tuple[set[str], dict[str, list[str]]]:
         """The sites a segment's flows go to (its own, its flood tree's, and unicast transit) and its tree."""
         homes = {ep.site for ep in self.members[segment]}
         tree = self.graph.flood_tree(homes)
-        sites = set(homes) | set(tree.nodes)
+        sites = set(homes) | set(tree)
         for a in homes:
             for b in homes:
                 if a < b:
@@ -74,13 +76,13 @@ class OverlayCompiler:
             out += self._segment_flows(site, seg, tree)
         return out
 
-    def _segment_flows(self, site: str, seg: Segment, tree) -> list[Flow]:
+    def _segment_flows(self, site: str, seg: Segment, tree: dict[str, list[str]]) -> list[Flow]:
         ck = cookies.cookie
         out: list[Flow] = []
-        local = sorted((ep for ep in self.members[seg.name] if ep.site == site), key=lambda e: e.name)
+        local = [ep for ep in self.members[seg.name] if ep.site == site]
         for ep in local:
             out += local_endpoint_flows(ep, seg)
-        for ep in sorted(self.members[seg.name], key=lambda e: e.name):
+        for ep in self.members[seg.name]:
             if ep.site == site:
                 continue
             hop = self.graph.next_hop(site, ep.site)
@@ -94,10 +96,10 @@ class OverlayCompiler:
         out += self._flood_flows(site, seg, local, tree)
         return out
 
-    def _flood_flows(self, site: str, seg: Segment, local: list[Endpoint], tree) -> list[Flow]:
+    def _flood_flows(self, site: str, seg: Segment, local: list[Endpoint], tree: dict[str, list[str]]) -> list[Flow]:
         ck = cookies.cookie("flood", seg.name)
         to_locals = tuple(Output(ep.port) for ep in local)
-        tree_peers = sorted(tree.neighbors(site)) if site in tree else []
+        tree_peers = tree.get(site, [])
 
         def to_peers(peers: list[str]) -> tuple:
             if not peers:

@@ -33,12 +33,20 @@ class SiteGraph:
             g.add_edge(*link.sites, capacity=link.capacity_mbps)
         return g
 
+    @cached_property
+    def _neighbours(self) -> dict[str, list[str]]:
+        return {n: sorted(self.graph.neighbors(n)) for n in self.graph.nodes}
+
     def neighbours(self, site: str) -> list[str]:
-        return sorted(self.graph.neighbors(site))
+        return self._neighbours[site]
 
     @cached_property
     def _distances(self) -> dict[str, dict[str, int]]:
         return dict(nx.all_pairs_shortest_path_length(self.graph))
+
+    @cached_property
+    def _next_hops(self) -> dict[str, dict[str, str]]:
+        return {}
 
     def next_hop(self, src: str, dst: str) -> str | None:
         """The neighbour of src on a shortest path to dst (ties: the smallest name), or None if unreachable.
@@ -46,10 +54,18 @@ class SiteGraph:
         Every hop strictly lowers the distance to dst, so hop-by-hop relaying cannot loop
         whatever tie each site picks.
         """
-        dist = self._distances.get(dst, {})
-        if src == dst or src not in dist:
-            return None
-        return min(n for n in self.neighbours(src) if dist.get(n, -1) == dist[src] - 1)
+        table = self._next_hops.get(src)
+        if table is None:
+            table = self._next_hops[src] = self._next_hop_table(src)
+        return table.get(dst)
+
+    def _next_hop_table(self, src: str) -> dict[str, str]:
+        dist = self._distances
+        table = {}
+        for dst, d in dist[src].items():
+            if dst != src:
+                table[dst] = min(n for n in self.neighbours(src) if dist[n].get(dst, -1) == d - 1)
+        return table
 
     def path(self, src: str, dst: str) -> list[str]:
         hops = [src]
@@ -69,13 +85,37 @@ class SiteGraph:
             g.add_edge(*edge, weight=1)
         return nx.minimum_spanning_tree(g, algorithm="kruskal")
 
-    def flood_tree(self, sites: set[str]) -> nx.Graph:
-        """The smallest subtree of the spanning tree that joins the given sites."""
-        tree = self.spanning_tree.copy()
-        leaves = [n for n in tree.nodes if tree.degree(n) <= 1 and n not in sites]
-        while leaves:
-            tree.remove_nodes_from(leaves)
-            leaves = [n for n in tree.nodes if tree.degree(n) <= 1 and n not in sites]
-        if not sites:
-            tree.clear()
-        return tree
+    @cached_property
+    def _tree_parents(self) -> tuple[dict[str, str | None], dict[str, int]]:
+        """Parent and depth of every site in the spanning forest, rooted at each component's smallest name."""
+        parent: dict[str, str | None] = {}
+        depth: dict[str, int] = {}
+        tree = self.spanning_tree
+        for root in sorted(tree.nodes):
+            if root in parent:
+                continue
+            parent[root], depth[root] = None, 0
+            for u, v in nx.bfs_edges(tree, root, sort_neighbors=sorted):
+                parent[v], depth[v] = u, depth[u] + 1
+        return parent, depth
+
+    def flood_tree(self, sites: set[str]) -> dict[str, list[str]]:
+        """The smallest subtree of the spanning tree that joins the given sites, as site -> tree neighbours."""
+        parent, depth = self._tree_parents
+        edges: set[tuple[str, str]] = set()
+        ordered = sorted(sites)
+        for other in ordered[1:]:
+            a, b = ordered[0], other
+            while a != b:  # climb from the deeper end until the two paths meet
+                if depth[a] < depth[b]:
+                    a, b = b, a
+                up = parent[a]
+                if up is None:
+                    break  # different components: the loader reports that
+                edges.add((a, up) if a < up else (up, a))
+                a = up
+        adjacency: dict[str, list[str]] = {s: [] for s in sites}
+        for a, b in sorted(edges):
+            adjacency.setdefault(a, []).append(b)
+            adjacency.setdefault(b, []).append(a)
+        return {s: sorted(n) for s, n in adjacency.items()}
