@@ -6,7 +6,6 @@ Everything started here is stopped by the fixture that started it, also when a t
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import time
 
 import yaml
-from testbed.ovs import OvsInstance
+from testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,36 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class NetnsOvs(OvsInstance):
-    """An OVS instance inside a network namespace of its own (userspace bridges make kernel tap devices,
-    so two instances with a bridge of the same name cannot share a namespace)."""
-
-    def __init__(self, rundir: str, netns: str):
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        self.netns = netns
-        super().__init__(rundir, run=lambda cmd: subprocess.run(
-            ["ip", "netns", "exec", netns, "sh", "-c", cmd], capture_output=True, text=True).stdout)
-
-    def stop(self) -> None:
-        super().stop()
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-
-    def flows(self, bridge: str = "br-int") -> list[str]:
-        """Our flows, without statistics, sorted: what the controller programmed."""
-        out = self.ofctl("dump-flows", bridge, "--no-stats", "--names", "cookie=0xc10d000000000000/0xffff000000000000")
-        return sorted(line.strip() for line in out.splitlines() if "cookie=" in line or "priority" in line)
-
-    def flow_durations(self, bridge: str = "br-int") -> dict[str, float]:
-        out = self.ofctl("dump-flows", bridge, "cookie=0xc10d000000000000/0xffff000000000000")
-        durations = {}
-        for line in out.splitlines():
-            m = re.search(r"duration=([0-9.]+)s", line)
-            if m:
-                key = re.sub(r"(duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?", "", line).strip()
-                durations[key] = float(m.group(1))
-        return durations
 
 
 class Controller:

@@ -8,6 +8,9 @@ import yaml
 
 from cloudweave.config.errors import Loc, Problem
 
+# libyaml's parser when PyYAML has it: the same nodes and marks, several times faster on large files.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class LDict(dict):
     """A mapping that remembers where each key and value stood."""
@@ -57,7 +60,7 @@ def _convert(loader: yaml.SafeLoader, file: str, node: yaml.Node, problems: list
 def load_located(path: str, text: str) -> tuple[Any, list[Problem]]:
     """Parse YAML text into LDict/LList/scalars; syntax errors become problems, never exceptions."""
     problems: list[Problem] = []
-    loader = yaml.SafeLoader(text)
+    loader = LOADER(text)
     try:
         node = loader.get_single_node()
         if node is None:

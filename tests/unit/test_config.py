@@ -130,8 +130,9 @@ def test_missing_key_and_unjoined_sites(tmp_path):
 
 
 def test_yaml_syntax_error(tmp_path):
-    assert problems(tmp_path, "sites:\n  a: {dpid: 1\n") == [
-        "t.yaml:3:1: YAML syntax: expected ',' or '}', but got '<stream end>'"]
+    (only,) = problems(tmp_path, "sites:\n  a: {dpid: 1\n")
+    # libyaml and pure-Python PyYAML word it differently; both point at the end and name the missing '}'.
+    assert only.startswith("t.yaml:3:1: YAML syntax: ") and "',' or '}'" in only
 
 
 def test_include_reports_the_included_file(tmp_path):

@@ -1,0 +1,113 @@
+"""iperf3 throughput between endpoints on two sites through cloudweave's flows, beside the same pair with each
+site's bridge holding only `actions=NORMAL` (tunnel VNI 0), alternated in the same run.
+
+Test bed: two sites (one OVS instance each, userspace datapath), a 10 Gbit/s underlay link (so shaping does
+not cap), one segment. Both modes use the same tunnel ports; the controller is stopped after it programmed
+the bridges, and each mode's flows are swapped in atomically with `ovs-ofctl --bundle replace-flows`
+(the controller's flows are exactly `cloudweave compile`'s, which tests/ovs checks).
+
+Run: .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from testbed.cli import down, exec_in, up  # noqa: E402
+from testbed.ovs import kill  # noqa: E402
+from testbed.state import State  # noqa: E402
+
+
+def topology(workdir: str) -> str:
+    doc = {
+        "version": 1,
+        "sites": {s: {"dpid": i + 0x31, "vtep": f"172.31.31.{i + 1}", "ovsdb": f"unix:{workdir}/{s}/db.sock",
+                      "datapath": "netdev"} for i, s in enumerate(("left", "right"))},
+        "links": [{"between": ["left", "right"], "capacity": "10Gbit"}],
+        "segments": {"blue": {"vni": 4001, "subnet": "10.50.0.0/24"}},
+        "endpoints": {"a": {"site": "left", "port": "a", "segment": "blue", "mac": "02:00:00:50:00:01",
+                            "ip": "10.50.0.1"},
+                      "b": {"site": "right", "port": "b", "segment": "blue", "mac": "02:00:00:50:00:02",
+                            "ip": "10.50.0.2"}},
+    }
+    path = os.path.join(workdir, "throughput.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(doc, fh)
+    return path
+
+
+def iperf(workdir: str, seconds: int) -> float:
+    pid = State.load(workdir).hosts["b"]
+    srv = subprocess.Popen(["mnexec", "-a", str(pid), "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(25):
+            run = exec_in(workdir, "a", ["iperf3", "-J", "-t", str(seconds), "-c", "10.50.0.2"],
+                          capture_output=True, text=True)
+            if run.returncode == 0:
+                return json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            time.sleep(0.2)
+        raise RuntimeError("iperf3 did not connect")
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=3)
+    args = p.parse_args()
+    workdir = tempfile.mkdtemp(prefix="cw-tput-")
+    config = topology(workdir)
+    if up(config, workdir, metrics="off") != 0:
+        sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
+    try:
+        state = State.load(workdir)
+        kill(state.controller["pid"], 15)  # flows stay (fail_mode secure); it must not fight the swaps below
+        time.sleep(1)
+        files = {}
+        for site in ("left", "right"):
+            compiled = os.path.join(workdir, f"{site}.flows")
+            with open(compiled, "w") as fh:
+                subprocess.run([sys.executable, "-m", "cloudweave", "compile", config, "--site", site], stdout=fh,
+                               check=True, cwd=ROOT)
+            normal = os.path.join(workdir, f"{site}.normal")
+            with open(normal, "w") as fh:
+                fh.write("table=0, priority=0, actions=NORMAL\n")
+            files[site] = {"cloudweave": compiled, "normal": normal}
+        results: dict[str, list[float]] = {"cloudweave": [], "normal": []}
+        for _ in range(args.rounds):
+            for mode in ("cloudweave", "normal"):
+                for site in ("left", "right"):
+                    mgmt = f"unix:{state.sites[site]['rundir']}/br-int.mgmt"
+                    subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "--bundle", "replace-flows", mgmt,
+                                    files[site][mode]], check=True)
+                results[mode].append(iperf(workdir, args.seconds))
+        cw, nm = statistics.median(results["cloudweave"]), statistics.median(results["normal"])
+        print("iperf3 TCP, one stream, endpoint on site left -> endpoint on site right, VXLAN between two OVS")
+        for mode, rows in results.items():
+            print(f"  {mode:<10} median {statistics.median(rows):.2f} Gbit/s  rounds "
+                  f"{', '.join(f'{r:.2f}' for r in rows)}")
+        print(f"  ratio cloudweave / NORMAL: {cw / nm:.2f}")
+        print(f"reproduce: .venv/bin/python bench/throughput.py --rounds {args.rounds} --seconds {args.seconds}")
+    finally:
+        down(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
