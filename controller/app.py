@@ -39,6 +39,7 @@ install_unix_socket_support()
 LOOP_TICK_S = 0.1
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
 OVSDB_RETRY_S = 3.0
+OVSDB_RESYNC_S = float(os.environ.get("CLOUDWEAVE_OVSDB_RESYNC_S", "10"))
 SEND_CHUNK_BYTES = 1 << 20
 
 
@@ -66,7 +67,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.pending: set[int] = set()
         self.unknown_dpids: set[int] = set()
         self.ovsdb: dict[str, SiteOvsdb] = {}
-        self.ovsdb_dirty: dict[str, float] = {s.name: 0.0 for s in model.sites}  # site -> next try (monotonic)
+        self.ovsdb_due: dict[str, float] = {s.name: 0.0 for s in model.sites}  # site -> next sync (monotonic)
         self.errors: dict[int, list[Any]] = {}
         self.bundle_ids = itertools.count(1)
         self.reloads = ReloadRequests()
@@ -135,7 +136,7 @@ class CloudweaveApp(app_manager.OSKenApp):
     def _ovsdb_loop(self) -> None:
         while self.is_active:
             now = time.monotonic()
-            for name, when in sorted(self.ovsdb_dirty.items()):
+            for name, when in sorted(self.ovsdb_due.items()):
                 if when <= now:
                     self._sync_site(name)
             hub.sleep(LOOP_TICK_S)
@@ -163,8 +164,8 @@ class CloudweaveApp(app_manager.OSKenApp):
                 self._drop_ovsdb(site.name)
         for gone in set(old_sites) - {s.name for s in model.sites}:
             self._drop_ovsdb(gone)
-            self.ovsdb_dirty.pop(gone, None)
-        self.ovsdb_dirty.update({s.name: 0.0 for s in model.sites})
+            self.ovsdb_due.pop(gone, None)
+        self.ovsdb_due.update({s.name: 0.0 for s in model.sites})
         self.pending.update(self.datapaths)
         if {os.path.realpath(f) for f in model.files} != self.reloads.files:
             self.reloads.watch(model.files, use_inotify=INOTIFY)
@@ -179,7 +180,7 @@ class CloudweaveApp(app_manager.OSKenApp):
     def _sync_site(self, name: str) -> None:
         site = next((s for s in self.model.sites if s.name == name), None)
         if site is None:
-            self.ovsdb_dirty.pop(name, None)
+            self.ovsdb_due.pop(name, None)
             return
         try:
             if name not in self.ovsdb:
@@ -189,10 +190,11 @@ class CloudweaveApp(app_manager.OSKenApp):
         except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
             self.logger.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, OVSDB_RETRY_S)
             self._drop_ovsdb(name)
-            self.ovsdb_dirty[name] = time.monotonic() + OVSDB_RETRY_S
+            self.ovsdb_due[name] = time.monotonic() + OVSDB_RETRY_S
             self.metrics.ovsdb_syncs.labels(name, "failed").inc()
             return
-        self.ovsdb_dirty.pop(name, None)
+        # Synced again every OVSDB_RESYNC_S: a tunnel port deleted or changed by hand comes back.
+        self.ovsdb_due[name] = time.monotonic() + OVSDB_RESYNC_S
         self.metrics.ovsdb_syncs.labels(name, "ok").inc()
         level = logging.INFO if report.changed else logging.DEBUG
         self.logger.log(level, "site %s: OVSDB bridge %s: %s", name, site.bridge, report)

@@ -241,6 +241,25 @@ def test_removed_link_removes_only_our_tunnel_port(fabric):
         ctl.stop()
 
 
+def test_tunnel_port_removed_by_hand_comes_back(fabric):
+    instances, config, tmp_path = fabric
+    cloud1 = instances["cloud1"]
+    ctl = start(config, tmp_path, instances)
+    try:
+        ctl.wait_reconciles("cloud1", 1)
+        wait_for(lambda: "vx-onprem" in cloud1.vsctl("list-ports", "br-int"), what="tunnel port")
+        cloud1.vsctl("del-port", "br-int", "vx-onprem")
+        wait_for(lambda: "vx-onprem" in cloud1.vsctl("list-ports", "br-int"), timeout_s=25,
+                 what="the tunnel port to be recreated")
+        # Its flows come back with it (port status -> reconcile).
+        wait_for(lambda: len(cloud1.flows()) == expected_count(config, "cloud1"), what="flows naming it")
+        syncs = [ln for ln in ctl.log().splitlines() if "site cloud1: OVSDB bridge br-int: created" in ln
+                 and "vx-onprem" in ln.split("created", 1)[1].split(";")[0]]
+        assert len(syncs) == 2, syncs  # made at start, and made again
+    finally:
+        ctl.stop()
+
+
 def test_osken_manager_runs_the_app(fabric):
     """`osken-manager controller.app` (the ryu-manager drop-in, eventlet hub) runs the same application,
     reloads included."""
