@@ -63,6 +63,58 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ipaddress import ip_address
+
+    from cloudweave.config.security import PROTOCOLS
+    from flows.policy import Policy
+
+    model, rc = _load(args.file)
+    if model is None:
+        return rc
+
+    def resolve(text: str):
+        by_name = {e.name: e for e in model.endpoints}
+        if text in by_name:
+            return by_name[text]
+        try:
+            addr = ip_address(text)
+        except ValueError:
+            raise LookupError(f"'{text}' is neither an endpoint nor an IP address") from None
+        owners = [e for e in model.endpoints if e.ip == addr]
+        if len(owners) > 1:
+            names = " and ".join(f"{e.name} ({e.segment})" for e in owners)
+            raise LookupError(f"{text} is the address of {names}; name the endpoint")
+        return owners[0] if owners else addr
+
+    try:
+        src, dst = resolve(args.src), resolve(args.dst)
+    except LookupError as exc:
+        print(f"cloudweave: {exc}", file=sys.stderr)
+        return 2
+    proto_name = args.proto or ("tcp" if args.port else "icmp")
+    proto = PROTOCOLS.get(proto_name) if not proto_name.isdigit() else int(proto_name)
+    if proto is None:
+        print(f"cloudweave: unknown protocol '{proto_name}'", file=sys.stderr)
+        return 2
+    decision = Policy(model).decide(src, dst, proto, args.port)
+    print("allow" if decision.allowed else "deny")
+    what = f"{proto_name}{'/' + str(args.port) if args.port else ''}"
+    print(f"  {args.src} -> {args.dst} {what}")
+    if decision.reason:
+        print(f"  {decision.reason}")
+    for v in decision.verdicts:
+        groups = ",".join(v.endpoint.groups) or "no groups"
+        head = f"  {v.direction:<7} of {v.endpoint.name} [{groups}]: {'allow' if v.allowed else 'deny'}"
+        if not v.rules:
+            print(f"{head} by default of segment '{v.segment.name}' (default {v.segment.default}, {v.segment.loc})")
+        for r in v.rules:
+            print(f"{head} by {r.describe()} ({r.loc})")
+    if model.security_groups:
+        print("  note: this version does not enforce security groups in its flows yet", file=sys.stderr)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import run
 
@@ -102,6 +154,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--site", required=True, help="the site whose flows to print")
     s.add_argument("--groups", action="store_true", help="print groups (ovs-ofctl add-groups syntax) instead")
     s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("explain", help="may SRC send to DST? allow or deny, and the rules that decided",
+                       description="Print 'allow' or 'deny' as the first word, then the rules that decided (file:"
+                                   "line). SRC and DST are endpoint names or addresses. Without --proto: tcp when "
+                                   "--port is given, else icmp.")
+    s.add_argument("file")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--proto", default=None, help="tcp, udp, icmp, sctp or a number")
+    s.add_argument("--port", type=int, default=None, help="destination port")
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("run", help="run the controller (os-ken) for a topology/policy file",
                        description="Run controller.app. The file is reloaded on change and on SIGHUP; an invalid "

@@ -11,6 +11,7 @@ import networkx as nx
 from cloudweave.config import values as v
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
+from cloudweave.config.security import check_groups, read_groups
 from cloudweave.config.yamlpos import LDict, LList, load_located
 
 Schema = dict[str, tuple[Callable[[Any], Any], bool]]  # key -> (converter, required)
@@ -230,11 +231,12 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
             c.error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is outside segment '{seg.name}' subnet {seg.subnet}")
         elif ep.ip in (seg.subnet.network_address, seg.subnet.broadcast_address):
             c.error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is the network or broadcast address of {seg.subnet}")
+    groups = read_groups(merged.get("security_groups", {}), c.error)
+    check_groups(groups, endpoints, c.error, c.warn)
     _check_reachability(c, sites, links, segments, endpoints)
     _warn_unenforced(c, merged, segments)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
-                 poll_interval_s=poll, security_groups=merged.get("security_groups"),
-                 routes=merged.get("routes"), files=files)
+                 poll_interval_s=poll, security_groups=tuple(groups), routes=merged.get("routes"), files=files)
 
 
 def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], segments: list[Segment],

@@ -62,14 +62,58 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One security-group rule. The peer is 'any', a group name, or a CIDR (then `peer_net` is set)."""
+
+    group: str
+    direction: str  # ingress | egress
+    index: int  # position in its group's list for that direction
+    peer: str
+    peer_net: IPv4Network | None
+    proto: int | None  # None: every protocol
+    ports: tuple[PortRange, ...]  # empty: every port
+    action: str = "allow"
+    priority: int = 0  # higher wins; at equal priority deny wins
+    loc: Loc = _loc()
+
+    @property
+    def peer_kind(self) -> str:
+        return "any" if self.peer == "any" else "cidr" if self.peer_net is not None else "group"
+
+    def describe(self) -> str:
+        proto = {None: "any", 1: "icmp", 6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
+        ports = ",".join(str(p) for p in self.ports)
+        word = "from" if self.direction == "ingress" else "to"
+        prio = f" priority {self.priority}" if self.priority else ""
+        return (f"{self.group} {self.direction} rule {self.index + 1}: {self.action} {word} {self.peer} "
+                f"{proto}{'/' + ports if ports else ''}{prio}")
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    name: str
+    rules: tuple[Rule, ...]
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class Model:
     sites: tuple[Site, ...]
     links: tuple[Link, ...]
     segments: tuple[Segment, ...]
     endpoints: tuple[Endpoint, ...]
     poll_interval_s: float = 5.0
-    # Sections accepted by the format whose enforcement is not implemented yet (see docs/config.md).
-    security_groups: Any = field(default=None, compare=False)
+    security_groups: tuple[SecurityGroup, ...] = ()
+    # Accepted by the format, not implemented yet (see docs/config.md).
     routes: Any = field(default=None, compare=False)
     files: tuple[str, ...] = field(default=(), compare=False)
 
