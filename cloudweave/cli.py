@@ -110,8 +110,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"{head} by default of segment '{v.segment.name}' (default {v.segment.default}, {v.segment.loc})")
         for r in v.rules:
             print(f"{head} by {r.describe()} ({r.loc})")
-    if model.security_groups:
-        print("  note: this version does not enforce security groups in its flows yet", file=sys.stderr)
     return 0
 
 

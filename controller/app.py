@@ -256,6 +256,16 @@ class CloudweaveApp(app_manager.OSKenApp):
                     chunk, size = [], 0
             if chunk:
                 dp.send(b"".join(chunk))
+            # The switch answers a rejected message at once; after this barrier every such answer is in, and a
+            # bundle with one is discarded rather than committed without it.
+            ofctl.send_msg(self, parser.OFPBarrierRequest(dp), parser.OFPBarrierReply)
+            rejected = len(self.errors.get(dp.id, [])) - errors_before
+            if rejected:
+                ofctl.send_msg(self, parser.OFPBundleCtrlMsg(dp, bundle_id, ofp.OFPBCT_DISCARD_REQUEST, flags, []),
+                               parser.OFPBundleCtrlMsg)
+                self.logger.error("switch %#x: the switch rejected %d of %d messages; bundle %d discarded, its "
+                                  "flows stay as they were", dp.id, rejected, p.size, bundle_id)
+                return False
             ofctl.send_msg(self, parser.OFPBundleCtrlMsg(dp, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags, []),
                            parser.OFPBundleCtrlMsg)
         except Exception as exc:  # noqa: BLE001 - os-ken raises its own OFError types

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from flows.cookies import OWNER, OWNER_MASK
-from flows.values import Flow, Goto, Output, SetField
+from flows.values import CT, Conjunction, Flow, Goto, Output, SetField
+
+CT_ZONE_FIELD, CT_ZONE_OFS_NBITS, NO_TABLE = "reg6", 15, 0xFF  # zone = reg6[0..15]
 
 CanonKey = tuple[int, int, tuple[tuple[str, Any], ...]]
 CanonContent = tuple[int, tuple[tuple[Any, ...], ...]]
@@ -47,6 +49,10 @@ def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...
             out.append(("set_field", a.field, _norm(a.value)))
         elif isinstance(a, Goto):
             out.append(("goto", a.table))
+        elif isinstance(a, CT):
+            out.append(("ct", a.commit, a.table))
+        elif isinstance(a, Conjunction):
+            out.append(("conjunction", a.id, a.clause, a.n_clauses))
     return tuple(out)
 
 
@@ -67,6 +73,12 @@ def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
                     actions.append(("output", a.port))
                 elif a.type == ofp.OFPAT_SET_FIELD:
                     actions.append(("set_field", a.key, _norm(a.value)))
+                elif type(a).__name__ == "NXActionCT" and a.zone_src == CT_ZONE_FIELD \
+                        and a.zone_ofs_nbits == CT_ZONE_OFS_NBITS and not a.actions and not a.alg:
+                    table = None if a.recirc_table == NO_TABLE else a.recirc_table
+                    actions.append(("ct", bool(a.flags & 1), table))
+                elif type(a).__name__ == "NXActionConjunction":
+                    actions.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
                 else:
                     actions.append(("other", repr(a)))
         elif inst.type == ofp.OFPIT_GOTO_TABLE:
@@ -87,6 +99,12 @@ def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
             apply.append(parser.OFPActionOutput(a[1], 0))
         elif a[0] == "set_field":
             apply.append(parser.OFPActionSetField(**{a[1]: a[2]}))
+        elif a[0] == "ct":
+            apply.append(parser.NXActionCT(flags=1 if a[1] else 0, zone_src=CT_ZONE_FIELD,
+                                           zone_ofs_nbits=CT_ZONE_OFS_NBITS,
+                                           recirc_table=NO_TABLE if a[2] is None else a[2], alg=0, actions=[]))
+        elif a[0] == "conjunction":
+            apply.append(parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1]))
     if apply:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))
     inst += [parser.OFPInstructionGotoTable(a[1]) for a in actions if a[0] == "goto"]

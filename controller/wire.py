@@ -20,7 +20,10 @@ OFP_NO_BUFFER = 0xFFFFFFFF
 OFPP_ANY = 0xFFFFFFFF
 OFPG_ANY = 0xFFFFFFFF
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
-OFPAT_OUTPUT, OFPAT_SET_FIELD = 0, 25
+OFPAT_OUTPUT, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
+NX_VENDOR = 0x00002320
+NXAST_CONJUNCTION, NXAST_CT = 34, 35
+NX_CT_F_COMMIT = 1
 
 OFB, NXM1 = 0x8000, 0x0001
 # field -> (oxm class, oxm field, value length, kind)
@@ -35,8 +38,15 @@ FIELDS: dict[str, tuple[int, int, int, str]] = {
     "arp_tpa": (OFB, 23, 4, "ipv4"),
     "arp_sha": (OFB, 24, 6, "mac"),
     "tunnel_id": (OFB, 38, 8, "int"),
+    "ip_proto": (OFB, 10, 1, "int"),
+    "tcp_dst": (OFB, 14, 2, "int"),
+    "udp_dst": (OFB, 16, 2, "int"),
+    "sctp_dst": (OFB, 18, 2, "int"),
+    "conj_id": (NXM1, 37, 4, "int"),
+    "ct_state": (NXM1, 105, 4, "int"),
     **{f"reg{i}": (NXM1, i, 4, "int") for i in range(8)},
 }
+CT_ZONE_REG6_LOW16 = (struct.pack("!HBB", NXM1, 6 << 1, 4), 15)  # zone from reg6, ofs 0, 16 bits
 _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!QQBBHHHIIIHH")
 _BUNDLE_ADD = struct.Struct("!IHH")
@@ -89,6 +99,16 @@ def instructions(actions: tuple[tuple[Any, ...], ...]) -> bytes:
             oxm = _oxm(a[1], a[2])
             body = _pad8(struct.pack("!HH", OFPAT_SET_FIELD, 0) + oxm)
             apply += struct.pack("!HH", OFPAT_SET_FIELD, len(body)) + body[4:]
+        elif a[0] == "ct":
+            _, commit, table = a
+            header, ofs_nbits = CT_ZONE_REG6_LOW16
+            apply += struct.pack("!HHIHH4sHB3xH", OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_CT,
+                                 NX_CT_F_COMMIT if commit else 0, header, ofs_nbits,
+                                 0xFF if table is None else table, 0)
+        elif a[0] == "conjunction":
+            _, cid, clause, n_clauses = a
+            apply += struct.pack("!HHIHBBI", OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_CONJUNCTION, clause - 1,
+                                 n_clauses, cid)
         elif a[0] == "goto":
             goto = struct.pack("!HHB3x", OFPIT_GOTO_TABLE, 8, a[1])
         else:

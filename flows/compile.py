@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from cloudweave.config.model import Model
+from flows.acl import AclCompiler
 from flows.overlay import OverlayCompiler
 from flows.tables import TableViolation, check_flow
 from flows.topology import tunnel_port_name
@@ -35,18 +36,20 @@ class SwitchState:
 
 
 def sort_key(f: Flow) -> tuple:
-    # Keys are unique per switch and a field's values share one type, so this order is total and stable.
-    return (f.table, -f.priority, f.match)
+    # Keys are unique per switch; values as text, since one field can hold a value or a value/mask pair.
+    return (f.table, -f.priority, tuple((k, str(v)) for k, v in f.match))
 
 
-def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None) -> SwitchState:
+def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None,
+                 acl: AclCompiler | None = None) -> SwitchState:
     overlay = overlay or OverlayCompiler(model)
+    acl = acl or AclCompiler(model)
     me = model.site(site)
     tunnels = tuple(
         TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
         for peer in overlay.graph.neighbours(site)
     )
-    flows = overlay.site_flows(site)
+    flows = overlay.site_flows(site) + acl.site_flows(site, (e for e in model.endpoints if e.site == site))
     for f in flows:
         check_flow(f)
     if len({f.key for f in flows}) != len(flows):
@@ -70,5 +73,5 @@ def gc_paused() -> Iterator[None]:
 
 def compile_model(model: Model) -> dict[str, SwitchState]:
     with gc_paused():
-        overlay = OverlayCompiler(model)
-        return {s.name: compile_site(model, s.name, overlay) for s in model.sites}
+        overlay, acl = OverlayCompiler(model), AclCompiler(model)
+        return {s.name: compile_site(model, s.name, overlay, acl) for s in model.sites}

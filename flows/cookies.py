@@ -22,6 +22,10 @@ KINDS = {
     "l2_local": 5,
     "l2_remote": 6,
     "flood": 7,
+    "conntrack": 8,
+    "acl_state": 9,
+    "acl_rule": 10,
+    "acl_default": 11,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

@@ -7,20 +7,20 @@ from functools import lru_cache
 
 from cloudweave.config.model import Endpoint, Model, Segment
 from flows import cookies
-from flows.tables import CLASSIFY, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
+from flows.tables import CLASSIFY, CONNTRACK, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import Flow, Goto, Output, SetField, flow
 
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
-AFTER_PORT_SECURITY = PORT_SECURITY + 1
+AFTER_PORT_SECURITY = CONNTRACK
 
 
 def table_misses() -> list[Flow]:
     """The lowest-priority flow of every table: drop, or go on to the next table."""
     out = []
     for t in TABLES:
-        actions = (Goto(t.id + 1),) if t.miss == "next" else ()
+        actions = (Goto(t.miss),) if t.miss is not None else ()
         out.append(flow(t.id, 0, cookies.cookie("table_miss", t.name), actions))
     return out
 
@@ -91,7 +91,7 @@ class OverlayCompiler:
                                 reg6=seg.vni, eth_dst=ep.mac))
         for peer in self.graph.neighbours(site):
             out.append(flow(CLASSIFY, 100, ck("classify_tunnel", f"{seg.name}/{peer}"),
-                            (SetField(REG_SEGMENT, seg.vni), SetField(REG_FROM_TUNNEL, 1), Goto(PORT_SECURITY + 1)),
+                            (SetField(REG_SEGMENT, seg.vni), SetField(REG_FROM_TUNNEL, 1), Goto(CONNTRACK)),
                             in_port=tunnel_port_name(peer), tunnel_id=seg.vni))
         out += self._flood_flows(site, seg, local, tree)
         return out

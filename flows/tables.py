@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import Flow, Goto, Output, SetField
+from flows.values import CT, Conjunction, Flow, Goto, Output, SetField
 
 
 @dataclass(frozen=True)
@@ -13,30 +13,39 @@ class Table:
     name: str
     job: str
     match_fields: frozenset[str]
-    miss: str  # "drop" or "next": what a packet that matches no flow of the table does
+    miss: int | None  # the table a packet that matches no flow goes to; None: dropped
 
 
+ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv4_dst", "ip_proto", "tcp_dst",
+                        "udp_dst", "sctp_dst", "conj_id"})
 TABLES: tuple[Table, ...] = (
     Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; drop the unknown",
-          frozenset({"in_port", "tunnel_id"}), "drop"),
+          frozenset({"in_port", "tunnel_id"}), None),
     Table(1, "port_security", "source MAC/IP (and ARP SHA/SPA) must be the port's endpoint's",
-          frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}), "drop"),
-    Table(2, "conntrack", "reserved: ct(zone=segment) and the established short-cut", frozenset(), "next"),
-    Table(3, "acl", "reserved: security groups with conjunction", frozenset(), "next"),
-    Table(4, "nat", "reserved: source NAT for nat-mode segments", frozenset(), "next"),
-    Table(5, "route", "reserved: routing classes -> weighted select groups", frozenset(), "next"),
-    Table(6, "l2_forward", "segment + destination MAC -> local port or tunnel toward its site",
-          frozenset({"reg6", "eth_dst"}), "next"),
-    Table(7, "flood", "broadcast and unknown unicast: local ports + replication along the site tree",
-          frozenset({"reg6", "reg7", "in_port"}), "drop"),
+          frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}), None),
+    Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment); the rest skips the ACL",
+          frozenset({"reg6", "eth_type"}), 5),
+    Table(3, "acl_egress", "invalid dropped, established passes, tunnel-borne new committed; new connections "
+          "from local ports checked against the source's egress rules", ACL_FIELDS, None),
+    Table(4, "acl_ingress", "then against the destination's ingress rules; allowed ones committed",
+          ACL_FIELDS, None),
+    Table(5, "nat", "reserved: source NAT for nat-mode segments", frozenset(), 6),
+    Table(6, "route", "reserved: routing classes -> weighted select groups", frozenset(), 7),
+    Table(7, "l2_forward", "segment + destination MAC -> local port or tunnel toward its site",
+          frozenset({"reg6", "eth_dst"}), 8),
+    Table(8, "flood", "broadcast and unknown unicast: local ports + replication along the site tree",
+          frozenset({"reg6", "reg7", "in_port"}), None),
 )
 BY_NAME = {t.name: t for t in TABLES}
-CLASSIFY, PORT_SECURITY, CONNTRACK, ACL, NAT, ROUTE, L2_FORWARD, FLOOD = (t.id for t in TABLES)
+(CLASSIFY, PORT_SECURITY, CONNTRACK, ACL_EGRESS, ACL_INGRESS, NAT, ROUTE, L2_FORWARD,
+ FLOOD) = (t.id for t in TABLES)
+AFTER_ACL = NAT
 
 # Registers the pipeline carries between tables.
-REG_SEGMENT = "reg6"   # the segment's VNI
+REG_SEGMENT = "reg6"   # the segment's VNI; its low 16 bits are the conntrack zone
 REG_FROM_TUNNEL = "reg7"  # 1 when the packet came in on a tunnel port
 WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, "tunnel_id"})
+CT_TABLES = frozenset({CONNTRACK, ACL_EGRESS, ACL_INGRESS})
 
 
 class TableViolation(ValueError):
@@ -58,5 +67,13 @@ def check_flow(f: Flow) -> None:
         elif isinstance(action, SetField):
             if action.field not in WRITABLE:
                 raise TableViolation(f"table {table.name}: set_field on undeclared field {action.field}: {f}")
+        elif isinstance(action, CT):
+            if f.table not in CT_TABLES or (action.table is not None and action.table <= f.table):
+                raise TableViolation(f"table {table.name}: ct only in the conntrack/ACL tables, forward: {f}")
+            if dict(f.match).get("eth_type") != 0x0800:
+                raise TableViolation(f"table {table.name}: ct needs eth_type=0x0800 in the match: {f}")
+        elif isinstance(action, Conjunction):
+            if f.table not in (ACL_EGRESS, ACL_INGRESS) or not 1 <= action.clause <= action.n_clauses:
+                raise TableViolation(f"table {table.name}: bad conjunction: {f}")
         elif not isinstance(action, Output):
             raise TableViolation(f"unknown action {action!r}")

@@ -23,7 +23,24 @@ class Goto:
     table: int
 
 
-Action = Output | SetField | Goto
+@dataclass(frozen=True, order=True)
+class CT:
+    """Send through conntrack in the zone held in reg6[0..15]; recirculate to `table`, or commit."""
+
+    commit: bool = False
+    table: int | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Conjunction:
+    """Clause `clause` (1-based) of `n_clauses` of conjunctive match `id`."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+
+Action = Output | SetField | Goto | CT | Conjunction
 
 
 @dataclass(frozen=True)

@@ -120,3 +120,42 @@ def rewrite_topology(src: str, dst: str, ovsdb_dirs: dict[str, str], edit=None) 
     with open(dst, "w") as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
     return doc
+
+
+class OvsSites:
+    """One OVS instance per site of a topology, each in its own namespace, with br-int holding the site's
+    endpoint ports (as a hypervisor would plug them), and a copy of the file pointing at their sockets."""
+
+    def __init__(self, topology: str, workdir: str):
+        import uuid
+
+        from cloudweave.config import load_model
+
+        self.workdir = workdir
+        tag = uuid.uuid4().hex[:6]
+        self.config = os.path.join(workdir, "topology.yaml")
+        sites = load_model(topology)[0].sites
+        self.instances: dict[str, NetnsOvs] = {}
+        try:
+            for site in sites:
+                ovs = NetnsOvs(os.path.join(workdir, site.name), f"cwt-{tag}-{site.name}")
+                self.instances[site.name] = ovs
+                ovs.start()
+            rewrite_topology(topology, self.config, {s.name: os.path.join(workdir, s.name) for s in sites})
+            self.model = load_model(self.config)[0]
+            for site in sites:
+                args = ["add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev",
+                        "fail_mode=secure"]
+                for ep in (e for e in self.model.endpoints if e.site == site.name):
+                    args += ["--", "add-port", "br-int", ep.port, "--", "set", "interface", ep.port, "type=internal"]
+                self.instances[site.name].vsctl(*args)
+        except BaseException:
+            self.stop()
+            raise
+
+    def controller(self, **kw) -> Controller:
+        return Controller(self.config, self.workdir, [o.rundir for o in self.instances.values()], **kw)
+
+    def stop(self) -> None:
+        for ovs in self.instances.values():
+            ovs.stop()

@@ -204,6 +204,9 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     _unique(c, sites, lambda s: s.dpid, lambda s: f"dpid {s.dpid:#x}")
     _unique(c, sites, lambda s: s.vtep, lambda s: f"vtep address {s.vtep}")
     _unique(c, segments, lambda s: s.vni, lambda s: f"VNI {s.vni}")
+    distinct_vnis = list({s.vni: s for s in reversed(segments)}.values())[::-1]  # a VNI clash is said above
+    _unique(c, distinct_vnis, lambda s: s.vni & 0xFFFF,
+            lambda s: f"conntrack zone {s.vni & 0xFFFF} (the low 16 bits of VNI {s.vni})")
     _unique(c, endpoints, lambda e: (e.site, e.port), lambda e: f"port {e.port} of site '{e.site}'")
     _unique(c, endpoints, lambda e: (e.segment, e.mac), lambda e: f"MAC {e.mac} in segment '{e.segment}'")
     _unique(c, endpoints, lambda e: (e.segment, e.ip), lambda e: f"IP {e.ip} in segment '{e.segment}'")
@@ -254,11 +257,11 @@ def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], seg
 
 def _warn_unenforced(c: _Collector, merged: dict[str, Any], segments: list[Segment]) -> None:
     """Say plainly what the file asks for that this version does not enforce yet."""
-    for section in ("security_groups", "routes"):
+    for section in ("routes",):
         if merged.get(section):
             first = merged[section]
             loc = next(iter(first.values()))[1] if isinstance(first, dict) else first[0][1]
-            c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic within a segment is allowed")
+            c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic takes the shortest path")
     for seg in segments:
         if seg.mode != "bridge":
             c.warn(seg.loc, f"segment '{seg.name}': mode '{seg.mode}' is not implemented yet; "

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -12,7 +11,8 @@ from cloudweave.config import load_model
 from controller.codec import canonical_desired
 from flows.compile import compile_site
 from flows.ofctl import render_flows
-from tests.harness import ROOT, Controller, NetnsOvs, rewrite_topology, wait_for
+from flows.tables import L2_FORWARD
+from tests.harness import ROOT, Controller, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs
 REFERENCE = os.path.join(ROOT, "topologies", "three-clouds.yaml")
@@ -23,25 +23,11 @@ FOREIGN_COOKIE = "0x1234"
 @pytest.fixture
 def fabric(tmp_path):
     """Three OVS instances, each with br-int holding its endpoints' ports (as a hypervisor would plug them)."""
-    tag = uuid.uuid4().hex[:6]
-    instances = {}
+    sites = OvsSites(REFERENCE, str(tmp_path))
     try:
-        for site in SITES:
-            ovs = NetnsOvs(str(tmp_path / site), f"cwt-{tag}-{site}")
-            instances[site] = ovs
-            ovs.start()
-        config = str(tmp_path / "topology.yaml")
-        rewrite_topology(REFERENCE, config, {s: str(tmp_path / s) for s in SITES})
-        model = load_model(config)[0]
-        for site in SITES:
-            args = ["add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev", "fail_mode=secure"]
-            for ep in (e for e in model.endpoints if e.site == site):
-                args += ["--", "add-port", "br-int", ep.port, "--", "set", "interface", ep.port, "type=internal"]
-            instances[site].vsctl(*args)
-        yield instances, config, tmp_path
+        yield sites.instances, sites.config, tmp_path
     finally:
-        for ovs in instances.values():
-            ovs.stop()
+        sites.stop()
 
 
 def expected_count(config: str, site: str) -> int:
@@ -74,12 +60,12 @@ def test_connect_sets_up_bridges_and_flows(fabric):
         # Someone else's flows are never touched. (OVS itself flushes a bridge's flows when it first gets a
         # controller, so the foreign flows go in once the controller is attached; a reload re-reconciles.)
         onprem.ofctl("add-flow", "br-int", f"cookie={FOREIGN_COOKIE},table=9,priority=5,actions=drop")
-        onprem.ofctl("add-flow", "br-int", f"cookie={FOREIGN_COOKIE},table=6,priority=100,reg6=1001,"
+        onprem.ofctl("add-flow", "br-int", f"cookie={FOREIGN_COOKIE},table={L2_FORWARD},priority=100,reg6=1001,"
                                            "dl_dst=02:00:00:00:01:01,actions=drop")
         ctl.proc.send_signal(signal.SIGHUP)
         ctl.wait_reconciles("onprem", 2)
         dump = onprem.ofctl("dump-flows", "br-int")
-        assert dump.count("cookie=0x1234") == 1  # the table-6 one collided with ours and was replaced
+        assert dump.count("cookie=0x1234") == 1  # the L2 one collided with ours and was replaced
         assert "table=9" in dump and len(onprem.flows()) == expected_count(config, "onprem")
         assert ctl.metric("cloudweave_switches_connected") == 3.0
         sent = ctl.metric("cloudweave_flow_mods_total", site="onprem")

@@ -10,13 +10,15 @@ from cloudweave.config import load_model
 from flows import cookies
 from flows.compile import compile_model, compile_site
 from flows.ofctl import render_flows
+from flows.policy import Policy
 from flows.tables import TableViolation, check_flow
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import Goto, Output, flow
-from tests.unit.flowsim import Fabric, frame
+from tests.unit.flowsim import Fabric, arp, frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOPOLOGIES = [os.path.join(ROOT, "topologies", f) for f in ("two-sites.yaml", "three-clouds.yaml", "four-ring.yaml")]
+TOPOLOGIES = [os.path.join(ROOT, "topologies", f)
+              for f in ("two-sites.yaml", "three-clouds.yaml", "four-ring.yaml", "matrix.yaml")]
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
@@ -62,25 +64,42 @@ def test_table_declarations_reject_bad_flows():
         check_flow(flow(1, 1, cookies.OWNER, (Goto(2), Output("x"))))
 
 
-def test_unicast_reaches_exactly_its_endpoint_and_nothing_leaves_the_segment(model):
+PROBES = [(1, None), (6, 80), (6, 443), (6, 8080), (6, 9004), (6, 9005), (6, 5432), (6, 22), (17, 5353),
+          (17, 5000)]
+
+
+def test_every_pair_and_probe_agrees_with_the_policy_and_replies_pass(model):
+    """Each ordered pair, each probe: delivered exactly when `explain` says allow; the reply of an allowed
+    connection passes; an unsolicited packet back toward the client's port passes only if the policy says."""
+    policy = Policy(model)
     fabric = Fabric(model, compile_model(model))
+    checked = 0
     for src in model.endpoints:
         for dst in model.endpoints:
             if src is dst:
                 continue
-            got = fabric.send(src.site, src.port, frame(src, dst.mac))
-            if src.segment == dst.segment:
-                assert got == [(dst.site, dst.port)], f"{src.name} -> {dst.name}"
-            else:
-                # Unknown in the sender's segment, so flooded there, and only there.
-                own = {(e.site, e.port) for e in model.endpoints if e.segment == src.segment}
-                assert set(got) <= own and (dst.site, dst.port) not in got, f"{src.name} -> {dst.name}"
+            for proto, port in PROBES:
+                allowed = policy.decide(src, dst, proto, port).allowed
+                got = fabric.send(src.site, src.port, frame(src, dst, proto, port))
+                if src.segment != dst.segment:
+                    own = {(e.site, e.port) for e in model.endpoints if e.segment == src.segment}
+                    assert set(got) <= own and (dst.site, dst.port) not in got, (src.name, dst.name)
+                    continue
+                assert got == ([(dst.site, dst.port)] if allowed else []), (src.name, dst.name, proto, port)
+                checked += 1
+                if allowed and proto in (6, 17):
+                    reply = frame(dst, src, proto, 40000, sport=port)
+                    assert fabric.send(dst.site, dst.port, reply) == [(src.site, src.port)], "reply"
+                    unsolicited = frame(dst, src, proto, 40000, sport=port + 1)
+                    back = policy.decide(dst, src, proto, 40000).allowed
+                    assert (fabric.send(dst.site, dst.port, unsolicited) != []) == back, "unsolicited"
+    assert checked > 0
 
 
 def test_broadcast_reaches_each_segment_member_once_and_terminates(model):
     fabric = Fabric(model, compile_model(model))
     for src in model.endpoints:
-        got = sorted(fabric.send(src.site, src.port, frame(src, BROADCAST)))
+        got = sorted(fabric.send(src.site, src.port, arp(src, "10.255.255.254")))
         want = sorted((e.site, e.port) for e in model.endpoints if e.segment == src.segment and e is not src)
         assert got == want, src.name
 
@@ -91,11 +110,13 @@ def test_spoofed_sources_and_unknown_ports_are_dropped(model):
         peer = next((e for e in model.endpoints if e.segment == src.segment and e is not src), None)
         if peer is None:
             continue
-        spoof_ip = dict(frame(src, peer.mac), ipv4_src="10.99.99.99")
-        spoof_mac = dict(frame(src, peer.mac), eth_src="02:99:99:99:99:99")
+        spoof_ip = dict(arp(src, str(peer.ip)), arp_spa="10.99.99.99")
+        spoof_mac = dict(arp(src, str(peer.ip)), eth_src="02:99:99:99:99:99")
+        spoof_ipv4 = dict(frame(src, peer), ipv4_src="10.99.99.99")
         assert fabric.send(src.site, src.port, spoof_ip) == []
         assert fabric.send(src.site, src.port, spoof_mac) == []
-        assert fabric.send(src.site, "stranger", frame(src, peer.mac)) == []
+        assert fabric.send(src.site, src.port, spoof_ipv4) == []
+        assert fabric.send(src.site, "stranger", arp(src, str(peer.ip))) == []
 
 
 def test_ring_relays_between_sites_without_a_link():

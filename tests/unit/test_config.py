@@ -45,7 +45,7 @@ def test_reference_file_loads_as_written():
         ("prod", 1001, "bridge"), ("lab", 1002, "nat"), ("edge", 1003, "direct")]
     assert len(model.endpoints) == 8 and model.poll_interval_s == 2.0
     # What the file asks for that is not enforced yet is said, not silently dropped.
-    assert any("'security_groups' is accepted but not enforced yet" in str(w) for w in warnings)
+    assert any("'routes' is accepted but not enforced yet" in str(w) for w in warnings)
 
 
 def test_shipped_copy_matches_reference():
@@ -105,6 +105,13 @@ def test_duplicate_vni(tmp_path):
     text = GOOD.replace("  s: {vni: 10, subnet: 10.0.0.0/24}", "  s: {vni: 10, subnet: 10.0.0.0/24}\n"
                                                                    "  t: {vni: 10, subnet: 10.1.0.0/24}")
     assert problems(tmp_path, text) == ["t.yaml:9:3: VNI 10 is used twice: by 's' (t.yaml:8:3) and 't'"]
+
+
+def test_conntrack_zone_collision(tmp_path):
+    text = GOOD.replace("  s: {vni: 10, subnet: 10.0.0.0/24}", "  s: {vni: 10, subnet: 10.0.0.0/24}\n"
+                                                                   "  t: {vni: 65546, subnet: 10.1.0.0/24}")
+    assert problems(tmp_path, text) == [
+        "t.yaml:9:3: conntrack zone 10 (the low 16 bits of VNI 65546) is used twice: by 's' (t.yaml:8:3) and 't'"]
 
 
 def test_references_and_subnets(tmp_path):

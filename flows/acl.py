@@ -1,0 +1,186 @@
+"""Stateful security-group flows: conntrack, then the source's egress rules, then the destination's ingress
+rules, all decided at the source's site; the same reading as flows/policy.py.
+
+Rules that cross many sources with many destinations compile with OVS `conjunction`: one flow per source,
+per destination and per port piece, not their product. Priorities: a rule of priority p sits at
+RULE_BASE + 4p (+2 for deny), so a higher priority wins and a deny wins a tie, as in the policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+
+from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
+from flows import cookies
+from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, REG_SEGMENT
+from flows.values import CT, Conjunction, Flow, Goto, MatchValue, flow
+
+ETH_IPV4 = 0x0800
+PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
+# ct_state bits (OVS): new, est, rel, rpl, inv, trk
+NEW, EST, REL, INV, TRK = 0x01, 0x02, 0x04, 0x10, 0x20
+CT_NEW = (NEW | TRK, NEW | TRK)
+CT_EST = (EST | TRK, EST | TRK)
+CT_REL = (REL | TRK, REL | TRK)
+CT_INV = (INV | TRK, INV | TRK)
+PRIO_INVALID, PRIO_ESTABLISHED, PRIO_FROM_TUNNEL = 60000, 59000, 58000
+RULE_BASE = 10000
+PRIO_DEFAULT, PRIO_NOT_AN_ENDPOINT = 8, 5
+ZONE_BITS = 0xFFFF
+
+
+def zone_of(seg: Segment) -> int:
+    return seg.vni & ZONE_BITS
+
+
+def port_pieces(r: PortRange) -> list[MatchValue]:
+    """A port range as few value/mask matches (full masks as plain values, as OVS reports them)."""
+    out: list[MatchValue] = []
+    lo, hi = r.lo, r.hi
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        mask = 0xFFFF & ~(size - 1)
+        out.append(lo if mask == 0xFFFF else (lo, mask))
+        lo += size
+    return out
+
+
+def conj_id(rule: Rule) -> int:
+    digest = hashlib.blake2b(f"{rule.group}/{rule.direction}/{rule.index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def rule_priority(rule: Rule) -> int:
+    return RULE_BASE + 4 * rule.priority + (2 if rule.action == "deny" else 0)
+
+
+class AclCompiler:
+    def __init__(self, model: Model):
+        self.model = model
+        self.segments = {s.name: s for s in model.segments}
+        self.members: dict[str, list[Endpoint]] = defaultdict(list)
+        for ep in sorted(model.endpoints, key=lambda e: e.name):
+            for g in ep.groups:
+                self.members[g].append(ep)
+        grouped = {s for e in model.endpoints if e.groups for s in [e.segment]}
+        # A segment has a policy when any of its endpoints is in a group or it denies by default.
+        self.with_policy = {s.name for s in model.segments if s.default == "deny" or s.name in grouped}
+
+    def site_flows(self, site: str, local: Iterable[Endpoint]) -> list[Flow]:
+        """The ACL flows of one site. Only sites with endpoints of a segment track its connections: a pure
+        transit site misses table 2 and skips the ACL, since the source's site decided."""
+        local = list(local)
+        segs = sorted({e.segment for e in local}, key=lambda n: self.segments[n].vni)
+        out = self._state_flows() if any(s in self.with_policy for s in segs) else []
+        for name in segs:
+            seg = self.segments[name]
+            if name not in self.with_policy:
+                out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (Goto(AFTER_ACL),),
+                                reg6=seg.vni))
+                continue
+            out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (CT(table=ACL_EGRESS),),
+                            reg6=seg.vni, eth_type=ETH_IPV4))
+            out += self._defaults(seg)
+        local_segs = {e.segment for e in local if e.segment in self.with_policy}
+        raw: list[Flow] = []
+        for g in self.model.security_groups:
+            for r in g.rules:
+                raw += self._rule_flows(r, local, local_segs)
+        return out + merge_conjunctions(raw)
+
+    def _state_flows(self) -> list[Flow]:
+        ck = cookies.cookie
+        commit = (CT(commit=True), Goto(AFTER_ACL))
+        return [
+            flow(ACL_EGRESS, PRIO_INVALID, ck("acl_state", "invalid"), (), ct_state=CT_INV),
+            flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "established"), (Goto(AFTER_ACL),), ct_state=CT_EST),
+            flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "related"), (Goto(AFTER_ACL),), ct_state=CT_REL),
+            # Checked at the source's site already: the destination's site only records the connection.
+            flow(ACL_EGRESS, PRIO_FROM_TUNNEL, ck("acl_state", "from_tunnel"), commit, ct_state=CT_NEW,
+                 reg7=1, eth_type=ETH_IPV4),
+        ]
+
+    def _defaults(self, seg: Segment) -> list[Flow]:
+        ck = cookies.cookie("acl_default", seg.name)
+        allow = seg.default == "allow"
+        commit = (CT(commit=True), Goto(AFTER_ACL))
+        out = [
+            flow(ACL_EGRESS, PRIO_DEFAULT, ck, (Goto(ACL_INGRESS),) if allow else (), ct_state=CT_NEW,
+                 reg6=seg.vni, eth_type=ETH_IPV4),
+            # A destination that is no endpoint of the segment has no ingress rules.
+            flow(ACL_INGRESS, PRIO_NOT_AN_ENDPOINT, ck, commit, ct_state=CT_NEW, reg6=seg.vni, eth_type=ETH_IPV4),
+        ]
+        for ep in self.model.endpoints:
+            if ep.segment == seg.name:
+                out.append(flow(ACL_INGRESS, PRIO_DEFAULT, ck, commit if allow else (), ct_state=CT_NEW,
+                                reg6=seg.vni, eth_type=ETH_IPV4, ipv4_dst=str(ep.ip)))
+        return out
+
+    def _rule_flows(self, r: Rule, local: list[Endpoint], local_segs: set[str]) -> list[Flow]:
+        """Egress rules: their group's local members as sources. Ingress rules: their group's members
+        (anywhere) as destinations, for traffic of the segments that have a source here."""
+        own_field, peer_field = ("ipv4_src", "ipv4_dst") if r.direction == "egress" else ("ipv4_dst", "ipv4_src")
+        own = [e for e in self.members[r.group] if e.segment in local_segs and
+               (r.direction == "ingress" or e in local)]
+        if not own:
+            return []
+        segs = {e.segment for e in own}
+        # The protocol goes into every clause: OVS drops a packet whose clauses complete a conjunction that
+        # its result flow then does not match, instead of trying lower priorities.
+        proto_match: dict[str, MatchValue] = {"eth_type": ETH_IPV4}
+        if r.proto is not None:
+            proto_match["ip_proto"] = r.proto
+        dims: list[list[dict[str, MatchValue]]] = [
+            [dict(proto_match, **{REG_SEGMENT: self.segments[e.segment].vni, own_field: str(e.ip)}) for e in own]]
+        if r.peer_kind == "group":
+            peers = [e for e in self.members.get(r.peer, []) if e.segment in segs]
+            if not peers:
+                return []
+            dims.append([dict(proto_match, **{REG_SEGMENT: self.segments[e.segment].vni, peer_field: str(e.ip)})
+                         for e in peers])
+        elif r.peer_kind == "cidr":
+            net = r.peer_net
+            value: MatchValue = str(net.network_address) if net.prefixlen == 32 else \
+                (str(net.network_address), str(net.netmask))
+            dims.append([dict(proto_match, **{peer_field: value})])
+        if r.ports:
+            field = PORT_FIELD[r.proto]
+            dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])
+        table = ACL_EGRESS if r.direction == "egress" else ACL_INGRESS
+        prio = rule_priority(r)
+        ck = cookies.cookie("acl_rule", f"{r.group}/{r.direction}/{r.index}")
+        if r.action == "deny":
+            verdict: tuple = ()
+        elif r.direction == "egress":
+            verdict = (Goto(ACL_INGRESS),)
+        else:
+            verdict = (CT(commit=True), Goto(AFTER_ACL))
+        if len(dims) == 1:
+            return [flow(table, prio, ck, verdict, ct_state=CT_NEW, **m) for m in dims[0]]
+        cid = conj_id(r)
+        # eth_type: OVS refuses a ct action on a flow whose match does not imply IP.
+        out = [flow(table, prio, ck, verdict, ct_state=CT_NEW, conj_id=cid, eth_type=ETH_IPV4)]
+        for k, dim in enumerate(dims, start=1):
+            for m in dim:
+                out.append(flow(table, prio, ck, (Conjunction(cid, k, len(dims)),), **m))
+        return out
+
+
+def merge_conjunctions(flows: list[Flow]) -> list[Flow]:
+    """Flows with the same table, priority and match from different rules become one flow that carries every
+    rule's conjunction clause (OVS keys flows by match and priority)."""
+    merged: dict[tuple, Flow] = {}
+    for f in flows:
+        have = merged.get(f.key)
+        if have is None:
+            merged[f.key] = f
+        elif all(isinstance(a, Conjunction) for a in have.actions + f.actions):
+            actions = tuple(sorted(set(have.actions) | set(f.actions)))
+            merged[f.key] = Flow(f.table, f.priority, f.match, actions, min(have.cookie, f.cookie))
+        elif have.actions != f.actions:
+            raise ValueError(f"two rules compile to one flow with different actions: {have} / {f}")
+    return list(merged.values())
