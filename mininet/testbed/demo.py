@@ -1,4 +1,5 @@
-"""`cloudweave demo`: the three-site test bed up, pings and iperf3 across sites, a report, and down again."""
+"""`cloudweave demo`: the three-site test bed up; pings, TCP probes and iperf3 across sites, each compared with
+the policy's own answer (`cloudweave explain`); a report; and down again."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import time
 
 from cloudweave.config import load_model
+from flows.policy import Policy
 from testbed.cli import down, exec_in, up
 from testbed.state import State
 
@@ -42,48 +45,80 @@ def _iperf(workdir: str, server: str, client: str, ip: str, seconds: int = 3) ->
         srv.wait()
 
 
+def _serve(workdir: str, model, tcp_ports: list[int]) -> list[subprocess.Popen]:
+    servers = []
+    for ep in model.endpoints:
+        pid = State.load(workdir).hosts[ep.name]
+        srv = subprocess.Popen(["mnexec", "-a", str(pid), sys.executable, "-m", "testbed.probe", "serve", "--tcp",
+                                ",".join(map(str, tcp_ports))], stdout=subprocess.PIPE, text=True)
+        srv.stdout.readline()  # "ready"
+        servers.append(srv)
+    return servers
+
+
+def _probe(workdir: str, src: str, targets: list[str]) -> dict[str, bool]:
+    pid = State.load(workdir).hosts[src]
+    run = subprocess.run(["mnexec", "-a", str(pid), sys.executable, "-m", "testbed.probe", "check", *targets],
+                         capture_output=True, text=True, timeout=120)
+    return json.loads(run.stdout)
+
+
 def demo(topology: str | None, workdir: str) -> int:
     topology = topology or DEFAULT_TOPOLOGY
     model = load_model(topology)[0]
+    policy = Policy(model)
     print(f"== cloudweave demo: {topology}")
     started = time.monotonic()
     if up(topology, workdir) != 0:
         return 1
     print(f"   up in {time.monotonic() - started:.1f} s")
     failures = 0
+    servers: list[subprocess.Popen] = []
     try:
-        by_name = {e.name: e for e in model.endpoints}
-        print("\n== reachability within segments (ping, 3 packets; avg RTT)")
-        for a, b in itertools.permutations(model.endpoints, 2):
-            if a.segment != b.segment:
+        tcp_ports = sorted({p.lo for g in model.security_groups for r in g.rules for p in r.ports
+                            if r.proto == 6} | {22}) or [80]
+        servers = _serve(workdir, model, tcp_ports)
+        print(f"\n== every ordered pair in a segment: ping, and TCP to ports {', '.join(map(str, tcp_ports))}")
+        print("   observed against `cloudweave explain` (the policy's own answer); '.' agrees, '!' does not")
+        for a in model.endpoints:
+            peers = [b for b in model.endpoints if b.segment == a.segment and b is not a]
+            if not peers:
                 continue
-            rtt = _ping(workdir, a.name, str(b.ip))
-            ok = rtt is not None
-            failures += not ok
-            where = f"{a.site} -> {b.site}"
-            print(f"   {a.segment:<6} {a.name:>6} -> {b.name:<6} {where:<18} "
-                  f"{'ok ' + format(rtt, '.2f') + ' ms' if ok else 'FAILED'}")
-        print("\n== isolation between segments (must not answer)")
+            targets = {(b.name, 1, None): f"icmp:{b.ip}" for b in peers}
+            targets.update({(b.name, 6, p): f"tcp:{b.ip}:{p}" for b in peers for p in tcp_ports})
+            got = _probe(workdir, a.name, list(targets.values()))
+            opened = []
+            marks = ""
+            for (b, proto, port), t in targets.items():
+                want = policy.decide(a, next(e for e in peers if e.name == b), proto, port).allowed
+                marks += "." if got[t] == want else "!"
+                failures += got[t] != want
+                if got[t]:
+                    opened.append(f"{b}:{'icmp' if proto == 1 else port}")
+            print(f"   {a.segment:<5} {a.name:>5}@{a.site:<7} {marks}  reaches: {', '.join(opened) or 'nothing'}")
+        print("\n== isolation between segments with the same addresses (must not answer)")
         for a, b in itertools.permutations(model.endpoints, 2):
             if a.segment == b.segment or model.segment(a.segment).subnet != model.segment(b.segment).subnet:
                 continue
-            same_ip = [e for e in model.endpoints if e.segment == a.segment and e.ip == b.ip]
-            if same_ip:
+            if any(e.segment == a.segment and e.ip == b.ip for e in model.endpoints):
                 continue  # that address answers from a's own segment, as it should
             rtt = _ping(workdir, a.name, str(b.ip))
             failures += rtt is not None
             print(f"   {a.name} ({a.segment}) -> {b.name} ({b.segment}, {b.ip}): "
                   f"{'isolated' if rtt is None else 'LEAK'}")
         pairs = [(a, b) for a, b in itertools.combinations(model.endpoints, 2)
-                 if a.segment == b.segment and a.site != b.site]
+                 if a.segment == b.segment and a.site != b.site and policy.decide(a, b, 6, 5201).allowed]
         if pairs:
             a, b = pairs[0]
             link = next((lk for lk in model.links if set(lk.sites) == {a.site, b.site}), None)
             print(f"\n== TCP across a tunnel (iperf3, 3 s): {a.name}@{a.site} -> {b.name}@{b.site}")
-            got = _iperf(workdir, b.name, a.name, str(by_name[b.name].ip))
+            got = _iperf(workdir, b.name, a.name, str(b.ip))
             cap = f", link capacity {link.capacity_mbps:.0f} Mbit/s" if link else ""
             print(f"   {got['bits_per_second'] / 1e6:.1f} Mbit/s received, {got['bytes'] / 1e6:.1f} MB{cap}")
-        print(f"\n== result: {'all checks passed' if not failures else f'{failures} check(s) FAILED'}")
+        print(f"\n== result: {'all checks agree with the policy' if not failures else f'{failures} check(s) FAILED'}")
     finally:
+        for srv in servers:
+            srv.kill()
+            srv.wait()
         down(workdir)
     return 1 if failures else 0
