@@ -13,7 +13,6 @@ Run: .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,9 +26,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from testbed.cli import down, exec_in, up  # noqa: E402
+from testbed.cli import down, up  # noqa: E402
 from testbed.ovs import kill  # noqa: E402
 from testbed.state import State  # noqa: E402
+from testbed.traffic import iperf  # noqa: E402
 
 
 def topology(workdir: str, policy: bool = True, name: str = "throughput.yaml") -> str:
@@ -57,23 +57,6 @@ def topology(workdir: str, policy: bool = True, name: str = "throughput.yaml") -
     with open(path, "w") as fh:
         yaml.safe_dump(doc, fh)
     return path
-
-
-def iperf(workdir: str, seconds: int) -> float:
-    pid = State.load(workdir).hosts["b"]
-    srv = subprocess.Popen(["mnexec", "-a", str(pid), "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(25):
-            run = exec_in(workdir, "a", ["iperf3", "-J", "-t", str(seconds), "-c", "10.50.0.2"],
-                          capture_output=True, text=True)
-            if run.returncode == 0:
-                return json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-            time.sleep(0.2)
-        raise RuntimeError("iperf3 did not connect")
-    finally:
-        srv.kill()
-        srv.wait()
 
 
 def main() -> None:
@@ -110,7 +93,7 @@ def main() -> None:
                     mgmt = f"unix:{state.sites[site]['rundir']}/br-int.mgmt"
                     subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "--bundle", "replace-flows", mgmt,
                                     files[site][mode]], check=True)
-                results[mode].append(iperf(workdir, args.seconds))
+                results[mode].append(iperf(workdir, "b", "a", "10.50.0.2", args.seconds)["bits_per_second"] / 1e9)
         med = {mode: statistics.median(rows) for mode, rows in results.items()}
         print("iperf3 TCP, one stream, endpoint on site left -> endpoint on site right, VXLAN between two OVS")
         labels = {"policy": "cloudweave, conntrack + ACL", "overlay": "cloudweave, overlay only",

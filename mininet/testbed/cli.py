@@ -12,6 +12,7 @@ import time
 from testbed.cleanup import force_cleanup
 from testbed.ovs import alive, kill
 from testbed.state import State
+from testbed.traffic import ns_argv
 
 UP_TIMEOUT_S = 180.0
 
@@ -52,13 +53,7 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
 
 
 def exec_in(workdir: str, name: str, cmd: list[str], **popen: object) -> subprocess.CompletedProcess:
-    state = State.load(workdir)
-    if state is None:
-        raise LookupError(f"no test bed in {workdir}")
-    pid = state.namespace_pid(name)
-    if pid is None:
-        raise LookupError(f"no endpoint or site named '{name}' (endpoints: {', '.join(sorted(state.hosts))})")
-    return subprocess.run(["mnexec", "-a", str(pid), *cmd], **popen)
+    return subprocess.run(ns_argv(workdir, name, *cmd), **popen)
 
 
 def down(workdir: str, force: bool = False) -> int:

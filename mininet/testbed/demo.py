@@ -4,16 +4,14 @@ the policy's own answer (`cloudweave explain`); a report; and down again."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import subprocess
-import sys
 import time
 
 from cloudweave.config import load_model
 from flows.policy import Policy
 from testbed.cli import down, exec_in, up
-from testbed.state import State
+from testbed.traffic import iperf, probe, serve_probes, stop
 
 DEFAULT_TOPOLOGY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "topologies", "three-clouds.yaml")
@@ -26,41 +24,6 @@ def _ping(workdir: str, src: str, ip: str) -> float | None:
         return None
     stats = run.stdout.strip().splitlines()[-1]  # rtt min/avg/max/mdev = a/b/c/d ms
     return float(stats.split("=")[1].split("/")[1])
-
-
-def _iperf(workdir: str, server: str, client: str, ip: str, seconds: int = 3) -> dict:
-    pid = State.load(workdir).hosts[server]
-    srv = subprocess.Popen(["mnexec", "-a", str(pid), "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(25):
-            run = exec_in(workdir, client, ["iperf3", "-J", "-t", str(seconds), "-c", ip], capture_output=True,
-                          text=True)
-            if run.returncode == 0:
-                return json.loads(run.stdout)["end"]["sum_received"]
-            time.sleep(0.2)
-        raise RuntimeError(f"iperf3 from {client} to {ip} did not connect")
-    finally:
-        srv.kill()
-        srv.wait()
-
-
-def _serve(workdir: str, model, tcp_ports: list[int]) -> list[subprocess.Popen]:
-    servers = []
-    for ep in model.endpoints:
-        pid = State.load(workdir).hosts[ep.name]
-        srv = subprocess.Popen(["mnexec", "-a", str(pid), sys.executable, "-m", "testbed.probe", "serve", "--tcp",
-                                ",".join(map(str, tcp_ports))], stdout=subprocess.PIPE, text=True)
-        srv.stdout.readline()  # "ready"
-        servers.append(srv)
-    return servers
-
-
-def _probe(workdir: str, src: str, targets: list[str]) -> dict[str, bool]:
-    pid = State.load(workdir).hosts[src]
-    run = subprocess.run(["mnexec", "-a", str(pid), sys.executable, "-m", "testbed.probe", "check", *targets],
-                         capture_output=True, text=True, timeout=120)
-    return json.loads(run.stdout)
 
 
 def demo(topology: str | None, workdir: str) -> int:
@@ -77,7 +40,7 @@ def demo(topology: str | None, workdir: str) -> int:
     try:
         tcp_ports = sorted({p.lo for g in model.security_groups for r in g.rules for p in r.ports
                             if r.proto == 6} | {22}) or [80]
-        servers = _serve(workdir, model, tcp_ports)
+        servers = serve_probes(workdir, (e.name for e in model.endpoints), tcp=tcp_ports)
         print(f"\n== every ordered pair in a segment: ping, and TCP to ports {', '.join(map(str, tcp_ports))}")
         print("   observed against `cloudweave explain` (the policy's own answer); '.' agrees, '!' does not")
         for a in model.endpoints:
@@ -86,7 +49,7 @@ def demo(topology: str | None, workdir: str) -> int:
                 continue
             targets = {(b.name, 1, None): f"icmp:{b.ip}" for b in peers}
             targets.update({(b.name, 6, p): f"tcp:{b.ip}:{p}" for b in peers for p in tcp_ports})
-            got = _probe(workdir, a.name, list(targets.values()))
+            got = probe(workdir, a.name, list(targets.values()))
             opened = []
             marks = ""
             for (b, proto, port), t in targets.items():
@@ -112,13 +75,11 @@ def demo(topology: str | None, workdir: str) -> int:
             a, b = pairs[0]
             link = next((lk for lk in model.links if set(lk.sites) == {a.site, b.site}), None)
             print(f"\n== TCP across a tunnel (iperf3, 3 s): {a.name}@{a.site} -> {b.name}@{b.site}")
-            got = _iperf(workdir, b.name, a.name, str(b.ip))
+            got = iperf(workdir, b.name, a.name, str(b.ip))
             cap = f", link capacity {link.capacity_mbps:.0f} Mbit/s" if link else ""
             print(f"   {got['bits_per_second'] / 1e6:.1f} Mbit/s received, {got['bytes'] / 1e6:.1f} MB{cap}")
         print(f"\n== result: {'all checks agree with the policy' if not failures else f'{failures} check(s) FAILED'}")
     finally:
-        for srv in servers:
-            srv.kill()
-            srv.wait()
+        stop(servers)
         down(workdir)
     return 1 if failures else 0

@@ -2,7 +2,6 @@
 topologies/matrix.yaml (TCP connect, UDP echo, ping for every ordered pair) against `cloudweave explain`,
 statefulness, and policy reloads."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import yaml
 from testbed.cli import down
 from testbed.state import State
+from testbed.traffic import ns_argv, probe, serve_probes, stop
 
 from flows.policy import Policy
 from tests.e2e.test_testbed import bring_up
@@ -22,36 +22,16 @@ TCP_PORTS = [80, 443, 8080, 9004, 9005, 5432, 22]
 UDP_PORTS = [5353, 5000]
 
 
-def in_ns(workdir: str, host: str, *argv: str, **kw):
-    pid = State.load(workdir).hosts[host]
-    return ["mnexec", "-a", str(pid), *argv]
-
-
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     workdir, model = bring_up(tmp_path_factory, "matrix")
     servers = []
     try:
-        for ep in model.endpoints:
-            srv = subprocess.Popen(in_ns(workdir, ep.name, sys.executable, "-m", "testbed.probe", "serve",
-                                         "--tcp", ",".join(map(str, TCP_PORTS)),
-                                         "--udp", ",".join(map(str, UDP_PORTS))),
-                                   stdout=subprocess.PIPE, text=True)
-            assert srv.stdout.readline().strip() == "ready"
-            servers.append(srv)
+        servers = serve_probes(workdir, (e.name for e in model.endpoints), TCP_PORTS, UDP_PORTS)
         yield workdir, model
     finally:
-        for srv in servers:
-            srv.kill()
-            srv.wait()
+        stop(servers)
         down(workdir)
-
-
-def probe(workdir: str, src: str, targets: list[str], timeout: float = 1.0) -> dict[str, bool]:
-    run = subprocess.run(in_ns(workdir, src, sys.executable, "-m", "testbed.probe", "check", "--timeout",
-                               str(timeout), *targets), capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
 
 
 def test_reachability_matrix_agrees_with_explain(matrix):
@@ -106,11 +86,11 @@ def test_replies_pass_and_unsolicited_packets_toward_the_client_do_not(matrix):
     policy = Policy(model)
     assert policy.decide(by["web2"], by["api2"], 17, 5353).allowed
     assert not policy.decide(by["api2"], by["web2"], 17, 40000).allowed
-    client = subprocess.Popen(in_ns(workdir, "web2", sys.executable, "-c", UDP_CLIENT, "10.41.0.22"),
+    client = subprocess.Popen(ns_argv(workdir, "web2", sys.executable, "-c", UDP_CLIENT, "10.41.0.22"),
                               stdout=subprocess.PIPE, text=True)
     assert client.stdout.readline().strip() == "reply"  # the echo came back through both sites' conntrack
     # From a port other than the one web2 talked to: a new connection in the reply direction, not allowed.
-    subprocess.run(in_ns(workdir, "api2", sys.executable, "-c", UDP_SENDER, "10.41.0.12", "5354"), check=True)
+    subprocess.run(ns_argv(workdir, "api2", sys.executable, "-c", UDP_SENDER, "10.41.0.12", "5354"), check=True)
     assert client.stdout.readline().strip() == "quiet"
     client.wait(10)
 
