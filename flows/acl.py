@@ -61,19 +61,21 @@ def rule_priority(rule: Rule) -> int:
 class AclCompiler:
     def __init__(self, model: Model):
         self.model = model
-        self.segments = {s.name: s for s in model.segments}
+        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
         self.members: dict[str, list[Endpoint]] = defaultdict(list)
         for ep in sorted(model.endpoints, key=lambda e: e.name):
+            if ep.segment not in self.segments:
+                continue  # direct mode: anti-spoofing only
             for g in ep.groups:
                 self.members[g].append(ep)
         grouped = {s for e in model.endpoints if e.groups for s in [e.segment]}
         # A segment has a policy when any of its endpoints is in a group or it denies by default.
-        self.with_policy = {s.name for s in model.segments if s.default == "deny" or s.name in grouped}
+        self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped}
 
     def site_flows(self, site: str, local: Iterable[Endpoint]) -> list[Flow]:
         """The ACL flows of one site. Only sites with endpoints of a segment track its connections: a pure
         transit site misses table 2 and skips the ACL, since the source's site decided."""
-        local = list(local)
+        local = [e for e in local if e.segment in self.segments]
         segs = sorted({e.segment for e in local}, key=lambda n: self.segments[n].vni)
         out = self._state_flows() if any(s in self.with_policy for s in segs) else []
         for name in segs:

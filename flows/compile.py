@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 
 from cloudweave.config.model import Model
 from flows.acl import AclCompiler
+from flows.direct import direct_flows
 from flows.overlay import OverlayCompiler
 from flows.tables import TableViolation, check_flow
 from flows.topology import tunnel_port_name
@@ -49,7 +50,8 @@ def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None
         TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
         for peer in overlay.graph.neighbours(site)
     )
-    flows = overlay.site_flows(site) + acl.site_flows(site, (e for e in model.endpoints if e.site == site))
+    flows = (overlay.site_flows(site) + acl.site_flows(site, (e for e in model.endpoints if e.site == site))
+             + direct_flows(model, site))
     for f in flows:
         check_flow(f)
     if len({f.key for f in flows}) != len(flows):

@@ -26,6 +26,7 @@ KINDS = {
     "acl_state": 9,
     "acl_rule": 10,
     "acl_default": 11,
+    "direct": 12,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

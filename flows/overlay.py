@@ -50,10 +50,12 @@ class OverlayCompiler:
     def __init__(self, model: Model):
         self.model = model
         self.graph = SiteGraph(model)
-        self.segments = {s.name: s for s in model.segments}
+        # Direct-mode segments bypass the overlay (flows/direct.py).
+        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
         self.members: dict[str, list[Endpoint]] = defaultdict(list)
         for ep in sorted(model.endpoints, key=lambda e: e.name):
-            self.members[ep.segment].append(ep)
+            if ep.segment in self.segments:
+                self.members[ep.segment].append(ep)
         self.scope = {name: self._scope(name) for name in self.segments}
 
     def _scope(self, segment: str) -> tuple[set[str], dict[str, list[str]]]:

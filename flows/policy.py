@@ -75,6 +75,10 @@ class Policy:
         return Verdict(direction, ep, not denies, tuple(denies or winners), seg)
 
     def decide(self, src: Peer, dst: Peer, proto: int, port: int | None = None) -> Decision:
+        for ep in (src, dst):
+            if isinstance(ep, Endpoint) and self.segments[ep.segment].mode == "direct":
+                return Decision(True, (), f"{ep.name} is in direct mode: its traffic goes by the uplink, with "
+                                          "anti-spoofing only; security groups do not apply")
         if isinstance(src, Endpoint) and isinstance(dst, Endpoint) and src.segment != dst.segment:
             return Decision(False, (), f"{src.name} is in segment '{src.segment}' and {dst.name} in "
                                        f"'{dst.segment}': segments are isolated")

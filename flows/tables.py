@@ -19,8 +19,8 @@ class Table:
 ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv4_dst", "ip_proto", "tcp_dst",
                         "udp_dst", "sctp_dst", "conj_id"})
 TABLES: tuple[Table, ...] = (
-    Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; drop the unknown",
-          frozenset({"in_port", "tunnel_id"}), None),
+    Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; uplink -> direct-mode "
+          "endpoints; drop the unknown", frozenset({"in_port", "tunnel_id", "eth_dst", "eth_type", "arp_tpa"}), None),
     Table(1, "port_security", "source MAC/IP (and ARP SHA/SPA) must be the port's endpoint's",
           frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}), None),
     Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment); the rest skips the ACL",

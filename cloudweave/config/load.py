@@ -237,6 +237,7 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     groups = read_groups(merged.get("security_groups", {}), c.error)
     check_groups(groups, endpoints, c.error, c.warn)
     _check_reachability(c, sites, links, segments, endpoints)
+    _check_modes(c, sites, segments, endpoints)
     _warn_unenforced(c, merged, segments)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=merged.get("routes"), files=files)
@@ -263,9 +264,27 @@ def _warn_unenforced(c: _Collector, merged: dict[str, Any], segments: list[Segme
             loc = next(iter(first.values()))[1] if isinstance(first, dict) else first[0][1]
             c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic takes the shortest path")
     for seg in segments:
-        if seg.mode != "bridge":
-            c.warn(seg.loc, f"segment '{seg.name}': mode '{seg.mode}' is not implemented yet; "
+        if seg.mode == "nat":
+            c.warn(seg.loc, f"segment '{seg.name}': mode 'nat' is not implemented yet; "
                             "the segment is forwarded as mode 'bridge'")
+
+
+def _check_modes(c: _Collector, sites: list[Site], segments: list[Segment], endpoints: list[Endpoint]) -> None:
+    """A direct-mode endpoint needs its site's uplink; security groups do not apply to it."""
+    by_site = {s.name: s for s in sites}
+    modes = {s.name: s.mode for s in segments}
+    direct = [e for e in endpoints if modes.get(e.segment) == "direct"]
+    # They share their site's uplink: a MAC or an address used twice there could not be told apart.
+    _unique(c, direct, lambda e: (e.site, e.mac), lambda e: f"MAC {e.mac} of direct-mode endpoints at '{e.site}'")
+    _unique(c, direct, lambda e: (e.site, e.ip), lambda e: f"IP {e.ip} of direct-mode endpoints at '{e.site}'")
+    for ep in direct:
+        site = by_site.get(ep.site)
+        if site is not None and site.uplink is None:
+            c.error(ep.loc, f"endpoint '{ep.name}': segment '{ep.segment}' is in direct mode, but site "
+                            f"'{ep.site}' has no uplink")
+        if ep.groups:
+            c.warn(ep.loc, f"endpoint '{ep.name}': security groups do not apply in direct mode "
+                           "(anti-spoofing only)")
 
 
 def load_model(path: str) -> tuple[Model, list[Problem]]:

@@ -29,7 +29,11 @@ LOG = logging.getLogger("cloudweave.testbed")
 UNDERLAY_BRIDGE = "br-phy"
 HOST_MTU = 1450  # leaves room for the 50-byte VXLAN header on a 1500-byte underlay
 MAX_SHAPED_MBPS = 1000
-SITE_CONTROLLER_SOCK = "controller.sock"  # Mininet's htb helper refuses more; faster links run unshaped
+SITE_CONTROLLER_SOCK = "controller.sock"
+INTERNET = "internet"  # the namespace every site's uplink reaches
+INTERNET_BRIDGE = "ibr"
+INTERNET_SERVER = "198.51.100.100"  # documentation range (RFC 5737), as the reference file's NAT addresses
+INTERNET_PREFIX = 24  # Mininet's htb helper refuses more; faster links run unshaped
 
 
 class TestbedError(RuntimeError):
@@ -73,13 +77,15 @@ class Testbed:
     # ---- build --------------------------------------------------------------------------------------------
 
     def build(self, controller_target: str | None, metrics: str) -> None:
-        clash = {s.name for s in self.model.sites} & {e.name for e in self.model.endpoints}
+        clash = ({s.name for s in self.model.sites} | {INTERNET}) & {e.name for e in self.model.endpoints}
         if clash:
             raise TestbedError(f"names used by both a site and an endpoint: {', '.join(sorted(clash))}")
         for site in self.model.sites:
             self._site(site.name)
         for link in self.model.links:
             self._underlay(*link.sites, link.capacity_mbps)
+        if any(site.uplink for site in self.model.sites):
+            self._internet()
         for ep in self.model.endpoints:
             self._endpoint(ep)
         target = controller_target or self._start_controller(metrics)
@@ -128,6 +134,28 @@ class Testbed:
                            input=flows, text=True, check=True, capture_output=True)
             ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, str(peer_vtep), underlay_mac(peer))
 
+    def _internet(self) -> None:
+        """A shared namespace with a bridge that each site's uplink port plugs into, and a server address on
+        it; direct-mode segments are routed to it on-link."""
+        node = Host(INTERNET, inNamespace=True)
+        self.nodes[INTERNET] = node
+        self.state.others[INTERNET] = node.pid
+        self.state.save()
+        node.cmd(f"sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip link set lo up; "
+                 f"ip link add {INTERNET_BRIDGE} type bridge; ip link set {INTERNET_BRIDGE} up; "
+                 f"ip addr add {INTERNET_SERVER}/{INTERNET_PREFIX} dev {INTERNET_BRIDGE}")
+        for seg in self.model.segments:
+            if seg.mode == "direct":
+                node.cmd(f"ip route add {seg.subnet} dev {INTERNET_BRIDGE}")
+        for site in self.model.sites:
+            if not site.uplink:
+                continue
+            outside = ("in-" + site.name)[:15]
+            Link(self.nodes[site.name], node, intfName1=site.uplink, intfName2=outside)
+            node.cmd(f"ip link set {outside} master {INTERNET_BRIDGE} up; ethtool -K {outside} tx off >/dev/null 2>&1")
+            self.nodes[site.name].cmd(f"ip link set {site.uplink} up; ethtool -K {site.uplink} tx off >/dev/null 2>&1")
+            self.ovs[site.name].vsctl("--may-exist", "add-port", site.bridge, site.uplink)
+
     def _endpoint(self, ep) -> None:
         seg = self.model.segment(ep.segment)
         host = Host(ep.name, inNamespace=True)
@@ -141,6 +169,8 @@ class Testbed:
                  f"ip addr flush dev eth0; ip addr add {ep.ip}/{seg.subnet.prefixlen} dev eth0; "
                  f"ip link set eth0 up; ethtool -K eth0 tx off >/dev/null 2>&1")
         site_node.cmd(f"ip link set {ep.port} mtu {HOST_MTU} up; ethtool -K {ep.port} tx off >/dev/null 2>&1")
+        if seg.mode == "direct":  # straight onto the uplink network: everything there is on-link
+            host.cmd("ip route add default dev eth0")
         self.ovs[ep.site].vsctl("--may-exist", "add-port", self.model.site(ep.site).bridge, ep.port)
 
     def _start_controller(self, metrics: str) -> str:

@@ -45,7 +45,7 @@ def force_cleanup(state: State) -> list[str]:
     for name, site in state.sites.items():
         stop_daemons(site["rundir"])
         done.append(f"stopped OVS of site {name}")
-    shells = list(state.hosts.values()) + [s["pid"] for s in state.sites.values()]
+    shells = list(state.hosts.values()) + [s["pid"] for s in state.sites.values()] + list(state.others.values())
     inside = processes_in_namespaces(shells)
     for p in set(inside) | set(shells):
         kill(p, signal.SIGKILL)

@@ -20,6 +20,7 @@ class State:
     hosts: dict[str, int] = field(default_factory=dict)  # endpoint -> pid of its namespace's shell
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> {"pid": ..., "rundir": ...}
     controller: dict[str, Any] = field(default_factory=dict)  # {"pid", "target", "log"} (pid 0: attached)
+    others: dict[str, int] = field(default_factory=dict)  # other namespaces (the "internet") -> shell pid
 
     @property
     def path(self) -> str:
@@ -46,4 +47,4 @@ class State:
             return self.hosts[name]
         if name in self.sites:
             return self.sites[name]["pid"]
-        return None
+        return self.others.get(name)

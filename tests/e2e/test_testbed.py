@@ -9,10 +9,11 @@ import sys
 import time
 
 import pytest
+from testbed.build import INTERNET, INTERNET_SERVER
 from testbed.cli import down, exec_in, up
 from testbed.ovs import alive
 from testbed.state import State
-from testbed.traffic import iperf
+from testbed.traffic import iperf, ns_argv, probe
 
 from cloudweave.config import load_model
 from flows.policy import Policy
@@ -181,6 +182,34 @@ def test_down_removes_everything_also_after_a_crash(tmp_path_factory):
     assert State.load(workdir) is None
     for site in state.sites.values():
         assert not any(name.endswith((".sock", ".pid", ".ctl")) for name in os.listdir(site["rundir"]))
+
+
+PEER_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 8000))
+s.listen(1); print("ready", flush=True)
+conn, addr = s.accept(); print(addr[0], flush=True)
+"""
+
+
+def test_direct_mode_reaches_the_internet_as_itself_and_nothing_else(three):
+    workdir, _ = three
+    assert ping(workdir, "cdn1", INTERNET_SERVER)
+    server = subprocess.Popen(ns_argv(workdir, INTERNET, sys.executable, "-c", PEER_SERVER), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert probe(workdir, "cdn1", [f"tcp:{INTERNET_SERVER}:8000"])[f"tcp:{INTERNET_SERVER}:8000"]
+        assert server.stdout.readline().strip() == "10.30.0.5"  # no NAT, no overlay: its own address
+    finally:
+        server.kill()
+        server.wait()
+    sh(workdir, "cdn1", "ip addr add 10.30.0.99/24 dev eth0")
+    try:
+        assert not ping(workdir, "cdn1", INTERNET_SERVER, "-I 10.30.0.99")  # anti-spoofing still applies
+    finally:
+        sh(workdir, "cdn1", "ip addr del 10.30.0.99/24 dev eth0")
+    assert not ping(workdir, "cdn1", "10.10.0.12")  # the overlay's endpoints are not on the uplink network
 
 
 def test_exec_returns_the_command_status(three):

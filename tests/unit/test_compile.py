@@ -57,7 +57,7 @@ def test_every_flow_is_ours_and_checked_against_its_table(model):
 
 def test_table_declarations_reject_bad_flows():
     with pytest.raises(TableViolation, match="does not match on"):
-        check_flow(flow(0, 1, cookies.OWNER, (Goto(1),), eth_dst="02:00:00:00:00:01"))
+        check_flow(flow(0, 1, cookies.OWNER, (Goto(1),), ipv4_src="10.0.0.1"))
     with pytest.raises(TableViolation, match="goto must go forward"):
         check_flow(flow(6, 1, cookies.OWNER, (Goto(2),)))
     with pytest.raises(TableViolation, match="goto must go forward and come last"):
@@ -77,6 +77,10 @@ def test_every_pair_and_probe_agrees_with_the_policy_and_replies_pass(model):
     for src in model.endpoints:
         for dst in model.endpoints:
             if src is dst:
+                continue
+            if model.segment(src.segment).mode == "direct":  # straight to the uplink, whatever the destination
+                uplink = [(src.site, model.site(src.site).uplink)]
+                assert fabric.send(src.site, src.port, frame(src, dst, 6, 80)) == uplink
                 continue
             for proto, port in PROBES:
                 allowed = policy.decide(src, dst, proto, port).allowed
@@ -101,6 +105,8 @@ def test_broadcast_reaches_each_segment_member_once_and_terminates(model):
     for src in model.endpoints:
         got = sorted(fabric.send(src.site, src.port, arp(src, "10.255.255.254")))
         want = sorted((e.site, e.port) for e in model.endpoints if e.segment == src.segment and e is not src)
+        if model.segment(src.segment).mode == "direct":
+            want = [(src.site, model.site(src.site).uplink)]
         assert got == want, src.name
 
 
@@ -117,6 +123,20 @@ def test_spoofed_sources_and_unknown_ports_are_dropped(model):
         assert fabric.send(src.site, src.port, spoof_mac) == []
         assert fabric.send(src.site, src.port, spoof_ipv4) == []
         assert fabric.send(src.site, "stranger", arp(src, str(peer.ip))) == []
+
+
+def test_direct_mode_talks_only_to_the_uplink_with_anti_spoofing():
+    model = load_model(TOPOLOGIES[1])[0]
+    cdn1 = next(e for e in model.endpoints if e.name == "cdn1")
+    fabric = Fabric(model, compile_model(model))
+    outside = {"eth_src": "02:aa:00:00:00:01", "eth_type": 0x0800, "ipv4_src": "198.51.100.100",
+               "ipv4_dst": str(cdn1.ip), "ip_proto": 1}
+    assert fabric.send("cloud1", "up0", dict(outside, eth_dst=cdn1.mac)) == [("cloud1", "cdn1")]
+    assert fabric.send("cloud1", "up0", dict(outside, eth_dst="02:00:00:00:01:02")) == []  # web2: not from there
+    assert fabric.send("cloud1", "up0", {"eth_src": "02:aa:00:00:00:01", "eth_dst": BROADCAST, "eth_type": 0x0806,
+                                         "arp_tpa": str(cdn1.ip)}) == [("cloud1", "cdn1")]
+    spoofed = dict(frame(cdn1, cdn1, 1), ipv4_src="10.30.0.99")
+    assert fabric.send("cloud1", "cdn1", spoofed) == []
 
 
 def test_ring_relays_between_sites_without_a_link():
