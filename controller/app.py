@@ -124,8 +124,7 @@ class CloudweaveApp(app_manager.OSKenApp):
                 if self.reloads.due():
                     self.reload()
                 while self.pending:
-                    dpid = min(self.pending)
-                    self.pending.discard(dpid)
+                    dpid = self.pending.pop()  # atomic: event handlers add to the set from their own thread
                     dp = self.datapaths.get(dpid)
                     if dp is not None:
                         self.reconcile(dp)
@@ -135,10 +134,13 @@ class CloudweaveApp(app_manager.OSKenApp):
 
     def _ovsdb_loop(self) -> None:
         while self.is_active:
-            now = time.monotonic()
-            for name, when in sorted(self.ovsdb_due.items()):
-                if when <= now:
-                    self._sync_site(name)
+            try:
+                now = time.monotonic()
+                for name, when in sorted(self.ovsdb_due.items()):
+                    if when <= now:
+                        self._sync_site(name)
+            except Exception:  # noqa: BLE001 - one bad round must not stop OVSDB syncing
+                self.logger.exception("OVSDB loop")
             hub.sleep(LOOP_TICK_S)
 
     # ---- work ---------------------------------------------------------------------------------------------
