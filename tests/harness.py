@@ -124,7 +124,8 @@ def rewrite_topology(src: str, dst: str, ovsdb_dirs: dict[str, str], edit=None) 
 
 class OvsSites:
     """One OVS instance per site of a topology, each in its own namespace, with br-int holding the site's
-    endpoint ports (as a hypervisor would plug them), and a copy of the file pointing at their sockets."""
+    endpoint and uplink ports (as a hypervisor would plug them), and a copy of the file pointing at their
+    sockets."""
 
     def __init__(self, topology: str, workdir: str):
         import uuid
@@ -146,8 +147,11 @@ class OvsSites:
             for site in sites:
                 args = ["add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev",
                         "fail_mode=secure"]
-                for ep in (e for e in self.model.endpoints if e.site == site.name):
-                    args += ["--", "add-port", "br-int", ep.port, "--", "set", "interface", ep.port, "type=internal"]
+                ports = [e.port for e in self.model.endpoints if e.site == site.name]
+                if site.uplink:
+                    ports.append(site.uplink)
+                for port in ports:
+                    args += ["--", "add-port", "br-int", port, "--", "set", "interface", port, "type=internal"]
                 self.instances[site.name].vsctl(*args)
         except BaseException:
             self.stop()
