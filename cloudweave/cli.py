@@ -136,7 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudweave", description=(
-        "SDN controller for Open vSwitch: VXLAN overlays between sites, programmed from a YAML file."))
+        "SDN controller for Open vSwitch: VXLAN overlays between sites and stateful security groups, "
+        "programmed from a YAML file."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("check", help="validate a topology/policy file and summarise it",
@@ -198,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", default="/run/cloudweave")
     s.set_defaults(func=cmd_testbed)
 
-    s = sub.add_parser("demo", help="test bed up on the three-site topology, ping and iperf3 across sites, down")
+    s = sub.add_parser("demo", help="test bed up on the three-site topology; pings, TCP probes and iperf3 across "
+                                    "sites checked against the policy; down")
     s.add_argument("--topology", default=None, help="topology file (default: topologies/three-clouds.yaml)")
     s.add_argument("--workdir", default="/run/cloudweave")
     s.set_defaults(func=cmd_demo)
