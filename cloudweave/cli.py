@@ -66,7 +66,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from ipaddress import ip_address
 
-    from cloudweave.config.security import PROTOCOLS
+    from cloudweave.config.errors import Invalid
+    from cloudweave.config.security import proto as parse_proto
     from flows.policy import Policy
 
     model, rc = _load(args.file)
@@ -93,9 +94,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"cloudweave: {exc}", file=sys.stderr)
         return 2
     proto_name = args.proto or ("tcp" if args.port else "icmp")
-    proto = PROTOCOLS.get(proto_name) if not proto_name.isdigit() else int(proto_name)
-    if proto is None:
-        print(f"cloudweave: unknown protocol '{proto_name}'", file=sys.stderr)
+    try:
+        proto = parse_proto(int(proto_name) if proto_name.isdigit() else proto_name)
+        if proto is None:
+            raise Invalid("a packet has one protocol: name it (tcp, udp, icmp, sctp or a number), not 'any'")
+    except Invalid as exc:
+        print(f"cloudweave: --proto: {exc}", file=sys.stderr)
         return 2
     decision = Policy(model).decide(src, dst, proto, args.port)
     print("allow" if decision.allowed else "deny")

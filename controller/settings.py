@@ -32,8 +32,7 @@ class Settings:
 def switch_target_for(template: str, site: Site) -> str:
     """Fill in a per-site target template. OVS connects to a unix socket only inside its own run directory,
     so with one OVS per site the target is usually `unix:{ovsdb_dir}/controller.sock`."""
-    ovsdb_dir = os.path.dirname(site.ovsdb.split(":", 1)[1]) if site.ovsdb.startswith("unix:") else ""
-    return template.format(site=site.name, ovsdb_dir=ovsdb_dir)
+    return template.format(site=site.name, ovsdb_dir=site.ovsdb_dir or "")
 
 
 def default_switch_target(listen_host: str, listen_port: int | None) -> str:

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
 from flows import cookies
 from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, REG_SEGMENT
-from flows.values import CT, Conjunction, Flow, Goto, MatchValue, flow
+from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, flow
 
-ETH_IPV4 = 0x0800
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
 # ct_state bits (OVS): new, est, rel, rpl, inv, trk
 NEW, EST, REL, INV, TRK = 0x01, 0x02, 0x04, 0x10, 0x20
@@ -28,11 +27,6 @@ CT_INV = (INV | TRK, INV | TRK)
 PRIO_INVALID, PRIO_ESTABLISHED, PRIO_FROM_TUNNEL = 60000, 59000, 58000
 RULE_BASE = 10000
 PRIO_DEFAULT, PRIO_NOT_AN_ENDPOINT = 8, 5
-ZONE_BITS = 0xFFFF
-
-
-def zone_of(seg: Segment) -> int:
-    return seg.vni & ZONE_BITS
 
 
 def port_pieces(r: PortRange) -> list[MatchValue]:
@@ -68,7 +62,7 @@ class AclCompiler:
                 continue  # direct mode: anti-spoofing only
             for g in ep.groups:
                 self.members[g].append(ep)
-        grouped = {s for e in model.endpoints if e.groups for s in [e.segment]}
+        grouped = {e.segment for e in model.endpoints if e.groups}
         # A segment has a policy when any of its endpoints is in a group or it denies by default.
         self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped}
 

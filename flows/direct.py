@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from cloudweave.config.model import Model
 from flows import cookies
-from flows.tables import CLASSIFY, PORT_SECURITY, REG_SEGMENT
-from flows.values import Flow, Goto, Output, SetField, flow
-
-ETH_IPV4 = 0x0800
-ETH_ARP = 0x0806
+from flows.overlay import port_entry_flows
+from flows.tables import CLASSIFY
+from flows.values import ETH_ARP, Flow, Output, flow
 
 
 def direct_flows(model: Model, site: str) -> list[Flow]:
@@ -19,13 +17,8 @@ def direct_flows(model: Model, site: str) -> list[Flow]:
     for ep in sorted((e for e in model.endpoints if e.site == site and e.segment in segments),
                      key=lambda e: e.name):
         ck = cookies.cookie("direct", ep.name)
-        vni = segments[ep.segment].vni
+        out += port_entry_flows(ep, segments[ep.segment].vni, (Output(uplink),), ck, ck)
         out += [
-            flow(CLASSIFY, 100, ck, (SetField(REG_SEGMENT, vni), Goto(PORT_SECURITY)), in_port=ep.port),
-            flow(PORT_SECURITY, 100, ck, (Output(uplink),), in_port=ep.port, eth_src=ep.mac, eth_type=ETH_IPV4,
-                 ipv4_src=str(ep.ip)),
-            flow(PORT_SECURITY, 100, ck, (Output(uplink),), in_port=ep.port, eth_src=ep.mac, eth_type=ETH_ARP,
-                 arp_spa=str(ep.ip), arp_sha=ep.mac),
             # From the uplink: what is addressed to the endpoint, and ARP requests for its address.
             flow(CLASSIFY, 100, ck, (Output(ep.port),), in_port=uplink, eth_dst=ep.mac),
             flow(CLASSIFY, 90, ck, (Output(ep.port),), in_port=uplink, eth_type=ETH_ARP, arp_tpa=str(ep.ip)),

@@ -9,10 +9,8 @@ from cloudweave.config.model import Endpoint, Model, Segment
 from flows import cookies
 from flows.tables import CLASSIFY, CONNTRACK, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
 from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import Flow, Goto, Output, SetField, flow
+from flows.values import ETH_ARP, ETH_IPV4, Action, Flow, Goto, Output, SetField, flow
 
-ETH_IPV4 = 0x0800
-ETH_ARP = 0x0806
 AFTER_PORT_SECURITY = CONNTRACK
 
 
@@ -25,16 +23,24 @@ def table_misses() -> list[Flow]:
     return out
 
 
-def local_endpoint_flows(ep: Endpoint, seg: Segment) -> list[Flow]:
-    """Classify the endpoint's port into its segment and let only its own addresses in."""
-    ck = cookies.cookie
+def port_entry_flows(ep: Endpoint, vni: int, admitted: tuple[Action, ...], classify_cookie: int,
+                     security_cookie: int) -> list[Flow]:
+    """Classify the endpoint's port into its segment and let only its own addresses in (IPv4, and ARP with
+    its own SHA+SPA); what passes takes `admitted`."""
     return [
-        flow(CLASSIFY, 100, ck("classify_port", ep.name),
-             (SetField(REG_SEGMENT, seg.vni), Goto(PORT_SECURITY)), in_port=ep.port),
-        flow(PORT_SECURITY, 100, ck("port_security", ep.name), (Goto(AFTER_PORT_SECURITY),),
+        flow(CLASSIFY, 100, classify_cookie, (SetField(REG_SEGMENT, vni), Goto(PORT_SECURITY)), in_port=ep.port),
+        flow(PORT_SECURITY, 100, security_cookie, admitted,
              in_port=ep.port, eth_src=ep.mac, eth_type=ETH_IPV4, ipv4_src=str(ep.ip)),
-        flow(PORT_SECURITY, 100, ck("port_security", ep.name), (Goto(AFTER_PORT_SECURITY),),
+        flow(PORT_SECURITY, 100, security_cookie, admitted,
              in_port=ep.port, eth_src=ep.mac, eth_type=ETH_ARP, arp_spa=str(ep.ip), arp_sha=ep.mac),
+    ]
+
+
+def local_endpoint_flows(ep: Endpoint, seg: Segment) -> list[Flow]:
+    """A bridge-mode endpoint's port: classify, anti-spoofing, and delivery to it."""
+    ck = cookies.cookie
+    return port_entry_flows(ep, seg.vni, (Goto(AFTER_PORT_SECURITY),), ck("classify_port", ep.name),
+                            ck("port_security", ep.name)) + [
         flow(L2_FORWARD, 100, ck("l2_local", ep.name), (Output(ep.port),), reg6=seg.vni, eth_dst=ep.mac),
     ]
 

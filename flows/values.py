@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ETH_IPV4 = 0x0800
+ETH_ARP = 0x0806
+
 MatchValue = int | str | tuple[int, int] | tuple[str, str]  # plain value or (value, mask)
 
 

@@ -205,8 +205,8 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     _unique(c, sites, lambda s: s.vtep, lambda s: f"vtep address {s.vtep}")
     _unique(c, segments, lambda s: s.vni, lambda s: f"VNI {s.vni}")
     distinct_vnis = list({s.vni: s for s in reversed(segments)}.values())[::-1]  # a VNI clash is said above
-    _unique(c, distinct_vnis, lambda s: s.vni & 0xFFFF,
-            lambda s: f"conntrack zone {s.vni & 0xFFFF} (the low 16 bits of VNI {s.vni})")
+    _unique(c, distinct_vnis, lambda s: s.ct_zone,
+            lambda s: f"conntrack zone {s.ct_zone} (the low 16 bits of VNI {s.vni})")
     _unique(c, endpoints, lambda e: (e.site, e.port), lambda e: f"port {e.port} of site '{e.site}'")
     _unique(c, endpoints, lambda e: (e.segment, e.mac), lambda e: f"MAC {e.mac} in segment '{e.segment}'")
     _unique(c, endpoints, lambda e: (e.segment, e.ip), lambda e: f"IP {e.ip} in segment '{e.segment}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -27,6 +28,11 @@ class Site:
     nat_ip: IPv4Address | None = None
     loc: Loc = _loc()
 
+    @property
+    def ovsdb_dir(self) -> str | None:
+        """The directory of a unix OVSDB socket (OVS's run directory); None for other remotes."""
+        return os.path.dirname(self.ovsdb[len("unix:"):]) if self.ovsdb.startswith("unix:") else None
+
 
 @dataclass(frozen=True)
 class Link:
@@ -47,6 +53,11 @@ class Segment:
     mode: str = "bridge"
     default: str = "deny"
     loc: Loc = _loc()
+
+    @property
+    def ct_zone(self) -> int:
+        """Its conntrack zone: the VNI's low 16 bits (the pipeline loads it from reg6[0..15])."""
+        return self.vni & 0xFFFF
 
 
 @dataclass(frozen=True)

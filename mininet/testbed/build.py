@@ -60,10 +60,11 @@ def underlay_prefixlen(model: Model) -> int:
 
 
 def site_rundir(model: Model, site: str) -> str:
-    ovsdb = model.site(site).ovsdb
-    if not ovsdb.startswith("unix:"):
-        raise TestbedError(f"site {site}: the test bed needs 'ovsdb: unix:/path/db.sock', got '{ovsdb}'")
-    return os.path.dirname(ovsdb[len("unix:"):])
+    rundir = model.site(site).ovsdb_dir
+    if rundir is None:
+        raise TestbedError(f"site {site}: the test bed needs 'ovsdb: unix:/path/db.sock', got "
+                           f"'{model.site(site).ovsdb}'")
+    return rundir
 
 
 class Testbed:

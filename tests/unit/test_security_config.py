@@ -136,3 +136,11 @@ def test_explain_by_address_and_ambiguity():
     assert explain("10.10.0.21", "10.10.0.31", "--port", "5432").stdout.splitlines()[0] == "allow"
     amb = explain("10.10.0.11", "app1")
     assert amb.returncode == 2 and "10.10.0.11 is the address of web1 (prod) and lab1 (lab)" in amb.stderr
+
+
+def test_explain_refuses_a_protocol_a_packet_cannot_have():
+    bad = explain("web1", "app1", "--proto", "bogus")
+    assert bad.returncode == 2 and "--proto: 'bogus' is not a protocol" in bad.stderr
+    wide = explain("web1", "app1", "--proto", "any")
+    assert wide.returncode == 2 and "a packet has one protocol" in wide.stderr
+    assert explain("web1", "app1", "--proto", "6", "--port", "8080").stdout.splitlines()[0] == "allow"
