@@ -22,7 +22,7 @@ from os_ken.ofproto import ofproto_v1_4
 
 from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
-from controller import wire
+from controller import conn_limits, next_hop, wire
 from controller.changes import describe
 from controller.codec import canonical_actual, flow_add, flow_delete
 from controller.metrics import Metrics
@@ -31,7 +31,7 @@ from controller.reconcile import Plan, desired_canonical, plan
 from controller.settings import Settings, switch_target_for
 from controller.unix_socket import install as install_unix_socket_support
 from controller.watch import ReloadRequests
-from flows.compile import SwitchState, compile_model
+from flows.compile import ModelCompiler, SwitchState
 from flows.cookies import OWNER, OWNER_MASK
 
 install_unix_socket_support()
@@ -61,9 +61,17 @@ class CloudweaveApp(app_manager.OSKenApp):
         for w in warnings:
             self.logger.warning("%s", w)
         self.model: Model = model
-        self.desired: dict[str, SwitchState] = compile_model(model)
+        self.next_hops: dict[str, str] = {}  # site -> its uplink gateway's MAC, as learned (NAT mode)
+        self.compiler = ModelCompiler(model)
+        self.desired: dict[str, SwitchState] = self.compiler.all(self.next_hops)
         self.logger.info("loaded %s: %s", self.settings.config, describe(None, model))
         self.datapaths: dict[int, Any] = {}
+        self.ports: dict[int, dict[str, int]] = {}  # dpid -> port name -> number, as of the last reconcile
+        self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
+        self.limits_due = 0.0
+        self.limited: dict[str, set[int]] = {}  # site -> zones we set limits on
+        self.full: set[tuple[str, str]] = set()  # (site, segment) at their connection limit
+        self.limits_failing: set[str] = set()
         self.pending: set[int] = set()
         self.unknown_dpids: set[int] = set()
         self.ovsdb: dict[str, SiteOvsdb] = {}
@@ -107,6 +115,23 @@ class CloudweaveApp(app_manager.OSKenApp):
     def _port_status(self, ev: Any) -> None:
         self.pending.add(ev.msg.datapath.id)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev: Any) -> None:
+        """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC."""
+        msg = ev.msg
+        site = self.model.site_by_dpid(msg.datapath.id)
+        if site is None or site.uplink_gateway is None:
+            return
+        answer = next_hop.parse_reply(msg.data, site)
+        if answer is None or self.next_hops.get(site.name) == answer.mac:
+            return
+        self.logger.info("site %s: uplink gateway %s is at %s%s", site.name, answer.ip, answer.mac,
+                         f" (was {self.next_hops[site.name]})" if site.name in self.next_hops else "")
+        self.next_hops[site.name] = answer.mac
+        self.desired[site.name] = self.compiler.site(site.name, self.next_hops)
+        self.metrics.next_hops_learned.labels(site.name).inc()
+        self.pending.add(msg.datapath.id)
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev: Any) -> None:
         msg = ev.msg
@@ -128,6 +153,7 @@ class CloudweaveApp(app_manager.OSKenApp):
                     dp = self.datapaths.get(dpid)
                     if dp is not None:
                         self.reconcile(dp)
+                self._ask_next_hops()
             except Exception:  # noqa: BLE001 - one bad round must not stop the controller
                 self.logger.exception("controller loop")
             hub.sleep(LOOP_TICK_S)
@@ -139,6 +165,9 @@ class CloudweaveApp(app_manager.OSKenApp):
                 for name, when in sorted(self.ovsdb_due.items()):
                     if when <= now:
                         self._sync_site(name)
+                if self.limits_due <= now:
+                    self.limits_due = now + self.model.poll_interval_s
+                    self._connection_limits()
             except Exception:  # noqa: BLE001 - one bad round must not stop OVSDB syncing
                 self.logger.exception("OVSDB loop")
             hub.sleep(LOOP_TICK_S)
@@ -160,7 +189,10 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.warning("%s", w)
         self.logger.info("reload: %s", describe(self.model, model))
         old_sites = {s.name: s for s in self.model.sites}
-        self.model, self.desired = model, compile_model(model)
+        self.model, self.compiler = model, ModelCompiler(model)
+        self.desired = self.compiler.all(self.next_hops)
+        self.ask_due.clear()
+        self.limits_due = 0.0
         for site in model.sites:
             if old_sites.get(site.name) != site:
                 self._drop_ovsdb(site.name)
@@ -201,6 +233,56 @@ class CloudweaveApp(app_manager.OSKenApp):
         level = logging.INFO if report.changed else logging.DEBUG
         self.logger.log(level, "site %s: OVSDB bridge %s: %s", name, site.bridge, report)
 
+    def _ask_next_hops(self) -> None:
+        """ARP for each NAT site's uplink gateway: often while unknown, then now and then to notice a change."""
+        now = time.monotonic()
+        for dpid, dp in list(self.datapaths.items()):
+            site = self.model.site_by_dpid(dpid)
+            if site is None or self.ask_due.get(site.name, 0.0) > now or not next_hop.needs_next_hop(self.model, site):
+                continue
+            port = self.ports.get(dpid, {}).get(site.uplink)
+            if port is None:
+                continue
+            known = site.name in self.next_hops
+            self.ask_due[site.name] = now + (next_hop.ASK_KNOWN_S if known else next_hop.ASK_UNKNOWN_S)
+            ofp, parser = dp.ofproto, dp.ofproto_parser
+            dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                            [parser.OFPActionOutput(port, 0)], next_hop.request(site)))
+
+    def _connection_limits(self) -> None:
+        """Set each site's zone limits and report the segments that reach theirs."""
+        for site in self.model.sites:
+            want = set(conn_limits.wanted(self.model, site.name))
+            had = self.limited.get(site.name, set())
+            if not want and not had:
+                continue
+            try:
+                conn_limits.remove(site, had - want)
+                uses = conn_limits.apply_and_read(self.model, site)
+            except (conn_limits.LimitsUnavailable, OSError, ValueError) as exc:
+                if site.name not in self.limits_failing:  # said once, not every poll interval
+                    self.logger.warning("%s (retrying quietly)", exc)
+                    self.limits_failing.add(site.name)
+                continue
+            if site.name in self.limits_failing or had != want:
+                self.logger.info("site %s: connection limits %s", site.name, ", ".join(
+                    f"{u.segment} {u.limit}" for u in uses) or "lifted")
+            self.limits_failing.discard(site.name)
+            self.limited[site.name] = want
+            for use in uses:
+                self.metrics.connections.labels(site.name, use.segment).set(use.count)
+                self.metrics.connection_limit.labels(site.name, use.segment).set(use.limit)
+                key = (site.name, use.segment)
+                if use.full and key not in self.full:
+                    self.full.add(key)
+                    self.metrics.limit_reached.labels(*key).inc()
+                    self.logger.warning("site %s: segment %s reached its connection limit (%d of %d): new "
+                                        "connections are refused", site.name, use.segment, use.count, use.limit)
+                elif not use.full and key in self.full:
+                    self.full.discard(key)
+                    self.logger.info("site %s: segment %s is below its connection limit again (%d of %d)",
+                                     site.name, use.segment, use.count, use.limit)
+
     def reconcile(self, dp: Any) -> Plan | None:
         """Read the switch's ports and flows, and send only the difference to the desired flows, in one bundle."""
         started = time.monotonic()
@@ -215,6 +297,7 @@ class CloudweaveApp(app_manager.OSKenApp):
                                       reply_multi=True)
         ports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
                  for r in port_replies for p in r.body}
+        self.ports[dp.id] = ports
         flow_replies = ofctl.send_msg(self, parser.OFPFlowStatsRequest(
             dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()),
             parser.OFPFlowStatsReply, reply_multi=True)
@@ -222,6 +305,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         desired, missing = desired_canonical(self.desired[site.name].flows, ports)
         p = plan(desired, actual)
         p.missing_ports = missing
+        for key in p.replace:  # what differed, for whoever debugs a flow that keeps being rewritten
+            self.logger.debug("site %s: replace %s: have %s, want %s", site.name, key, actual[key], desired[key])
         ok = True
         if p.size:
             ok = self._send_bundle(dp, p)

@@ -9,9 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from flows.cookies import OWNER, OWNER_MASK
-from flows.values import CT, Conjunction, Flow, Goto, Output, SetField
+from flows.values import CONTROLLER, CT, IN_PORT, Conjunction, Flow, Goto, Move, Output, SetField
 
 CT_ZONE_FIELD, CT_ZONE_OFS_NBITS, NO_TABLE = "reg6", 15, 0xFF  # zone = reg6[0..15]
+RESERVED_PORT_NUMBERS = {IN_PORT: 0xFFFFFFF8, CONTROLLER: 0xFFFFFFFD}  # OFPP_IN_PORT, OFPP_CONTROLLER (OF1.3+)
+NO_BUFFER_LEN = 0xFFFF  # OFPCML_NO_BUFFER: the whole packet to the controller
+NX_CT_F_COMMIT, NX_NAT_F_SRC, NX_NAT_F_DST = 1, 1, 2
+MOVE_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48, "arp_spa": 32, "arp_tpa": 32}
 
 CanonKey = tuple[int, int, tuple[tuple[str, Any], ...]]
 CanonContent = tuple[int, tuple[tuple[Any, ...], ...]]
@@ -22,6 +26,8 @@ class MissingPort(KeyError):
 
 
 def _port(ports: dict[str, int], name: str) -> int:
+    if name in RESERVED_PORT_NUMBERS:
+        return RESERVED_PORT_NUMBERS[name]
     try:
         return ports[name]
     except KeyError:
@@ -50,10 +56,47 @@ def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...
         elif isinstance(a, Goto):
             out.append(("goto", a.table))
         elif isinstance(a, CT):
-            out.append(("ct", a.commit, a.table))
+            nat = None if a.nat is None else _canonical_nat(a.nat.kind, a.nat.ip, a.nat.ip, a.nat.port_lo,
+                                                             a.nat.port_hi)
+            out.append(("ct", a.commit, a.table, a.zone, nat, a.mark))
         elif isinstance(a, Conjunction):
             out.append(("conjunction", a.id, a.clause, a.n_clauses))
+        elif isinstance(a, Move):
+            out.append(("move", a.src, a.dst))
     return tuple(out)
+
+
+def _oxm_name(field: str) -> str:
+    return field.removesuffix("_nxm")
+
+
+def _canonical_nat(kind: str, ip_min: str, ip_max: str, port_lo: int | None, port_hi: int | None) -> tuple:
+    # OVS reports a single address without its maximum and a single port without its top.
+    return (kind, ip_min or "", ip_max or ip_min or "", port_lo or 0, port_hi or port_lo or 0)
+
+
+def _actual_ct(a: Any) -> tuple[Any, ...]:
+    if a.zone_src == CT_ZONE_FIELD and a.zone_ofs_nbits == CT_ZONE_OFS_NBITS:
+        zone = None
+    elif not a.zone_src:
+        zone = a.zone_ofs_nbits
+    else:
+        return ("other", repr(a))
+    nat, mark = None, None
+    for inner in a.actions:
+        name = type(inner).__name__
+        if name == "NXActionNAT":
+            kind = "src" if inner.flags & NX_NAT_F_SRC else "dst" if inner.flags & NX_NAT_F_DST else ""
+            nat = _canonical_nat(kind, inner.range_ipv4_min, inner.range_ipv4_max, inner.range_proto_min,
+                                 inner.range_proto_max)
+        elif name == "OFPActionSetField" and inner.key == "ct_mark":
+            mark = inner.value
+        else:
+            return ("other", repr(a))
+    if a.alg:
+        return ("other", repr(a))
+    table = None if a.recirc_table == NO_TABLE else a.recirc_table
+    return ("ct", bool(a.flags & NX_CT_F_COMMIT), table, zone, nat, mark)
 
 
 def canonical_desired(flow: Flow, ports: dict[str, int]) -> tuple[CanonKey, CanonContent]:
@@ -73,10 +116,12 @@ def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
                     actions.append(("output", a.port))
                 elif a.type == ofp.OFPAT_SET_FIELD:
                     actions.append(("set_field", a.key, _norm(a.value)))
-                elif type(a).__name__ == "NXActionCT" and a.zone_src == CT_ZONE_FIELD \
-                        and a.zone_ofs_nbits == CT_ZONE_OFS_NBITS and not a.actions and not a.alg:
-                    table = None if a.recirc_table == NO_TABLE else a.recirc_table
-                    actions.append(("ct", bool(a.flags & 1), table))
+                elif type(a).__name__ == "NXActionCT":
+                    actions.append(_actual_ct(a))
+                elif type(a).__name__ == "NXActionRegMove" and a.src_ofs == 0 and a.dst_ofs == 0 \
+                        and a.n_bits == MOVE_BITS.get(_oxm_name(a.src_field)):
+                    # OVS answers with NXM headers where a field has one (os-ken names them "..._nxm").
+                    actions.append(("move", _oxm_name(a.src_field), _oxm_name(a.dst_field)))
                 elif type(a).__name__ == "NXActionConjunction":
                     actions.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
                 else:
@@ -96,13 +141,13 @@ def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
     apply, inst = [], []
     for a in actions:
         if a[0] == "output":
-            apply.append(parser.OFPActionOutput(a[1], 0))
+            apply.append(parser.OFPActionOutput(a[1], NO_BUFFER_LEN if a[1] == ofp.OFPP_CONTROLLER else 0))
         elif a[0] == "set_field":
             apply.append(parser.OFPActionSetField(**{a[1]: a[2]}))
+        elif a[0] == "move":
+            apply.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=MOVE_BITS[a[1]]))
         elif a[0] == "ct":
-            apply.append(parser.NXActionCT(flags=1 if a[1] else 0, zone_src=CT_ZONE_FIELD,
-                                           zone_ofs_nbits=CT_ZONE_OFS_NBITS,
-                                           recirc_table=NO_TABLE if a[2] is None else a[2], alg=0, actions=[]))
+            apply.append(_ct_action(parser, a))
         elif a[0] == "conjunction":
             apply.append(parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1]))
     if apply:
@@ -111,6 +156,26 @@ def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
     return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=0, table_id=table, command=ofp.OFPFC_ADD,
                              priority=priority, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
                              out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**dict(match)), instructions=inst)
+
+
+def _ct_action(parser: Any, a: tuple[Any, ...]) -> Any:
+    _, commit, table, zone, nat, mark = a
+    inner = []
+    if mark is not None:
+        inner.append(parser.OFPActionSetField(ct_mark=mark))
+    if nat is not None:
+        kind, ip_min, ip_max, port_lo, port_hi = nat
+        flags = {"src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST, "": 0}[kind]
+        kwargs: dict[str, Any] = {"range_ipv4_min": ip_min} if ip_min else {}
+        if ip_max and ip_max != ip_min:
+            kwargs["range_ipv4_max"] = ip_max
+        if port_lo:
+            kwargs.update(range_proto_min=port_lo, range_proto_max=port_hi)
+        inner.append(parser.NXActionNAT(flags=flags, **kwargs))
+    return parser.NXActionCT(flags=NX_CT_F_COMMIT if commit else 0,
+                             zone_src=CT_ZONE_FIELD if zone is None else "",
+                             zone_ofs_nbits=CT_ZONE_OFS_NBITS if zone is None else zone,
+                             recirc_table=NO_TABLE if table is None else table, alg=0, actions=inner)
 
 
 def flow_delete(dp: Any, key: CanonKey) -> Any:

@@ -21,5 +21,15 @@ class Metrics:
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
                                    registry=r)
 
+        self.next_hops_learned = Counter("cloudweave_next_hop_changes", "Uplink gateway MACs learned or changed",
+                                         ["site"], registry=r)
+        self.connections = Gauge("cloudweave_segment_connections", "Conntrack entries of a segment at a site",
+                                 ["site", "segment"], registry=r)
+        self.connection_limit = Gauge("cloudweave_segment_connection_limit", "A segment's connection limit at a site",
+                                      ["site", "segment"], registry=r)
+        self.limit_reached = Counter("cloudweave_segment_connection_limit_reached",
+                                     "Times a segment's connections reached its limit at a site", ["site", "segment"],
+                                     registry=r)
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

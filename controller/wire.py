@@ -19,6 +19,7 @@ OFPFC_ADD, OFPFC_DELETE_STRICT = 0, 4
 OFP_NO_BUFFER = 0xFFFFFFFF
 OFPP_ANY = 0xFFFFFFFF
 OFPG_ANY = 0xFFFFFFFF
+OFPP_CONTROLLER, NO_BUFFER_LEN = 0xFFFFFFFD, 0xFFFF
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
 OFPAT_OUTPUT, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
 NX_VENDOR = 0x00002320
@@ -44,6 +45,9 @@ FIELDS: dict[str, tuple[int, int, int, str]] = {
     "sctp_dst": (OFB, 18, 2, "int"),
     "conj_id": (NXM1, 37, 4, "int"),
     "ct_state": (NXM1, 105, 4, "int"),
+    "ct_mark": (NXM1, 107, 4, "int"),
+    "arp_op": (OFB, 21, 2, "int"),
+    "arp_tha": (OFB, 25, 6, "mac"),
     **{f"reg{i}": (NXM1, i, 4, "int") for i in range(8)},
 }
 CT_ZONE_REG6_LOW16 = (struct.pack("!HBB", NXM1, 6 << 1, 4), 15)  # zone from reg6, ofs 0, 16 bits
@@ -89,22 +93,31 @@ def match(fields: tuple[tuple[str, Any], ...]) -> bytes:
     return _pad8(struct.pack("!HH", 1, 4 + len(oxms)) + oxms)
 
 
+def _set_field(name: str, value: Any) -> bytes:
+    body = _pad8(struct.pack("!HH", OFPAT_SET_FIELD, 0) + _oxm(name, value))
+    return struct.pack("!HH", OFPAT_SET_FIELD, len(body)) + body[4:]
+
+
+def _ct(commit: bool, table: int | None, zone: int | None, nat: Any, mark: int | None) -> bytes:
+    if nat is not None:
+        raise Unsupported("ct with nat")
+    header, ofs_nbits = CT_ZONE_REG6_LOW16 if zone is None else (b"\0" * 4, zone)
+    inner = _set_field("ct_mark", mark) if mark is not None else b""
+    return struct.pack("!HHIHH4sHB3xH", OFPAT_EXPERIMENTER, 24 + len(inner), NX_VENDOR, NXAST_CT,
+                       NX_CT_F_COMMIT if commit else 0, header, ofs_nbits, 0xFF if table is None else table,
+                       0) + inner
+
+
 def instructions(actions: tuple[tuple[Any, ...], ...]) -> bytes:
     apply = b""
     goto = b""
     for a in actions:
         if a[0] == "output":
-            apply += struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, a[1], 0)
+            apply += struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, a[1], NO_BUFFER_LEN if a[1] == OFPP_CONTROLLER else 0)
         elif a[0] == "set_field":
-            oxm = _oxm(a[1], a[2])
-            body = _pad8(struct.pack("!HH", OFPAT_SET_FIELD, 0) + oxm)
-            apply += struct.pack("!HH", OFPAT_SET_FIELD, len(body)) + body[4:]
+            apply += _set_field(a[1], a[2])
         elif a[0] == "ct":
-            _, commit, table = a
-            header, ofs_nbits = CT_ZONE_REG6_LOW16
-            apply += struct.pack("!HHIHH4sHB3xH", OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_CT,
-                                 NX_CT_F_COMMIT if commit else 0, header, ofs_nbits,
-                                 0xFF if table is None else table, 0)
+            apply += _ct(*a[1:])
         elif a[0] == "conjunction":
             _, cid, clause, n_clauses = a
             apply += struct.pack("!HHIHBBI", OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_CONJUNCTION, clause - 1,

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
 from flows import cookies
-from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, REG_SEGMENT
+from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, FROM_TUNNEL, FROM_UPLINK, REG_SEGMENT
 from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, flow
 
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
@@ -27,6 +27,10 @@ CT_INV = (INV | TRK, INV | TRK)
 PRIO_INVALID, PRIO_ESTABLISHED, PRIO_FROM_TUNNEL = 60000, 59000, 58000
 RULE_BASE = 10000
 PRIO_DEFAULT, PRIO_NOT_AN_ENDPOINT = 8, 5
+# Every allowed new connection is committed with ct_mark=1 and comes back through table `nat`, where a
+# connection that its zone's limit refused (no mark) is dropped: flows/nat.py connection_limit_flows.
+COMMITTED = 1
+COMMIT = (CT(commit=True, table=AFTER_ACL, mark=COMMITTED),)
 
 
 def port_pieces(r: PortRange) -> list[MatchValue]:
@@ -63,8 +67,10 @@ class AclCompiler:
             for g in ep.groups:
                 self.members[g].append(ep)
         grouped = {e.segment for e in model.endpoints if e.groups}
-        # A segment has a policy when any of its endpoints is in a group or it denies by default.
-        self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped}
+        # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
+        # connection limit, or it is NATed (port forwards pass its ingress rules).
+        self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped
+                            or s.mode == "nat" or s.max_connections is not None}
 
     def site_flows(self, site: str, local: Iterable[Endpoint]) -> list[Flow]:
         """The ACL flows of one site. Only sites with endpoints of a segment track its connections: a pure
@@ -72,6 +78,10 @@ class AclCompiler:
         local = [e for e in local if e.segment in self.segments]
         segs = sorted({e.segment for e in local}, key=lambda n: self.segments[n].vni)
         out = self._state_flows() if any(s in self.with_policy for s in segs) else []
+        if any(self.segments[s].mode == "nat" for s in segs):
+            # Port forwards from the uplink: no egress rules (no local source), the destination's ingress.
+            out.append(flow(ACL_EGRESS, PRIO_FROM_TUNNEL, cookies.cookie("acl_state", "from_uplink"),
+                            (Goto(ACL_INGRESS),), ct_state=CT_NEW, reg7=FROM_UPLINK, eth_type=ETH_IPV4))
         for name in segs:
             seg = self.segments[name]
             if name not in self.with_policy:
@@ -90,29 +100,27 @@ class AclCompiler:
 
     def _state_flows(self) -> list[Flow]:
         ck = cookies.cookie
-        commit = (CT(commit=True), Goto(AFTER_ACL))
         return [
             flow(ACL_EGRESS, PRIO_INVALID, ck("acl_state", "invalid"), (), ct_state=CT_INV),
             flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "established"), (Goto(AFTER_ACL),), ct_state=CT_EST),
             flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "related"), (Goto(AFTER_ACL),), ct_state=CT_REL),
             # Checked at the source's site already: the destination's site only records the connection.
-            flow(ACL_EGRESS, PRIO_FROM_TUNNEL, ck("acl_state", "from_tunnel"), commit, ct_state=CT_NEW,
-                 reg7=1, eth_type=ETH_IPV4),
+            flow(ACL_EGRESS, PRIO_FROM_TUNNEL, ck("acl_state", "from_tunnel"), COMMIT, ct_state=CT_NEW,
+                 reg7=FROM_TUNNEL, eth_type=ETH_IPV4),
         ]
 
     def _defaults(self, seg: Segment) -> list[Flow]:
         ck = cookies.cookie("acl_default", seg.name)
         allow = seg.default == "allow"
-        commit = (CT(commit=True), Goto(AFTER_ACL))
         out = [
             flow(ACL_EGRESS, PRIO_DEFAULT, ck, (Goto(ACL_INGRESS),) if allow else (), ct_state=CT_NEW,
                  reg6=seg.vni, eth_type=ETH_IPV4),
             # A destination that is no endpoint of the segment has no ingress rules.
-            flow(ACL_INGRESS, PRIO_NOT_AN_ENDPOINT, ck, commit, ct_state=CT_NEW, reg6=seg.vni, eth_type=ETH_IPV4),
+            flow(ACL_INGRESS, PRIO_NOT_AN_ENDPOINT, ck, COMMIT, ct_state=CT_NEW, reg6=seg.vni, eth_type=ETH_IPV4),
         ]
         for ep in self.model.endpoints:
             if ep.segment == seg.name:
-                out.append(flow(ACL_INGRESS, PRIO_DEFAULT, ck, commit if allow else (), ct_state=CT_NEW,
+                out.append(flow(ACL_INGRESS, PRIO_DEFAULT, ck, COMMIT if allow else (), ct_state=CT_NEW,
                                 reg6=seg.vni, eth_type=ETH_IPV4, ipv4_dst=str(ep.ip)))
         return out
 
@@ -154,7 +162,7 @@ class AclCompiler:
         elif r.direction == "egress":
             verdict = (Goto(ACL_INGRESS),)
         else:
-            verdict = (CT(commit=True), Goto(AFTER_ACL))
+            verdict = COMMIT
         if len(dims) == 1:
             return [flow(table, prio, ck, verdict, ct_state=CT_NEW, **m) for m in dims[0]]
         cid = conj_id(r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -12,6 +12,7 @@ from ipaddress import IPv4Address
 from cloudweave.config.model import Model
 from flows.acl import AclCompiler
 from flows.direct import direct_flows
+from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import OverlayCompiler
 from flows.tables import TableViolation, check_flow
 from flows.topology import tunnel_port_name
@@ -42,7 +43,8 @@ def sort_key(f: Flow) -> tuple:
 
 
 def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None,
-                 acl: AclCompiler | None = None) -> SwitchState:
+                 acl: AclCompiler | None = None, next_hops: Mapping[str, str] | None = None) -> SwitchState:
+    """`next_hops`: the uplink gateway's MAC per site, as the controller learned it (NAT mode needs it)."""
     overlay = overlay or OverlayCompiler(model)
     acl = acl or AclCompiler(model)
     me = model.site(site)
@@ -50,8 +52,10 @@ def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None
         TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
         for peer in overlay.graph.neighbours(site)
     )
-    flows = (overlay.site_flows(site) + acl.site_flows(site, (e for e in model.endpoints if e.site == site))
-             + direct_flows(model, site))
+    local = [e for e in model.endpoints if e.site == site]
+    tracked = {e.segment for e in local} & acl.with_policy
+    flows = (overlay.site_flows(site) + acl.site_flows(site, local) + direct_flows(model, site)
+             + nat_flows(model, site, (next_hops or {}).get(site)) + connection_limit_flows(model, tracked))
     for f in flows:
         check_flow(f)
     if len({f.key for f in flows}) != len(flows):
@@ -73,7 +77,23 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def compile_model(model: Model) -> dict[str, SwitchState]:
-    with gc_paused():
-        overlay, acl = OverlayCompiler(model), AclCompiler(model)
-        return {s.name: compile_site(model, s.name, overlay, acl) for s in model.sites}
+class ModelCompiler:
+    """One model's compilers, kept to recompile single sites (e.g. when a next hop is learned)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        with gc_paused():
+            self.overlay, self.acl = OverlayCompiler(model), AclCompiler(model)
+
+    def site(self, site: str, next_hops: Mapping[str, str] | None = None) -> SwitchState:
+        with gc_paused():
+            return compile_site(self.model, site, self.overlay, self.acl, next_hops)
+
+    def all(self, next_hops: Mapping[str, str] | None = None) -> dict[str, SwitchState]:
+        with gc_paused():
+            return {s.name: compile_site(self.model, s.name, self.overlay, self.acl, next_hops)
+                    for s in self.model.sites}
+
+
+def compile_model(model: Model, next_hops: Mapping[str, str] | None = None) -> dict[str, SwitchState]:
+    return ModelCompiler(model).all(next_hops)

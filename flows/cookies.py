@@ -27,6 +27,11 @@ KINDS = {
     "acl_rule": 10,
     "acl_default": 11,
     "direct": 12,
+    "nat_uplink": 13,
+    "nat_gateway": 14,
+    "nat_endpoint": 15,
+    "nat_forward": 16,
+    "conn_limit": 17,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

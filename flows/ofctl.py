@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from flows.tables import TABLES
-from flows.values import CT, Conjunction, Flow, Goto, MatchValue, Output, SetField
+from flows.values import CONTROLLER, CT, IN_PORT, Conjunction, Flow, Goto, MatchValue, Move, Output, SetField
 
 # os-ken (OXM) field names -> ovs-ofctl field names.
 OFCTL_FIELD = {"eth_dst": "dl_dst", "eth_src": "dl_src", "eth_type": "dl_type", "ipv4_src": "nw_src",
                "ipv4_dst": "nw_dst", "tunnel_id": "tun_id", "ip_proto": "nw_proto"}
-HEX_FIELDS = {"eth_type", "tunnel_id", "tcp_dst", "udp_dst", "sctp_dst"}
-CT_FLAGS = (("new", 0x01), ("est", 0x02), ("rel", 0x04), ("rpl", 0x08), ("inv", 0x10), ("trk", 0x20))
+HEX_FIELDS = {"eth_type", "tunnel_id", "tcp_dst", "udp_dst", "sctp_dst", "ct_mark"}
+NXM_NAME = {"eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]", "arp_sha": "NXM_NX_ARP_SHA[]",
+            "arp_tha": "NXM_NX_ARP_THA[]", "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]"}
+CT_FLAGS = (("new", 0x01), ("est", 0x02), ("rel", 0x04), ("rpl", 0x08), ("inv", 0x10), ("trk", 0x20), ("snat", 0x40),
+            ("dnat", 0x80))
 ZONE = "NXM_NX_REG6[0..15]"
 
 
@@ -26,16 +29,35 @@ def _value(field: str, value: MatchValue) -> str:
     return str(value)
 
 
+def _ct(action: CT) -> str:
+    parts = ["commit"] if action.commit else []
+    if action.table is not None:
+        parts.append(f"table={action.table}")
+    parts.append(f"zone={ZONE if action.zone is None else action.zone}")
+    if action.mark is not None:
+        parts.append(f"exec(set_field:{action.mark:#x}->ct_mark)")
+    if action.nat is not None:
+        n = action.nat
+        ports = f":{n.port_lo}-{n.port_hi}" if n.port_lo else ""
+        parts.append(f"nat({n.kind}={n.ip}{ports})" if n.kind else "nat")
+    return f"ct({','.join(parts)})"
+
+
 def _action(action: object) -> str:
     if isinstance(action, Output):
+        if action.port == IN_PORT:
+            return "in_port"
+        if action.port == CONTROLLER:
+            return "CONTROLLER:65535"
         return f'output:"{action.port}"'
     if isinstance(action, SetField):
         return f"set_field:{action.value}->{OFCTL_FIELD.get(action.field, action.field)}"
+    if isinstance(action, Move):
+        return f"move:{NXM_NAME[action.src]}->{NXM_NAME[action.dst]}"
     if isinstance(action, Goto):
         return f"goto_table:{action.table}"
     if isinstance(action, CT):
-        head = "commit" if action.commit else f"table={action.table}"
-        return f"ct({head},zone={ZONE})"
+        return _ct(action)
     if isinstance(action, Conjunction):
         return f"conjunction({action.id},{action.clause}/{action.n_clauses})"
     raise TypeError(f"cannot render {action!r}")

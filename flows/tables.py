@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import CT, Conjunction, Flow, Goto, Output, SetField
+from flows.values import CT, Conjunction, Flow, Goto, Move, Output, SetField
 
 
 @dataclass(frozen=True)
@@ -20,19 +20,24 @@ ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv
                         "udp_dst", "sctp_dst", "conj_id"})
 TABLES: tuple[Table, ...] = (
     Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; uplink -> direct-mode "
-          "endpoints; drop the unknown", frozenset({"in_port", "tunnel_id", "eth_dst", "eth_type", "arp_tpa"}), None),
-    Table(1, "port_security", "source MAC/IP (and ARP SHA/SPA) must be the port's endpoint's",
-          frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha"}), None),
+          "endpoints, ARP for the NAT address, NAT replies through conntrack; drop the unknown",
+          frozenset({"in_port", "tunnel_id", "eth_dst", "eth_type", "arp_tpa", "arp_op", "ipv4_dst"}), None),
+    Table(1, "port_security", "source MAC/IP (and ARP SHA/SPA) must be the port's endpoint's; from the uplink, "
+          "only NAT replies and port forwards, mapped to their endpoint",
+          frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha", "ct_state", "ipv4_dst",
+                     "ip_proto", "tcp_dst", "udp_dst"}), None),
     Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment); the rest skips the ACL",
           frozenset({"reg6", "eth_type"}), 5),
     Table(3, "acl_egress", "invalid dropped, established passes, tunnel-borne new committed; new connections "
           "from local ports checked against the source's egress rules", ACL_FIELDS, None),
     Table(4, "acl_ingress", "then against the destination's ingress rules; allowed ones committed",
           ACL_FIELDS, None),
-    Table(5, "nat", "reserved: source NAT for nat-mode segments", frozenset(), 6),
+    Table(5, "nat", "connection limits; the gateway of nat-mode segments: ARP, and source NAT of what is sent "
+          "to it", frozenset({"reg6", "eth_type", "eth_dst", "ipv4_src", "arp_op", "arp_tpa", "ct_state",
+                              "ct_mark"}), 6),
     Table(6, "route", "reserved: routing classes -> weighted select groups", frozenset(), 7),
-    Table(7, "l2_forward", "segment + destination MAC -> local port or tunnel toward its site",
-          frozenset({"reg6", "eth_dst"}), 8),
+    Table(7, "l2_forward", "segment + destination MAC -> local port or tunnel toward its site; the gateway "
+          "MAC -> the uplink, once NATed", frozenset({"reg6", "eth_dst", "eth_type", "ct_state"}), 8),
     Table(8, "flood", "broadcast and unknown unicast: local ports + replication along the site tree",
           frozenset({"reg6", "reg7", "in_port"}), None),
 )
@@ -43,9 +48,13 @@ AFTER_ACL = NAT
 
 # Registers the pipeline carries between tables.
 REG_SEGMENT = "reg6"   # the segment's VNI; its low 16 bits are the conntrack zone
-REG_FROM_TUNNEL = "reg7"  # 1 when the packet came in on a tunnel port
-WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, "tunnel_id"})
-CT_TABLES = frozenset({CONNTRACK, ACL_EGRESS, ACL_INGRESS})
+REG_FROM_TUNNEL = "reg7"  # where the packet came in: FROM_LOCAL, FROM_TUNNEL or FROM_UPLINK
+FROM_LOCAL, FROM_TUNNEL, FROM_UPLINK = 0, 1, 2
+NAT_ZONE = 0xFFFF  # the conntrack zone of every site's source NAT; no segment may use it
+WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, "tunnel_id", "eth_src", "eth_dst", "ipv4_src", "ipv4_dst",
+                      "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa", "ct_mark"})
+MOVABLE = frozenset({("eth_src", "eth_dst"), ("arp_sha", "arp_tha"), ("arp_spa", "arp_tpa")})
+CT_TABLES = frozenset({CLASSIFY, PORT_SECURITY, CONNTRACK, ACL_EGRESS, ACL_INGRESS, NAT})
 
 
 class TableViolation(ValueError):
@@ -67,9 +76,12 @@ def check_flow(f: Flow) -> None:
         elif isinstance(action, SetField):
             if action.field not in WRITABLE:
                 raise TableViolation(f"table {table.name}: set_field on undeclared field {action.field}: {f}")
+        elif isinstance(action, Move):
+            if (action.src, action.dst) not in MOVABLE:
+                raise TableViolation(f"table {table.name}: undeclared move {action.src} -> {action.dst}: {f}")
         elif isinstance(action, CT):
             if f.table not in CT_TABLES or (action.table is not None and action.table <= f.table):
-                raise TableViolation(f"table {table.name}: ct only in the conntrack/ACL tables, forward: {f}")
+                raise TableViolation(f"table {table.name}: ct only in the conntrack/ACL/NAT tables, forward: {f}")
             if dict(f.match).get("eth_type") != 0x0800:
                 raise TableViolation(f"table {table.name}: ct needs eth_type=0x0800 in the match: {f}")
         elif isinstance(action, Conjunction):

@@ -10,6 +10,11 @@ ETH_ARP = 0x0806
 MatchValue = int | str | tuple[int, int] | tuple[str, str]  # plain value or (value, mask)
 
 
+# Reserved OpenFlow ports, by name: the packet's own ingress port, and the controller (as a packet-in).
+IN_PORT, CONTROLLER = "IN_PORT", "CONTROLLER"
+RESERVED_PORTS = frozenset({IN_PORT, CONTROLLER})
+
+
 @dataclass(frozen=True, order=True)
 class Output:
     port: str
@@ -18,7 +23,7 @@ class Output:
 @dataclass(frozen=True, order=True)
 class SetField:
     field: str
-    value: int
+    value: int | str
 
 
 @dataclass(frozen=True, order=True)
@@ -27,11 +32,34 @@ class Goto:
 
 
 @dataclass(frozen=True, order=True)
+class Move:
+    """Copy one whole field into another of the same width (NXAST_REG_MOVE)."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True, order=True)
+class Nat:
+    """Address translation inside a ct action: `kind` src or dst, to `ip` and a port range (0, 0: keep the
+    port); kind "" applies the translation a committed connection already has."""
+
+    kind: str = ""
+    ip: str = ""
+    port_lo: int = 0
+    port_hi: int = 0
+
+
+@dataclass(frozen=True, order=True)
 class CT:
-    """Send through conntrack in the zone held in reg6[0..15]; recirculate to `table`, or commit."""
+    """Send through conntrack: in the zone held in reg6[0..15], or in the fixed `zone`; commit, and/or
+    recirculate to `table`. `nat` translates; `mark` is written to ct_mark on commit."""
 
     commit: bool = False
     table: int | None = None
+    zone: int | None = None
+    nat: Nat | None = None
+    mark: int | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -43,7 +71,7 @@ class Conjunction:
     n_clauses: int
 
 
-Action = Output | SetField | Goto | CT | Conjunction
+Action = Output | SetField | Goto | CT | Conjunction | Move
 
 
 @dataclass(frozen=True)
@@ -62,7 +90,7 @@ class Flow:
 
     def ports(self) -> set[str]:
         """Every port name the flow refers to; it can be installed only where all of them exist."""
-        named = {a.port for a in self.actions if isinstance(a, Output)}
+        named = {a.port for a in self.actions if isinstance(a, Output) and a.port not in RESERVED_PORTS}
         named.update(str(v) for f, v in self.match if f == "in_port")
         return named
 

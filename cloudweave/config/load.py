@@ -11,6 +11,7 @@ import networkx as nx
 from cloudweave.config import values as v
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
+from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.security import check_groups, read_groups
 from cloudweave.config.yamlpos import LDict, LList, load_located
 
@@ -24,6 +25,8 @@ SITE: Schema = {
     "datapath": (v.choice("system", "netdev"), False),
     "uplink": (v.ifname, False),
     "nat_ip": (v.ipv4, False),
+    "uplink_gateway": (v.ipv4, False),
+    "nat_ports": (port_range, False),
 }
 LINK: Schema = {"between": (v.name_list, True), "capacity": (v.rate_mbps, True)}
 SEGMENT: Schema = {
@@ -31,6 +34,9 @@ SEGMENT: Schema = {
     "subnet": (v.ipv4_net, True),
     "mode": (v.choice("bridge", "nat", "direct"), False),
     "default": (v.choice("deny", "allow"), False),
+    "gateway": (v.ipv4, False),
+    "max_connections": (v.integer(1, 100_000_000), False),
+    "forwards": (forwards_list, False),
 }
 ENDPOINT: Schema = {
     "site": (v.name, True),
@@ -177,7 +183,9 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     for nm, (raw, loc) in merged.get("segments", {}).items():
         rec = c.record(raw, loc, SEGMENT, f"segment '{nm}'")
         if rec is not None:
-            segments.append(Segment(name=nm, loc=loc, **rec))
+            if "forwards" in rec:
+                rec["forwards"] = read_forwards(nm, rec["forwards"], c.error)
+            segments.append(with_default_gateway(Segment(name=nm, loc=loc, **rec)))
     for nm, (raw, loc) in merged.get("endpoints", {}).items():
         rec = c.record(raw, loc, ENDPOINT, f"endpoint '{nm}'")
         if rec is not None:
@@ -238,7 +246,8 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     check_groups(groups, endpoints, c.error, c.warn)
     _check_reachability(c, sites, links, segments, endpoints)
     _check_modes(c, sites, segments, endpoints)
-    _warn_unenforced(c, merged, segments)
+    check_nat(sites, segments, endpoints, c.error, c.warn)
+    _warn_unenforced(c, merged)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=merged.get("routes"), files=files)
 
@@ -256,17 +265,13 @@ def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], seg
                                  "that no chain of links joins")
 
 
-def _warn_unenforced(c: _Collector, merged: dict[str, Any], segments: list[Segment]) -> None:
+def _warn_unenforced(c: _Collector, merged: dict[str, Any]) -> None:
     """Say plainly what the file asks for that this version does not enforce yet."""
     for section in ("routes",):
         if merged.get(section):
             first = merged[section]
             loc = next(iter(first.values()))[1] if isinstance(first, dict) else first[0][1]
             c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic takes the shortest path")
-    for seg in segments:
-        if seg.mode == "nat":
-            c.warn(seg.loc, f"segment '{seg.name}': mode 'nat' is not implemented yet; "
-                            "the segment is forwarded as mode 'bridge'")
 
 
 def _check_modes(c: _Collector, sites: list[Site], segments: list[Segment], endpoints: list[Endpoint]) -> None:

@@ -10,10 +10,26 @@ from typing import Any
 from cloudweave.config.errors import Loc
 
 NOWHERE = Loc("<none>", 0, 0)
+NAT_CT_ZONE = 0xFFFF  # the conntrack zone of source NAT at every site; no segment may use it
+ALIAS_BASE = int(IPv4Address("240.0.0.0"))  # class E: never on a wire, see Segment.nat_alias
+
+
+def derived_mac(prefix: int, ip: IPv4Address) -> str:
+    """A locally administered MAC made of a one-byte prefix, a zero byte and an IPv4 address."""
+    return ":".join(f"{b:02x}" for b in bytes([prefix, 0]) + ip.packed)
 
 
 def _loc() -> Any:
     return field(default=NOWHERE, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,14 @@ class Site:
     datapath: str = "system"
     uplink: str | None = None
     nat_ip: IPv4Address | None = None
+    uplink_gateway: IPv4Address | None = None  # next hop on the uplink for NATed traffic
+    nat_ports: PortRange = field(default_factory=lambda: PortRange(1024, 65535))
     loc: Loc = _loc()
+
+    @property
+    def nat_mac(self) -> str | None:
+        """The MAC that answers for the NAT address on the uplink."""
+        return derived_mac(0x0E, self.nat_ip) if self.nat_ip is not None else None
 
     @property
     def ovsdb_dir(self) -> str | None:
@@ -52,12 +75,40 @@ class Segment:
     subnet: IPv4Network
     mode: str = "bridge"
     default: str = "deny"
+    gateway: IPv4Address | None = None  # nat mode: the endpoints' default gateway (every site answers for it)
+    max_connections: int | None = None  # conntrack entries of the segment at each site
+    forwards: tuple[Forward, ...] = ()
     loc: Loc = _loc()
 
     @property
     def ct_zone(self) -> int:
         """Its conntrack zone: the VNI's low 16 bits (the pipeline loads it from reg6[0..15])."""
         return self.vni & 0xFFFF
+
+    @property
+    def gateway_mac(self) -> str | None:
+        return derived_mac(0x0A, self.gateway) if self.gateway is not None else None
+
+    @property
+    def alias_slot(self) -> int:
+        return self.vni & 0xFFF
+
+    def nat_alias(self, ip: IPv4Address) -> IPv4Address:
+        """The address an endpoint has inside the switch's NAT zone: 240.0.0.0 + 12 bits of the VNI + 16 bits
+        of the host. Unique per segment, so that two segments with the same private addresses never share a
+        NAT mapping; it never leaves the switch (translated to the NAT address before the uplink)."""
+        return IPv4Address(ALIAS_BASE | self.alias_slot << 16 | (int(ip) - int(self.subnet.network_address)))
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A port forward (DNAT): the site's NAT address, `proto`/`port` -> `endpoint`:`to_port`."""
+
+    proto: int
+    port: int
+    endpoint: str
+    to_port: int
+    loc: Loc = _loc()
 
 
 @dataclass(frozen=True)
@@ -70,15 +121,6 @@ class Endpoint:
     ip: IPv4Address
     groups: tuple[str, ...] = ()
     loc: Loc = _loc()
-
-
-@dataclass(frozen=True)
-class PortRange:
-    lo: int
-    hi: int
-
-    def __str__(self) -> str:
-        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
 
 @dataclass(frozen=True)

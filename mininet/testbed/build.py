@@ -172,6 +172,8 @@ class Testbed:
         site_node.cmd(f"ip link set {ep.port} mtu {HOST_MTU} up; ethtool -K {ep.port} tx off >/dev/null 2>&1")
         if seg.mode == "direct":  # straight onto the uplink network: everything there is on-link
             host.cmd("ip route add default dev eth0")
+        elif seg.mode == "nat":  # the site's switch answers as the segment's gateway
+            host.cmd(f"ip route add default via {seg.gateway} dev eth0")
         self.ovs[ep.site].vsctl("--may-exist", "add-port", self.model.site(ep.site).bridge, ep.port)
 
     def _start_controller(self, metrics: str) -> str:

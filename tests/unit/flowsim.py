@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 from flows.acl import EST, NEW, TRK
 from flows.topology import TUNNEL_PREFIX
-from flows.values import CT, Conjunction, Goto, Output, SetField
+from flows.values import CT, IN_PORT, Conjunction, Goto, Move, Output, SetField
 
 RPL = 0x08
 PORT_FIELDS = ("tcp_dst", "udp_dst", "sctp_dst")
@@ -105,6 +105,11 @@ class Fabric:
             for a in f.actions:
                 if isinstance(a, SetField):
                     p[a.field] = a.value
+                elif isinstance(a, Move):
+                    p[a.dst] = p.get(a.src)
+                elif isinstance(a, Output) and a.port == IN_PORT:
+                    out = {k: v for k, v in p.items() if not k.startswith(("reg", "ct_", "conj"))}
+                    yield p["in_port"], out
                 elif isinstance(a, Output):
                     if a.port != p["in_port"]:
                         out = {k: v for k, v in p.items() if not k.startswith(("reg", "ct_", "conj"))}
@@ -116,16 +121,21 @@ class Fabric:
                     conn = self._conn(p)
                     z, proto, src, sport, dst, dport = conn
                     reverse = (z, proto, dst, dport, src, sport)
+                    # NAT (fixed zones) is not modelled: tests/e2e/test_nat.py checks it with real packets.
                     if a.commit:
                         if conn not in self.conntrack[site] and reverse not in self.conntrack[site]:
                             self.conntrack[site].add(conn)
-                    else:
-                        if conn in self.conntrack[site]:
+                    if a.table is not None:
+                        if a.commit:
+                            p["ct_state"] = NEW | TRK  # a connection stays new until its reply is seen
+                        elif conn in self.conntrack[site]:
                             p["ct_state"] = EST | TRK
                         elif reverse in self.conntrack[site]:
                             p["ct_state"] = EST | TRK | RPL
                         else:
                             p["ct_state"] = NEW | TRK
+                        known = conn in self.conntrack[site] or reverse in self.conntrack[site]
+                        p["ct_mark"] = (a.mark or 1) if a.commit or known else 0
                         nxt = a.table
             if nxt is None:
                 return

@@ -65,7 +65,7 @@ def test_unknown_key_and_section(tmp_path):
     text = text.replace('ovsdb: "unix:/tmp/a.sock"}', 'ovsdb: "unix:/tmp/a.sock", brige: br0}')
     assert problems(tmp_path, text) == [
         "t.yaml:3:61: unknown key 'brige' in site 'a' (expected one of: dpid, vtep, ovsdb, bridge, datapath, "
-        "uplink, nat_ip)",
+        "uplink, nat_ip, uplink_gateway, nat_ports)",
         "t.yaml:12:1: unknown section 'colour' (expected one of: version, include, sites, links, segments, "
         "endpoints, security_groups, routes, traffic)",
     ]

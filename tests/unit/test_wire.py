@@ -26,22 +26,35 @@ class FakeDatapath:
         msg.set_xid(self.xid)
 
 
-@pytest.mark.parametrize("topology", ["two-sites.yaml", "three-clouds.yaml", "four-ring.yaml"])
+def _encode_or_none(key, content):
+    try:
+        return wire.flow_mod(0, wire.OFPFC_ADD, key, content)
+    except wire.Unsupported:
+        return None
+
+
+@pytest.mark.parametrize("topology", ["two-sites.yaml", "three-clouds.yaml", "four-ring.yaml", "nat.yaml"])
 def test_same_bytes_as_os_ken(topology):
     model = load_model(os.path.join(ROOT, "topologies", topology))[0]
     dp = FakeDatapath()
-    checked = 0
-    for state in compile_model(model).values():
+    checked = fallbacks = 0
+    for state in compile_model(model, {s.name: "02:00:00:00:ff:01" for s in model.sites}).values():
         ports: dict[str, int] = {}
         for f in state.flows:
             for p in sorted(f.ports()):
                 ports.setdefault(p, len(ports) + 1)
             key, content = canonical_desired(f, ports)
+            add = _encode_or_none(key, content)
+            if add is None:  # the app sends os-ken's encoding of these (NAT, register moves)
+                assert any(a[0] == "move" or (a[0] == "ct" and a[4] is not None) for a in content[1]), f
+                fallbacks += 1
             for ours, make in (
-                (wire.flow_mod(0, wire.OFPFC_ADD, key, content), lambda k=key, c=content: flow_add(dp, k, c)),
+                (add, lambda k=key, c=content: flow_add(dp, k, c)),
                 (wire.flow_mod(0, wire.OFPFC_DELETE_STRICT, key, None, OWNER, OWNER_MASK),
                  lambda k=key: flow_delete(dp, k)),
             ):
+                if ours is None:
+                    continue
                 theirs = make()
                 theirs.set_xid(0)
                 theirs.serialize()
@@ -52,6 +65,7 @@ def test_same_bytes_as_os_ken(topology):
                 assert wire.bundle_add(99, 7, 3, ours) == bytes(bundled.buf)
                 checked += 1
     assert checked > 0
+    assert fallbacks < checked / 10  # the fast path stays the common one
 
 
 def test_unknown_fields_are_refused():
