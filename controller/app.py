@@ -18,7 +18,7 @@ from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from os_ken.ofproto import ofproto_v1_4
+from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
@@ -26,6 +26,7 @@ from controller import conn_limits, next_hop, wire
 from controller.changes import describe
 from controller.codec import canonical_actual, flow_add, flow_delete
 from controller.metrics import Metrics
+from controller.osken_copy_field import install as install_copy_field_parser
 from controller.ovsdb import SiteOvsdb
 from controller.reconcile import Plan, desired_canonical, plan
 from controller.settings import Settings, switch_target_for
@@ -35,6 +36,7 @@ from flows.compile import ModelCompiler, SwitchState
 from flows.cookies import OWNER, OWNER_MASK
 
 install_unix_socket_support()
+install_copy_field_parser()
 
 LOOP_TICK_S = 0.1
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
@@ -44,7 +46,7 @@ SEND_CHUNK_BYTES = 1 << 20
 
 
 class CloudweaveApp(app_manager.OSKenApp):
-    OFP_VERSIONS = [ofproto_v1_4.OFP_VERSION]
+    OFP_VERSIONS = [ofproto_v1_5.OFP_VERSION]  # OpenFlow 1.5: bundles, and select groups' selection_method
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -246,7 +248,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             known = site.name in self.next_hops
             self.ask_due[site.name] = now + (next_hop.ASK_KNOWN_S if known else next_hop.ASK_UNKNOWN_S)
             ofp, parser = dp.ofproto, dp.ofproto_parser
-            dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+            dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, parser.OFPMatch(in_port=ofp.OFPP_CONTROLLER),
                                             [parser.OFPActionOutput(port, 0)], next_hop.request(site)))
 
     def _connection_limits(self) -> None:
@@ -298,15 +300,20 @@ class CloudweaveApp(app_manager.OSKenApp):
         ports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
                  for r in port_replies for p in r.body}
         self.ports[dp.id] = ports
-        flow_replies = ofctl.send_msg(self, parser.OFPFlowStatsRequest(
+        flow_replies = ofctl.send_msg(self, parser.OFPFlowDescStatsRequest(
             dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()),
-            parser.OFPFlowStatsReply, reply_multi=True)
+            parser.OFPFlowDescStatsReply, reply_multi=True)
         actual = dict(canonical_actual(s, ofp) for r in flow_replies for s in r.body)
         desired, missing = desired_canonical(self.desired[site.name].flows, ports)
         p = plan(desired, actual)
         p.missing_ports = missing
-        for key in p.replace:  # what differed, for whoever debugs a flow that keeps being rewritten
-            self.logger.debug("site %s: replace %s: have %s, want %s", site.name, key, actual[key], desired[key])
+        if self.logger.isEnabledFor(logging.DEBUG):  # what differed, for whoever debugs a flow that keeps changing
+            for key in p.replace:
+                self.logger.debug("site %s: replace %s: have %s, want %s", site.name, key, actual[key], desired[key])
+            for key in p.add:
+                self.logger.debug("site %s: add %s", site.name, key)
+            for key in p.delete:
+                self.logger.debug("site %s: delete %s", site.name, key)
         ok = True
         if p.size:
             ok = self._send_bundle(dp, p)

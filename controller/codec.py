@@ -66,10 +66,6 @@ def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...
     return tuple(out)
 
 
-def _oxm_name(field: str) -> str:
-    return field.removesuffix("_nxm")
-
-
 def _canonical_nat(kind: str, ip_min: str, ip_max: str, port_lo: int | None, port_hi: int | None) -> tuple:
     # OVS reports a single address without its maximum and a single port without its top.
     return (kind, ip_min or "", ip_max or ip_min or "", port_lo or 0, port_hi or port_lo or 0)
@@ -105,9 +101,23 @@ def canonical_desired(flow: Flow, ports: dict[str, int]) -> tuple[CanonKey, Cano
     return key, (flow.cookie, canonical_actions(flow, ports))
 
 
+def _registers(field: str, value: Any) -> list[tuple[str, Any]]:
+    """OpenFlow 1.5 reports reg2N/reg2N+1 together as xregN (reg2N in the high 32 bits): split it back."""
+    if not field.startswith("xreg"):
+        return [(field, _norm(value))]
+    n = int(field[4:])
+    v, m = value if isinstance(value, tuple) else (value, (1 << 64) - 1)
+    out = []
+    for reg, shift in ((2 * n, 32), (2 * n + 1, 0)):
+        part_v, part_m = (v >> shift) & 0xFFFFFFFF, (m >> shift) & 0xFFFFFFFF
+        if part_m:
+            out.append((f"reg{reg}", part_v if part_m == 0xFFFFFFFF else (part_v, part_m)))
+    return out
+
+
 def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
-    """The canonical form of one OFPFlowStats entry from the switch."""
-    match = tuple(sorted((k, _norm(v)) for k, v in stats.match.items()))
+    """The canonical form of one flow entry (OFPFlowDesc) from the switch."""
+    match = tuple(sorted(kv for k, v in stats.match.items() for kv in _registers(k, v)))
     actions: list[tuple[Any, ...]] = []
     for inst in stats.instructions:
         if inst.type == ofp.OFPIT_APPLY_ACTIONS:
@@ -118,10 +128,9 @@ def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
                     actions.append(("set_field", a.key, _norm(a.value)))
                 elif type(a).__name__ == "NXActionCT":
                     actions.append(_actual_ct(a))
-                elif type(a).__name__ == "NXActionRegMove" and a.src_ofs == 0 and a.dst_ofs == 0 \
-                        and a.n_bits == MOVE_BITS.get(_oxm_name(a.src_field)):
-                    # OVS answers with NXM headers where a field has one (os-ken names them "..._nxm").
-                    actions.append(("move", _oxm_name(a.src_field), _oxm_name(a.dst_field)))
+                elif a.type == ofp.OFPAT_COPY_FIELD and a.src_offset == 0 and a.dst_offset == 0 \
+                        and a.n_bits == MOVE_BITS.get(a.oxm_ids[0].type):
+                    actions.append(("move", a.oxm_ids[0].type, a.oxm_ids[1].type))
                 elif type(a).__name__ == "NXActionConjunction":
                     actions.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
                 else:
@@ -144,8 +153,8 @@ def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
             apply.append(parser.OFPActionOutput(a[1], NO_BUFFER_LEN if a[1] == ofp.OFPP_CONTROLLER else 0))
         elif a[0] == "set_field":
             apply.append(parser.OFPActionSetField(**{a[1]: a[2]}))
-        elif a[0] == "move":
-            apply.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=MOVE_BITS[a[1]]))
+        elif a[0] == "move":  # OpenFlow 1.5 copy-field (OVS refuses NXAST_REG_MOVE in 1.5)
+            apply.append(parser.OFPActionCopyField(n_bits=MOVE_BITS[a[1]], oxm_ids=[a[1], a[2]]))
         elif a[0] == "ct":
             apply.append(_ct_action(parser, a))
         elif a[0] == "conjunction":

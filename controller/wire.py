@@ -1,4 +1,4 @@
-"""OpenFlow 1.4 encoding of flow-mods for the fields and actions the compiler emits, straight to bytes.
+"""OpenFlow 1.5 encoding of flow-mods for the fields and actions the compiler emits, straight to bytes.
 
 os-ken builds each message from generic OXM objects (64 us a message here, most of a 100,000-flow bundle's
 time: bench/program_switch.py). These are the same bytes, written with struct; tests/unit/test_wire.py
@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from typing import Any
 
-OFP_VERSION = 0x05  # OpenFlow 1.4
+OFP_VERSION = 0x06  # OpenFlow 1.5 (flow-mods are laid out as in 1.4)
 OFPT_FLOW_MOD = 14
 OFPT_BUNDLE_ADD_MESSAGE = 34
 OFPFC_ADD, OFPFC_DELETE_STRICT = 0, 4

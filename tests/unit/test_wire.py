@@ -3,12 +3,13 @@
 import os
 
 import pytest
-from os_ken.ofproto import ofproto_v1_4 as ofp
-from os_ken.ofproto import ofproto_v1_4_parser as parser
+from os_ken.ofproto import ofproto_v1_5 as ofp
+from os_ken.ofproto import ofproto_v1_5_parser as parser
 
 from cloudweave.config import load_model
 from controller import wire
 from controller.codec import canonical_desired, flow_add, flow_delete
+from controller.osken_copy_field import install as install_copy_field_parser
 from flows.compile import compile_model
 from flows.cookies import OWNER, OWNER_MASK
 
@@ -71,3 +72,26 @@ def test_same_bytes_as_os_ken(topology):
 def test_unknown_fields_are_refused():
     with pytest.raises(wire.Unsupported):
         wire.match((("ipv6_src", "::1"),))
+
+
+def test_every_compiled_action_parses_back_as_the_switch_would_send_it():
+    """os-ken 3.1.1 misparses OF1.5 copy-field (our register moves); controller/osken_copy_field.py fixes it."""
+    install_copy_field_parser()
+    model = load_model(os.path.join(ROOT, "topologies", "nat.yaml"))[0]
+    dp = FakeDatapath()
+    moves = 0
+    for state in compile_model(model).values():
+        ports: dict[str, int] = {}
+        for f in state.flows:
+            for p in sorted(f.ports()):
+                ports.setdefault(p, len(ports) + 1)
+            key, content = canonical_desired(f, ports)
+            msg = flow_add(dp, key, content)
+            msg.set_xid(1)
+            msg.serialize()
+            back = parser.OFPFlowMod.parser(dp, ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, len(msg.buf), 1, bytes(msg.buf))
+            apply = [i for i in back.instructions if i.type == ofp.OFPIT_APPLY_ACTIONS]
+            got = [a for i in apply for a in i.actions]
+            assert len(got) == sum(1 for a in content[1] if a[0] != "goto"), f
+            moves += sum(1 for a in got if a.type == ofp.OFPAT_COPY_FIELD)
+    assert moves > 0
