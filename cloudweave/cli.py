@@ -46,7 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from flows.compile import compile_site
-    from flows.ofctl import render_flows
+    from flows.ofctl import render_flows, render_groups
 
     model, rc = _load(args.file)
     if model is None:
@@ -57,7 +57,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 2
     state = compile_site(model, args.site)
     if args.groups:
-        sys.stdout.write(f"# cloudweave groups for site {args.site}: none (the overlay uses no groups)\n")
+        sys.stdout.write(render_groups(state.groups, args.site))
     else:
         sys.stdout.write(render_flows(state.flows, args.site))
     return 0
@@ -171,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run the controller (os-ken) for a topology/policy file",
                        description="Run controller.app. The file is reloaded on change and on SIGHUP; an invalid "
-                                   "edit is rejected and the running flows stay as they are.")
+                                   "edit is rejected and the running flows stay as they are. Tunnels run BFD every "
+                                   "100 ms for failover; set CLOUDWEAVE_BFD_MS to change it (0 turns it off, for "
+                                   "peers that cannot answer BFD).")
     s.add_argument("file")
     s.add_argument("--listen", default="tcp:127.0.0.1:6653",
                    help="OpenFlow listen address: tcp:HOST:PORT or unix:/path/to.sock (default %(default)s)")

@@ -24,19 +24,21 @@ from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
 from controller import conn_limits, next_hop, wire
 from controller.changes import describe
-from controller.codec import canonical_actual, flow_add, flow_delete
+from controller.codec import canonical_actual, canonical_group_actual, flow_add, flow_delete, group_mod
+from controller.links import LinkWatch
 from controller.metrics import Metrics
-from controller.osken_copy_field import install as install_copy_field_parser
+from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb import SiteOvsdb
-from controller.reconcile import Plan, desired_canonical, plan
+from controller.reconcile import Plan, desired_canonical, desired_groups, plan, plan_groups
 from controller.settings import Settings, switch_target_for
 from controller.unix_socket import install as install_unix_socket_support
 from controller.watch import ReloadRequests
 from flows.compile import ModelCompiler, SwitchState
-from flows.cookies import OWNER, OWNER_MASK
+from flows.cookies import OWNER, OWNER_MASK, is_our_group
+from flows.topology import TUNNEL_PREFIX
 
 install_unix_socket_support()
-install_copy_field_parser()
+install_osken_fixes()
 
 LOOP_TICK_S = 0.1
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
@@ -64,6 +66,8 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.warning("%s", w)
         self.model: Model = model
         self.next_hops: dict[str, str] = {}  # site -> its uplink gateway's MAC, as learned (NAT mode)
+        self.links = LinkWatch()
+        self.down: frozenset[tuple[str, str]] = frozenset()
         self.compiler = ModelCompiler(model)
         self.desired: dict[str, SwitchState] = self.compiler.all(self.next_hops)
         self.logger.info("loaded %s: %s", self.settings.config, describe(None, model))
@@ -115,7 +119,15 @@ class CloudweaveApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev: Any) -> None:
-        self.pending.add(ev.msg.datapath.id)
+        dp, desc = ev.msg.datapath, ev.msg.desc
+        if ev.msg.reason == dp.ofproto.OFPPR_DELETE:
+            site = self.model.site_by_dpid(dp.id)
+            if site is not None:
+                self.links.forget(site.name, desc.name.decode() if isinstance(desc.name, bytes) else desc.name)
+        else:
+            self._port_seen(dp, desc)
+        if ev.msg.reason != dp.ofproto.OFPPR_MODIFY:
+            self.pending.add(dp.id)  # a port came or went: flows may name it
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
@@ -156,6 +168,7 @@ class CloudweaveApp(app_manager.OSKenApp):
                     if dp is not None:
                         self.reconcile(dp)
                 self._ask_next_hops()
+                self._check_links()
             except Exception:  # noqa: BLE001 - one bad round must not stop the controller
                 self.logger.exception("controller loop")
             hub.sleep(LOOP_TICK_S)
@@ -191,7 +204,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.warning("%s", w)
         self.logger.info("reload: %s", describe(self.model, model))
         old_sites = {s.name: s for s in self.model.sites}
-        self.model, self.compiler = model, ModelCompiler(model)
+        self.model, self.compiler = model, ModelCompiler(model, self.down)
         self.desired = self.compiler.all(self.next_hops)
         self.ask_due.clear()
         self.limits_due = 0.0
@@ -222,7 +235,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             if name not in self.ovsdb:
                 self.ovsdb[name] = SiteOvsdb(site)
             target = switch_target_for(self.settings.switch_target, site)
-            report = self.ovsdb[name].sync(site, self.desired[name].tunnels, target)
+            report = self.ovsdb[name].sync(site, self.desired[name].tunnels, target, self.settings.bfd_ms)
         except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
             self.logger.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, OVSDB_RETRY_S)
             self._drop_ovsdb(name)
@@ -234,6 +247,31 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.metrics.ovsdb_syncs.labels(name, "ok").inc()
         level = logging.INFO if report.changed else logging.DEBUG
         self.logger.log(level, "site %s: OVSDB bridge %s: %s", name, site.bridge, report)
+
+    def _port_seen(self, dp: Any, desc: Any) -> None:
+        """Record whether a tunnel port is live (OVS: carrier and BFD); _check_links acts on it."""
+        site = self.model.site_by_dpid(dp.id)
+        name = desc.name.decode() if isinstance(desc.name, bytes) else desc.name
+        if site is None or not name.startswith(TUNNEL_PREFIX):
+            return
+        self.links.seen(site.name, name, bool(desc.state & dp.ofproto.OFPPS_LIVE))
+
+    def _check_links(self) -> None:
+        """Recompile around links whose tunnels went down, and back when they return."""
+        peers = {(s.name, t.name): t.peer for s in self.model.sites for t in self.desired[s.name].tunnels}
+        down = self.links.down(peers)
+        if down == self.down:
+            return
+        for a, b in sorted(down - self.down):
+            self.logger.warning("link %s-%s is down (BFD): traffic moves to the remaining paths", a, b)
+            self.metrics.link_changes.labels(f"{a}-{b}", "down").inc()
+        for a, b in sorted(self.down - down):
+            self.logger.info("link %s-%s is up again: its paths and weights return", a, b)
+            self.metrics.link_changes.labels(f"{a}-{b}", "up").inc()
+        self.down = down
+        self.compiler = ModelCompiler(self.model, down)
+        self.desired = self.compiler.all(self.next_hops)
+        self.pending.update(self.datapaths)
 
     def _ask_next_hops(self) -> None:
         """ARP for each NAT site's uplink gateway: often while unknown, then now and then to notice a change."""
@@ -300,12 +338,21 @@ class CloudweaveApp(app_manager.OSKenApp):
         ports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
                  for r in port_replies for p in r.body}
         self.ports[dp.id] = ports
+        for r in port_replies:
+            for desc in r.body:
+                self._port_seen(dp, desc)
         flow_replies = ofctl.send_msg(self, parser.OFPFlowDescStatsRequest(
             dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()),
             parser.OFPFlowDescStatsReply, reply_multi=True)
         actual = dict(canonical_actual(s, ofp) for r in flow_replies for s in r.body)
-        desired, missing = desired_canonical(self.desired[site.name].flows, ports)
-        p = plan(desired, actual)
+        group_replies = ofctl.send_msg(self, parser.OFPGroupDescStatsRequest(dp, 0), parser.OFPGroupDescStatsReply,
+                                       reply_multi=True)
+        actual_groups = dict(canonical_group_actual(g, ofp) for r in group_replies for g in r.body
+                             if is_our_group(g.group_id))
+        groups, missing_for_groups = desired_groups(self.desired[site.name].groups, ports)
+        desired, missing = desired_canonical(self.desired[site.name].flows, ports, groups)
+        missing |= missing_for_groups
+        p = plan_groups(plan(desired, actual), groups, actual_groups)
         p.missing_ports = missing
         if self.logger.isEnabledFor(logging.DEBUG):  # what differed, for whoever debugs a flow that keeps changing
             for key in p.replace:
@@ -317,12 +364,15 @@ class CloudweaveApp(app_manager.OSKenApp):
         ok = True
         if p.size:
             ok = self._send_bundle(dp, p)
-            self.metrics.flow_mods.labels(site.name).inc(p.size)
-        group_replies = ofctl.send_msg(self, parser.OFPGroupDescStatsRequest(dp, 0), parser.OFPGroupDescStatsReply,
-                                       reply_multi=True)
+            self.metrics.flow_mods.labels(site.name).inc(p.size - p.group_size)
+            self.metrics.group_mods.labels(site.name).inc(p.group_size)
+            names = {g.group_id: g.name for g in self.desired[site.name].groups}
+            for gid in list(p.group_add) + list(p.group_modify):
+                self.logger.info("site %s: group %#x %s: %s", site.name, gid,
+                                 "added" if gid in p.group_add else "modified", names.get(gid, ""))
         elapsed = time.monotonic() - started
         self.metrics.flows.labels(site.name).set(len(desired) if ok else len(actual))
-        self.metrics.groups.labels(site.name).set(sum(len(r.body) for r in group_replies))
+        self.metrics.groups.labels(site.name).set(len(groups) if ok else len(actual_groups))
         self.metrics.reconcile_seconds.labels(site.name).set(elapsed)
         wait = f"; waiting for ports: {', '.join(sorted(missing))}" if missing else ""
         self.logger.info("site %s (dpid %#x): %d flows desired, %d were on the switch: %s (%d flow-mods%s) "
@@ -374,8 +424,19 @@ def _next_xid(dp: Any) -> int:
     return dp.xid
 
 
+def _wrap(dp: Any, msg: Any, bundle_id: int, flags: int) -> bytes:
+    wrapped = dp.ofproto_parser.OFPBundleAddMsg(dp, bundle_id, flags, msg, [])
+    wrapped.set_xid(_next_xid(dp))
+    wrapped.serialize()
+    return bytes(wrapped.buf)
+
+
 def _bundle_adds(dp: Any, p: Plan, bundle_id: int, flags: int) -> Any:
-    """The plan as bundle-add messages, deletes first: our direct encoder, or os-ken's for what it lacks."""
+    """The plan as bundle-add messages, in an order that never refers to a missing group: groups added and
+    modified, flows deleted, flows added, groups deleted. Flow-mods by our direct encoder (os-ken's for what it
+    lacks), group-mods by os-ken's."""
+    for gid, content in itertools.chain(p.group_add.items(), p.group_modify.items()):
+        yield _wrap(dp, group_mod(dp, "add" if gid in p.group_add else "modify", gid, content), bundle_id, flags)
     items = [(k, None) for k in p.delete] + list(itertools.chain(p.add.items(), p.replace.items()))
     for key, content in items:
         xid = _next_xid(dp)
@@ -386,8 +447,6 @@ def _bundle_adds(dp: Any, p: Plan, bundle_id: int, flags: int) -> Any:
                 inner = wire.flow_mod(xid, wire.OFPFC_ADD, key, content)
             yield wire.bundle_add(xid, bundle_id, flags, inner)
         except wire.Unsupported:
-            msg = flow_delete(dp, key) if content is None else flow_add(dp, key, content)
-            wrapped = dp.ofproto_parser.OFPBundleAddMsg(dp, bundle_id, flags, msg, [])
-            wrapped.set_xid(xid)
-            wrapped.serialize()
-            yield bytes(wrapped.buf)
+            yield _wrap(dp, flow_delete(dp, key) if content is None else flow_add(dp, key, content), bundle_id, flags)
+    for gid in p.group_delete:
+        yield _wrap(dp, group_mod(dp, "delete", gid, None), bundle_id, flags)

@@ -6,10 +6,24 @@ The switch's reply and the compiler's value are brought to this form and compare
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from flows.cookies import OWNER, OWNER_MASK
-from flows.values import CONTROLLER, CT, IN_PORT, Conjunction, Flow, Goto, Move, Output, SetField
+from flows.values import (
+    CONTROLLER,
+    CT,
+    IN_PORT,
+    Action,
+    Conjunction,
+    Flow,
+    Goto,
+    Group,
+    Move,
+    Output,
+    SetField,
+    ToGroup,
+)
 
 CT_ZONE_FIELD, CT_ZONE_OFS_NBITS, NO_TABLE = "reg6", 15, 0xFF  # zone = reg6[0..15]
 RESERVED_PORT_NUMBERS = {IN_PORT: 0xFFFFFFF8, CONTROLLER: 0xFFFFFFFD}  # OFPP_IN_PORT, OFPP_CONTROLLER (OF1.3+)
@@ -47,8 +61,12 @@ def canonical_match(match: tuple[tuple[str, Any], ...], ports: dict[str, int]) -
 
 
 def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...], ...]:
+    return _canonical_action_list(flow.actions, ports)
+
+
+def _canonical_action_list(actions: tuple[Action, ...], ports: dict[str, int]) -> tuple[tuple[Any, ...], ...]:
     out: list[tuple[Any, ...]] = []
-    for a in flow.actions:
+    for a in actions:
         if isinstance(a, Output):
             out.append(("output", _port(ports, a.port)))
         elif isinstance(a, SetField):
@@ -58,11 +76,14 @@ def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...
         elif isinstance(a, CT):
             nat = None if a.nat is None else _canonical_nat(a.nat.kind, a.nat.ip, a.nat.ip, a.nat.port_lo,
                                                              a.nat.port_hi)
-            out.append(("ct", a.commit, a.table, a.zone, nat, a.mark))
+            mark = a.mark if a.mark_mask is None else (a.mark, a.mark_mask)
+            out.append(("ct", a.commit, a.table, a.zone, nat, mark))
         elif isinstance(a, Conjunction):
             out.append(("conjunction", a.id, a.clause, a.n_clauses))
         elif isinstance(a, Move):
             out.append(("move", a.src, a.dst))
+        elif isinstance(a, ToGroup):
+            out.append(("group", a.group_id))
     return tuple(out)
 
 
@@ -86,7 +107,7 @@ def _actual_ct(a: Any) -> tuple[Any, ...]:
             nat = _canonical_nat(kind, inner.range_ipv4_min, inner.range_ipv4_max, inner.range_proto_min,
                                  inner.range_proto_max)
         elif name == "OFPActionSetField" and inner.key == "ct_mark":
-            mark = inner.value
+            mark = _norm(inner.value)
         else:
             return ("other", repr(a))
     if a.alg:
@@ -121,20 +142,7 @@ def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
     actions: list[tuple[Any, ...]] = []
     for inst in stats.instructions:
         if inst.type == ofp.OFPIT_APPLY_ACTIONS:
-            for a in inst.actions:
-                if a.type == ofp.OFPAT_OUTPUT:
-                    actions.append(("output", a.port))
-                elif a.type == ofp.OFPAT_SET_FIELD:
-                    actions.append(("set_field", a.key, _norm(a.value)))
-                elif type(a).__name__ == "NXActionCT":
-                    actions.append(_actual_ct(a))
-                elif a.type == ofp.OFPAT_COPY_FIELD and a.src_offset == 0 and a.dst_offset == 0 \
-                        and a.n_bits == MOVE_BITS.get(a.oxm_ids[0].type):
-                    actions.append(("move", a.oxm_ids[0].type, a.oxm_ids[1].type))
-                elif type(a).__name__ == "NXActionConjunction":
-                    actions.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
-                else:
-                    actions.append(("other", repr(a)))
+            actions += _actual_actions(inst.actions, ofp)
         elif inst.type == ofp.OFPIT_GOTO_TABLE:
             actions.append(("goto", inst.table_id))
         else:
@@ -142,12 +150,45 @@ def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
     return (stats.table_id, stats.priority, match), (stats.cookie, tuple(actions))
 
 
+def _actual_actions(actions: list[Any], ofp: Any) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for a in actions:
+        if a.type == ofp.OFPAT_OUTPUT:
+            out.append(("output", a.port))
+        elif a.type == ofp.OFPAT_SET_FIELD:
+            out.append(("set_field", a.key, _norm(a.value)))
+        elif a.type == ofp.OFPAT_GROUP:
+            out.append(("group", a.group_id))
+        elif type(a).__name__ == "NXActionCT":
+            out.append(_actual_ct(a))
+        elif a.type == ofp.OFPAT_COPY_FIELD and a.src_offset == 0 and a.dst_offset == 0 \
+                and a.n_bits == MOVE_BITS.get(a.oxm_ids[0].type):
+            out.append(("move", a.oxm_ids[0].type, a.oxm_ids[1].type))
+        elif type(a).__name__ == "NXActionConjunction":
+            out.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
+        else:
+            out.append(("other", repr(a)))
+    return out
+
+
 def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
     """An OFPFC_ADD that installs (or wholly replaces) the flow with this key."""
     ofp, parser = dp.ofproto, dp.ofproto_parser
     table, priority, match = key
     cookie, actions = content
-    apply, inst = [], []
+    inst = []
+    apply = _apply_actions(ofp, parser, actions)
+    if apply:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))
+    inst += [parser.OFPInstructionGotoTable(a[1]) for a in actions if a[0] == "goto"]
+    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=0, table_id=table, command=ofp.OFPFC_ADD,
+                             priority=priority, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
+                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**dict(match)), instructions=inst)
+
+
+def _apply_actions(ofp: Any, parser: Any, actions: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """os-ken action objects for canonical actions (gotos are instructions, not actions: left out)."""
+    apply = []
     for a in actions:
         if a[0] == "output":
             apply.append(parser.OFPActionOutput(a[1], NO_BUFFER_LEN if a[1] == ofp.OFPP_CONTROLLER else 0))
@@ -159,19 +200,16 @@ def flow_add(dp: Any, key: CanonKey, content: CanonContent) -> Any:
             apply.append(_ct_action(parser, a))
         elif a[0] == "conjunction":
             apply.append(parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1]))
-    if apply:
-        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, apply))
-    inst += [parser.OFPInstructionGotoTable(a[1]) for a in actions if a[0] == "goto"]
-    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=0, table_id=table, command=ofp.OFPFC_ADD,
-                             priority=priority, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
-                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**dict(match)), instructions=inst)
+        elif a[0] == "group":
+            apply.append(parser.OFPActionGroup(a[1]))
+    return apply
 
 
 def _ct_action(parser: Any, a: tuple[Any, ...]) -> Any:
     _, commit, table, zone, nat, mark = a
     inner = []
     if mark is not None:
-        inner.append(parser.OFPActionSetField(ct_mark=mark))
+        inner.append(parser.OFPActionSetField(ct_mark=mark))  # an int, or (value, mask)
     if nat is not None:
         kind, ip_min, ip_max, port_lo, port_hi = nat
         flags = {"src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST, "": 0}[kind]
@@ -194,3 +232,84 @@ def flow_delete(dp: Any, key: CanonKey) -> Any:
     return parser.OFPFlowMod(dp, cookie=OWNER, cookie_mask=OWNER_MASK, table_id=table,
                              command=ofp.OFPFC_DELETE_STRICT, priority=priority, buffer_id=ofp.OFP_NO_BUFFER,
                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**dict(match)))
+
+
+# ---- groups -------------------------------------------------------------------------------------------------
+
+NTR_VENDOR, NTRT_SELECTION_METHOD = 0x0000154D, 1  # OVS's selection-method group property (Netronome)
+SELECTION_METHOD = "hash"
+OXM_HEADERS = {  # field -> OXM header (class 0x8000, field, length), as OVS reports the hash fields
+    "eth_type": (0x8000, 5, 2), "ip_src": (0x8000, 11, 4), "ip_dst": (0x8000, 12, 4), "ip_proto": (0x8000, 10, 1),
+    "tcp_src": (0x8000, 13, 2), "tcp_dst": (0x8000, 14, 2), "udp_src": (0x8000, 15, 2), "udp_dst": (0x8000, 16, 2),
+    "icmp_type": (0x8000, 19, 1),
+}
+OFPP_ANY = 0xFFFFFFFF
+CanonGroup = tuple[Any, ...]
+
+
+def _oxm_header(field: str) -> int:
+    cls, f, length = OXM_HEADERS[field]
+    return cls << 16 | f << 9 | length
+
+
+def canonical_group_desired(g: Group, ports: dict[str, int]) -> tuple[int, CanonGroup]:
+    """Raises MissingPort if a bucket names a port the switch lacks."""
+    buckets = tuple(sorted(
+        (b.bucket_id, b.weight, _port(ports, b.watch_port) if b.watch_port else OFPP_ANY,
+         _canonical_action_list(b.actions, ports)) for b in g.buckets))
+    return g.group_id, ("select", SELECTION_METHOD, tuple(sorted(_oxm_header(f) for f in g.fields)), buckets)
+
+
+def _selection(properties: list[Any]) -> tuple[str, tuple[int, ...]]:
+    for prop in properties:
+        if getattr(prop, "experimenter", None) == NTR_VENDOR and prop.exp_type == NTRT_SELECTION_METHOD:
+            raw = b"".join(struct.pack("!I", d) for d in prop.data)
+            method = raw[4:20].rstrip(b"\0").decode()
+            headers, rest = [], raw[28:]
+            while len(rest) >= 4:  # each field: its OXM header, then its mask (all ones: the whole field)
+                (h,) = struct.unpack("!I", rest[:4])
+                if h == 0:
+                    break
+                # A header with the has-mask bit carries value and mask: the same field, half the length.
+                headers.append((h & ~0x1FF) | (h & 0xFF) // 2 if h & 0x100 else h)
+                rest = rest[4 + (h & 0xFF):]
+            return method, tuple(sorted(headers))
+    return "", ()
+
+
+def canonical_group_actual(desc: Any, ofp: Any) -> tuple[int, CanonGroup]:
+    """The canonical form of one OFPGroupDesc from the switch."""
+    method, fields = _selection(desc.properties)
+    buckets = []
+    for b in desc.buckets:
+        weight, watch = 0, OFPP_ANY
+        for prop in b.properties:
+            if prop.type == ofp.OFPGBPT_WEIGHT:
+                weight = prop.weight
+            elif prop.type == ofp.OFPGBPT_WATCH_PORT:
+                watch = prop.watch
+        buckets.append((b.bucket_id, weight, watch, tuple(_actual_actions(b.actions, ofp))))
+    kind = "select" if desc.type == ofp.OFPGT_SELECT else str(desc.type)
+    return desc.group_id, (kind, method, fields, tuple(sorted(buckets)))
+
+
+def group_mod(dp: Any, command: str, group_id: int, content: CanonGroup | None) -> Any:
+    """add, modify (both with the group's content) or delete, as an os-ken OFPGroupMod."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    if command == "delete":
+        return parser.OFPGroupMod(dp, ofp.OFPGC_DELETE, ofp.OFPGT_SELECT, group_id)
+    _, method, fields, buckets = content
+    out = []
+    for bucket_id, weight, watch, actions in buckets:
+        props = [parser.OFPGroupBucketPropWeight(type_=ofp.OFPGBPT_WEIGHT, weight=weight)]
+        if watch != OFPP_ANY:
+            props.append(parser.OFPGroupBucketPropWatch(type_=ofp.OFPGBPT_WATCH_PORT, watch=watch))
+        out.append(parser.OFPBucket(bucket_id, _apply_actions(ofp, parser, actions), props))
+    # Each field: its OXM header and an all-ones mask (OVS reads a field list as masks; this is the whole field).
+    body = struct.pack("!4x16sQ", method.encode(), 0) + b"".join(
+        struct.pack("!I", h) + b"\xff" * (h & 0xFF) for h in fields)
+    prop = parser.OFPGroupPropExperimenter(type_=ofp.OFPGPT_EXPERIMENTER, experimenter=NTR_VENDOR,
+                                           exp_type=NTRT_SELECTION_METHOD,
+                                           data=list(struct.unpack(f"!{len(body) // 4}I", body)))
+    command_id = ofp.OFPGC_ADD if command == "add" else ofp.OFPGC_MODIFY
+    return parser.OFPGroupMod(dp, command_id, ofp.OFPGT_SELECT, group_id, buckets=out, properties=[prop])

@@ -15,12 +15,15 @@ class Metrics:
         self.groups = Gauge("cloudweave_switch_groups", "Groups on the switch after the last reconcile",
                             ["site"], registry=r)
         self.flow_mods = Counter("cloudweave_flow_mods", "Flow-mods sent", ["site"], registry=r)
+        self.group_mods = Counter("cloudweave_group_mods", "Group-mods sent", ["site"], registry=r)
         self.reloads = Counter("cloudweave_reloads", "Configuration reloads", ["result"], registry=r)
         self.reconcile_seconds = Gauge("cloudweave_reconcile_seconds", "Duration of the last reconcile",
                                        ["site"], registry=r)
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
                                    registry=r)
 
+        self.link_changes = Counter("cloudweave_link_changes", "Underlay links seen going down or up (tunnel BFD)",
+                                    ["link", "state"], registry=r)
         self.next_hops_learned = Counter("cloudweave_next_hop_changes", "Uplink gateway MACs learned or changed",
                                          ["site"], registry=r)
         self.connections = Gauge("cloudweave_segment_connections", "Conntrack entries of a segment at a site",

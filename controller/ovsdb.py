@@ -39,6 +39,16 @@ class SyncReport:
         return "; ".join(parts) or "no change"
 
 
+
+
+def bfd(interval_ms: int) -> dict[str, str]:
+    """BFD on a tunnel: OVS marks the port not live within ~3 intervals of its peer going silent, select
+    group buckets that watch it stop at once, and the port status tells the controller (failover)."""
+    if interval_ms <= 0:
+        return {"enable": "false"}
+    return {"enable": "true", "min_rx": str(interval_ms), "min_tx": str(interval_ms)}
+
+
 def tunnel_options(t: TunnelPort) -> dict[str, str]:
     return {"remote_ip": str(t.remote_ip), "local_ip": str(t.local_ip), "key": "flow"}
 
@@ -58,9 +68,11 @@ class SiteOvsdb:
     def close(self) -> None:
         self.conn.stop()
 
-    def sync(self, site: Site, tunnels: tuple[TunnelPort, ...], controller_target: str) -> SyncReport:
+    def sync(self, site: Site, tunnels: tuple[TunnelPort, ...], controller_target: str,
+             bfd_ms: int = 100) -> SyncReport:
         """Bring the bridge to the desired state, in one OVSDB transaction; idempotent."""
         report = SyncReport()
+        want_bfd = bfd(bfd_ms)
         api, br = self.api, site.bridge
         bridge_cols = {
             "datapath_type": "netdev" if site.datapath == "netdev" else "system",
@@ -71,7 +83,7 @@ class SiteOvsdb:
         existing = {row["name"]: row for row in api.db_list("Bridge", columns=[
             "name", "datapath_type", "fail_mode", "protocols", "other_config", "controller"]).execute(check_error=True)}
         ifaces = {row["name"]: row for row in api.db_list("Interface", columns=[
-            "name", "type", "options", "external_ids"]).execute(check_error=True)}
+            "name", "type", "options", "external_ids", "bfd"]).execute(check_error=True)}
         ports_on_bridge = set(api.list_ports(br).execute(check_error=True)) if br in existing else set()
         with api.transaction(check_error=True) as txn:
             if br not in existing:
@@ -100,16 +112,16 @@ class SiteOvsdb:
                 if have is None or name not in ports_on_bridge:
                     txn.add(api.add_port(br, name, may_exist=True))
                     txn.add(api.db_set("Interface", name, ("type", "vxlan"), ("options", opts),
-                                       ("external_ids", ext)))
+                                       ("external_ids", ext), ("bfd", want_bfd)))
                     report.created.append(name)
                 elif have["type"] != "vxlan" or dict(have["options"]) != opts or \
-                        dict(have["external_ids"]).get(MARK) != t.peer:
+                        dict(have["external_ids"]).get(MARK) != t.peer or dict(have["bfd"]) != want_bfd:
                     if MARK not in have["external_ids"]:
                         LOG.error("site %s: port %s exists but was not made by cloudweave; leaving it alone",
                                   site.name, name)
                         continue
                     txn.add(api.db_set("Interface", name, ("type", "vxlan"), ("options", opts),
-                                       ("external_ids", ext)))
+                                       ("external_ids", ext), ("bfd", want_bfd)))
                     report.updated.append(name)
             for name in sorted(ports_on_bridge):
                 row = ifaces.get(name)

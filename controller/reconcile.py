@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.codec import CanonContent, CanonKey, MissingPort, canonical_desired
-from flows.values import Flow
+from controller.codec import CanonContent, CanonGroup, CanonKey, MissingPort, canonical_desired, canonical_group_desired
+from flows.values import Flow, Group, ToGroup
 
 
 @dataclass
@@ -16,20 +16,48 @@ class Plan:
     replace: dict[CanonKey, CanonContent] = field(default_factory=dict)
     delete: list[CanonKey] = field(default_factory=list)
     missing_ports: set[str] = field(default_factory=set)
+    group_add: dict[int, CanonGroup] = field(default_factory=dict)
+    group_modify: dict[int, CanonGroup] = field(default_factory=dict)
+    group_delete: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.add) + len(self.replace) + len(self.delete)
+        return len(self.add) + len(self.replace) + len(self.delete) + self.group_size
+
+    @property
+    def group_size(self) -> int:
+        return len(self.group_add) + len(self.group_modify) + len(self.group_delete)
 
     def summary(self) -> str:
-        return f"{len(self.add)} added, {len(self.replace)} replaced, {len(self.delete)} deleted"
+        groups = (f"; groups {len(self.group_add)} added, {len(self.group_modify)} modified, "
+                  f"{len(self.group_delete)} deleted" if self.group_size else "")
+        return f"{len(self.add)} added, {len(self.replace)} replaced, {len(self.delete)} deleted{groups}"
 
 
-def desired_canonical(flows: tuple[Flow, ...], ports: dict[str, int]) -> tuple[dict[CanonKey, CanonContent], set[str]]:
-    """Resolve port names; flows naming a port the switch lacks are left out until the port appears."""
+def desired_groups(groups: tuple[Group, ...], ports: dict[str, int]) -> tuple[dict[int, CanonGroup], set[str]]:
+    """Resolve port names; a group naming a port the switch lacks is left out until the port appears."""
+    out: dict[int, CanonGroup] = {}
+    missing: set[str] = set()
+    for g in groups:
+        try:
+            gid, content = canonical_group_desired(g, ports)
+        except MissingPort as exc:
+            missing.add(exc.args[0])
+            continue
+        out[gid] = content
+    return out, missing
+
+
+def desired_canonical(flows: tuple[Flow, ...], ports: dict[str, int],
+                      groups: dict[int, CanonGroup] | None = None) -> tuple[dict[CanonKey, CanonContent], set[str]]:
+    """Resolve port names; flows naming a port the switch lacks, or a group left out, wait until it appears."""
     out: dict[CanonKey, CanonContent] = {}
     missing: set[str] = set()
     for f in flows:
+        absent = [a.group_id for a in f.actions if isinstance(a, ToGroup) and a.group_id not in (groups or {})]
+        if absent:
+            missing.add(f"group {absent[0]:#x}")
+            continue
         try:
             key, content = canonical_desired(f, ports)
         except MissingPort as exc:
@@ -48,4 +76,16 @@ def plan(desired: dict[CanonKey, CanonContent], actual: dict[CanonKey, CanonCont
         elif have != content:
             p.replace[key] = content
     p.delete = [key for key in actual if key not in desired]
+    return p
+
+
+def plan_groups(p: Plan, desired: dict[int, CanonGroup], actual: dict[int, CanonGroup]) -> Plan:
+    """Add the group changes to a plan: only groups with our ids are in `actual`."""
+    for gid, content in desired.items():
+        have = actual.get(gid)
+        if have is None:
+            p.group_add[gid] = content
+        elif have != content:
+            p.group_modify[gid] = content
+    p.group_delete = [gid for gid in actual if gid not in desired]
     return p

@@ -13,6 +13,7 @@ class Settings:
     config: str
     switch_target: str
     metrics: tuple[str, int] | None
+    bfd_ms: int = 100  # BFD interval on the tunnels; 0 turns BFD off (peers that cannot answer it)
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -26,7 +27,8 @@ class Settings:
         if metrics_env != "off":
             host, _, port = metrics_env.rpartition(":")
             metrics = (host or "127.0.0.1", int(port))
-        return Settings(config, target, metrics)
+        bfd_ms = int(os.environ.get("CLOUDWEAVE_BFD_MS", "100"))
+        return Settings(config, target, metrics, bfd_ms)
 
 
 def switch_target_for(template: str, site: Site) -> str:

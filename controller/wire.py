@@ -21,7 +21,7 @@ OFPP_ANY = 0xFFFFFFFF
 OFPG_ANY = 0xFFFFFFFF
 OFPP_CONTROLLER, NO_BUFFER_LEN = 0xFFFFFFFD, 0xFFFF
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
-OFPAT_OUTPUT, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
+OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 22, 25, 0xFFFF
 NX_VENDOR = 0x00002320
 NXAST_CONJUNCTION, NXAST_CT = 34, 35
 NX_CT_F_COMMIT = 1
@@ -99,8 +99,8 @@ def _set_field(name: str, value: Any) -> bytes:
 
 
 def _ct(commit: bool, table: int | None, zone: int | None, nat: Any, mark: int | None) -> bytes:
-    if nat is not None:
-        raise Unsupported("ct with nat")
+    if nat is not None or isinstance(mark, tuple):
+        raise Unsupported("ct with nat, or a masked mark")
     header, ofs_nbits = CT_ZONE_REG6_LOW16 if zone is None else (b"\0" * 4, zone)
     inner = _set_field("ct_mark", mark) if mark is not None else b""
     return struct.pack("!HHIHH4sHB3xH", OFPAT_EXPERIMENTER, 24 + len(inner), NX_VENDOR, NXAST_CT,
@@ -122,6 +122,8 @@ def instructions(actions: tuple[tuple[Any, ...], ...]) -> bytes:
             _, cid, clause, n_clauses = a
             apply += struct.pack("!HHIHBBI", OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_CONJUNCTION, clause - 1,
                                  n_clauses, cid)
+        elif a[0] == "group":
+            apply += struct.pack("!HHI", OFPAT_GROUP, 8, a[1])
         elif a[0] == "goto":
             goto = struct.pack("!HHB3x", OFPIT_GOTO_TABLE, 8, a[1])
         else:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
 from flows import cookies
 from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, FROM_TUNNEL, FROM_UPLINK, REG_SEGMENT
-from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, flow
+from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, Nat, flow
 
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
 # ct_state bits (OVS): new, est, rel, rpl, inv, trk
@@ -67,10 +67,15 @@ class AclCompiler:
             for g in ep.groups:
                 self.members[g].append(ep)
         grouped = {e.segment for e in model.endpoints if e.groups}
+        self.with_services = {r.service.segment for r in model.routes if r.service is not None}
+        routed = {s.name for r in model.routes if r.match is not None for s in model.segments
+                  if s.mode != "direct" and r.match.segment in (None, s.name)}
         # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
-        # connection limit, or it is NATed (port forwards pass its ingress rules).
+        # connection limit, it is NATed (port forwards pass its ingress rules), it has a service VIP, or a path
+        # split pins its connections.
         self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped
-                            or s.mode == "nat" or s.max_connections is not None}
+                            or s.mode == "nat" or s.max_connections is not None or s.name in self.with_services
+                            or s.name in routed}
 
     def site_flows(self, site: str, local: Iterable[Endpoint]) -> list[Flow]:
         """The ACL flows of one site. Only sites with endpoints of a segment track its connections: a pure
@@ -88,8 +93,19 @@ class AclCompiler:
                 out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (Goto(AFTER_ACL),),
                                 reg6=seg.vni))
                 continue
-            out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (CT(table=ACL_EGRESS),),
-                            reg6=seg.vni, eth_type=ETH_IPV4))
+            # Services: ct(nat) applies a connection's VIP translation to every later packet, both ways.
+            track = CT(table=ACL_EGRESS, nat=Nat() if name in self.with_services else None)
+            out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (track,), reg6=seg.vni,
+                            eth_type=ETH_IPV4))
+            # From a tunnel, only what is for a local endpoint is tracked here: a relayed packet (a path split
+            # through this site) would leave half a connection in this site's table.
+            transit = cookies.cookie("transit", name)
+            out.append(flow(CONNTRACK, 110, transit, (Goto(AFTER_ACL),), reg6=seg.vni, reg7=FROM_TUNNEL,
+                            eth_type=ETH_IPV4))
+            for ep in local:
+                if ep.segment == name:
+                    out.append(flow(CONNTRACK, 120, transit, (track,), reg6=seg.vni, reg7=FROM_TUNNEL,
+                                    eth_type=ETH_IPV4, eth_dst=ep.mac))
             out += self._defaults(seg)
         local_segs = {e.segment for e in local if e.segment in self.with_policy}
         raw: list[Flow] = []

@@ -14,9 +14,11 @@ from flows.acl import AclCompiler
 from flows.direct import direct_flows
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import OverlayCompiler
-from flows.tables import TableViolation, check_flow
+from flows.routing import RoutingCompiler
+from flows.services import service_flows
+from flows.tables import TableViolation, check_flow, check_group
 from flows.topology import tunnel_port_name
-from flows.values import Flow
+from flows.values import Flow, Group
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,13 @@ class TunnelPort:
 
 @dataclass(frozen=True)
 class SwitchState:
-    """What one site's bridge must hold: its tunnel ports (OVSDB) and its flows (OpenFlow)."""
+    """What one site's bridge must hold: its tunnel ports (OVSDB), its groups and flows (OpenFlow)."""
 
     site: str
     dpid: int
     tunnels: tuple[TunnelPort, ...]
     flows: tuple[Flow, ...]
+    groups: tuple[Group, ...] = ()
 
 
 def sort_key(f: Flow) -> tuple:
@@ -43,10 +46,12 @@ def sort_key(f: Flow) -> tuple:
 
 
 def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None,
-                 acl: AclCompiler | None = None, next_hops: Mapping[str, str] | None = None) -> SwitchState:
+                 acl: AclCompiler | None = None, next_hops: Mapping[str, str] | None = None,
+                 routing: RoutingCompiler | None = None) -> SwitchState:
     """`next_hops`: the uplink gateway's MAC per site, as the controller learned it (NAT mode needs it)."""
     overlay = overlay or OverlayCompiler(model)
     acl = acl or AclCompiler(model)
+    routing = routing or RoutingCompiler(model, overlay.graph)
     me = model.site(site)
     tunnels = tuple(
         TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
@@ -54,14 +59,22 @@ def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None
     )
     local = [e for e in model.endpoints if e.site == site]
     tracked = {e.segment for e in local} & acl.with_policy
+    route_flows, route_groups = routing.site(site)
+    svc_flows, svc_groups = service_flows(model, site, overlay.graph)
     flows = (overlay.site_flows(site) + acl.site_flows(site, local) + direct_flows(model, site)
-             + nat_flows(model, site, (next_hops or {}).get(site)) + connection_limit_flows(model, tracked))
+             + nat_flows(model, site, (next_hops or {}).get(site)) + connection_limit_flows(model, tracked)
+             + route_flows + svc_flows)
+    groups = sorted(route_groups + svc_groups, key=lambda g: g.group_id)
     for f in flows:
         check_flow(f)
+    for g in groups:
+        check_group(g)
+    if len({g.group_id for g in groups}) != len(groups):
+        raise TableViolation(f"two groups with one id at site {site}")
     if len({f.key for f in flows}) != len(flows):
         dup = next(k for k, n in Counter(f.key for f in flows).items() if n > 1)
         raise TableViolation(f"two flows with the same table, priority and match: {dup}")
-    return SwitchState(site, me.dpid, tunnels, tuple(sorted(flows, key=sort_key)))
+    return SwitchState(site, me.dpid, tunnels, tuple(sorted(flows, key=sort_key)), tuple(groups))
 
 
 @contextmanager
@@ -80,20 +93,23 @@ def gc_paused() -> Iterator[None]:
 class ModelCompiler:
     """One model's compilers, kept to recompile single sites (e.g. when a next hop is learned)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, down: frozenset[tuple[str, str]] = frozenset()):
+        """`down`: links seen dead (sorted site pairs); forwarding and path splits avoid them."""
         self.model = model
         with gc_paused():
-            self.overlay, self.acl = OverlayCompiler(model), AclCompiler(model)
+            self.overlay, self.acl = OverlayCompiler(model, down), AclCompiler(model)
+            self.routing = RoutingCompiler(model, self.overlay.graph)
 
     def site(self, site: str, next_hops: Mapping[str, str] | None = None) -> SwitchState:
         with gc_paused():
-            return compile_site(self.model, site, self.overlay, self.acl, next_hops)
+            return compile_site(self.model, site, self.overlay, self.acl, next_hops, self.routing)
 
     def all(self, next_hops: Mapping[str, str] | None = None) -> dict[str, SwitchState]:
         with gc_paused():
-            return {s.name: compile_site(self.model, s.name, self.overlay, self.acl, next_hops)
+            return {s.name: compile_site(self.model, s.name, self.overlay, self.acl, next_hops, self.routing)
                     for s in self.model.sites}
 
 
-def compile_model(model: Model, next_hops: Mapping[str, str] | None = None) -> dict[str, SwitchState]:
-    return ModelCompiler(model).all(next_hops)
+def compile_model(model: Model, next_hops: Mapping[str, str] | None = None,
+                  down: frozenset[tuple[str, str]] = frozenset()) -> dict[str, SwitchState]:
+    return ModelCompiler(model, down).all(next_hops)

@@ -32,6 +32,10 @@ KINDS = {
     "nat_endpoint": 15,
     "nat_forward": 16,
     "conn_limit": 17,
+    "route": 18,
+    "route_relay": 19,
+    "service": 20,
+    "transit": 21,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
@@ -43,6 +47,18 @@ def object_id(name: str) -> int:
 
 def cookie(kind: str, name: str) -> int:
     return OWNER | (KINDS[kind] << KIND_SHIFT) | object_id(name)
+
+
+GROUP_OWNER, GROUP_OWNER_MASK = 0xC1 << 24, 0xFF << 24  # group ids are 32 bits: ours start with 0xc1
+
+
+def group_id(name: str) -> int:
+    """A stable group id for a named purpose (e.g. route/site pair)."""
+    return GROUP_OWNER | (object_id(name) & 0xFFFFFF)
+
+
+def is_our_group(value: int) -> bool:
+    return value & GROUP_OWNER_MASK == GROUP_OWNER
 
 
 def is_ours(value: int) -> bool:

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from flows.tables import TABLES
-from flows.values import CONTROLLER, CT, IN_PORT, Conjunction, Flow, Goto, MatchValue, Move, Output, SetField
+from flows.values import (
+    CONTROLLER,
+    CT,
+    IN_PORT,
+    Conjunction,
+    Flow,
+    Goto,
+    Group,
+    MatchValue,
+    Move,
+    Output,
+    SetField,
+    ToGroup,
+)
 
 # os-ken (OXM) field names -> ovs-ofctl field names.
 OFCTL_FIELD = {"eth_dst": "dl_dst", "eth_src": "dl_src", "eth_type": "dl_type", "ipv4_src": "nw_src",
@@ -35,7 +48,8 @@ def _ct(action: CT) -> str:
         parts.append(f"table={action.table}")
     parts.append(f"zone={ZONE if action.zone is None else action.zone}")
     if action.mark is not None:
-        parts.append(f"exec(set_field:{action.mark:#x}->ct_mark)")
+        mask = f"/{action.mark_mask:#x}" if action.mark_mask is not None else ""
+        parts.append(f"exec(set_field:{action.mark:#x}{mask}->ct_mark)")
     if action.nat is not None:
         n = action.nat
         ports = f":{n.port_lo}-{n.port_hi}" if n.port_lo else ""
@@ -60,6 +74,8 @@ def _action(action: object) -> str:
         return _ct(action)
     if isinstance(action, Conjunction):
         return f"conjunction({action.id},{action.clause}/{action.n_clauses})"
+    if isinstance(action, ToGroup):
+        return f"group:{action.group_id}"
     raise TypeError(f"cannot render {action!r}")
 
 
@@ -78,4 +94,23 @@ def render_flows(flows: tuple[Flow, ...] | list[Flow], site: str = "") -> str:
             current = f.table
             lines.append(f"# table {f.table}: {TABLES[f.table].name}")
         lines.append(render_flow(f))
+    return "\n".join(lines) + "\n"
+
+
+def render_group(g: Group) -> str:
+    buckets = "".join(
+        f",bucket=bucket_id:{b.bucket_id},weight:{b.weight}"
+        + (f',watch_port:"{b.watch_port}"' if b.watch_port else "")
+        + ",actions=" + (",".join(_action(a) for a in b.actions) or "drop")
+        for b in g.buckets)
+    return f"group_id={g.group_id},type=select,selection_method=hash,fields({','.join(g.fields)}){buckets}"
+
+
+def render_groups(groups: tuple[Group, ...] | list[Group], site: str = "") -> str:
+    """Groups in `ovs-ofctl -O OpenFlow15 add-groups` syntax, each under a comment saying what it is for."""
+    lines = [f"# cloudweave groups for site {site}" if site else "# cloudweave groups"]
+    for g in groups:
+        if g.name:
+            lines.append(f"# {g.name}")
+        lines.append(render_group(g))
     return "\n".join(lines) + "\n"

@@ -53,9 +53,9 @@ def to_tunnel(vni: int, peer: str) -> tuple[SetField, Output]:
 class OverlayCompiler:
     """Computes the overlay flows of every site from one model; the site graph is shared by all sites."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, down: frozenset[tuple[str, str]] = frozenset()):
         self.model = model
-        self.graph = SiteGraph(model)
+        self.graph = SiteGraph(model, down)
         # Direct-mode segments bypass the overlay (flows/direct.py).
         self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
         self.members: dict[str, list[Endpoint]] = defaultdict(list)

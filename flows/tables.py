@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import CT, Conjunction, Flow, Goto, Move, Output, SetField
+from flows.values import CT, Conjunction, Flow, Goto, Group, Move, Output, SetField, ToGroup
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Table:
 
 ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv4_dst", "ip_proto", "tcp_dst",
                         "udp_dst", "sctp_dst", "conj_id"})
+GROUP_TABLES = frozenset({3, 6})  # acl_egress (service splits), route (path splits)
 TABLES: tuple[Table, ...] = (
     Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; uplink -> direct-mode "
           "endpoints, ARP for the NAT address, NAT replies through conntrack; drop the unknown",
@@ -26,16 +27,21 @@ TABLES: tuple[Table, ...] = (
           "only NAT replies and port forwards, mapped to their endpoint",
           frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha", "ct_state", "ipv4_dst",
                      "ip_proto", "tcp_dst", "udp_dst"}), None),
-    Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment); the rest skips the ACL",
-          frozenset({"reg6", "eth_type"}), 5),
+    Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment, nat); the rest, and what only "
+          "passes through this site, skips the ACL", frozenset({"reg6", "reg7", "eth_type", "eth_dst"}), 5),
     Table(3, "acl_egress", "invalid dropped, established passes, tunnel-borne new committed; new connections "
           "from local ports checked against the source's egress rules", ACL_FIELDS, None),
     Table(4, "acl_ingress", "then against the destination's ingress rules; allowed ones committed",
           ACL_FIELDS, None),
     Table(5, "nat", "connection limits; the gateway of nat-mode segments: ARP, and source NAT of what is sent "
-          "to it", frozenset({"reg6", "eth_type", "eth_dst", "ipv4_src", "arp_op", "arp_tpa", "ct_state",
-                              "ct_mark"}), 6),
-    Table(6, "route", "reserved: routing classes -> weighted select groups", frozenset(), 7),
+          "to it; service VIPs: ARP, and the backend's MAC", frozenset({"reg6", "eth_type", "eth_dst", "ipv4_src",
+                                                                        "ipv4_dst", "arp_op", "arp_tpa", "ct_state",
+                                                                        "ct_mark"}), 6),
+    Table(6, "route", "routed classes from local ports: a connection pinned to a path (ct_mark) keeps it, a new "
+          "one -> weighted select group over paths; relays forward by the tunnel they came in on",
+          frozenset({"in_port", "reg6", "reg7", "eth_type", "eth_dst", "ipv4_src", "ct_mark",
+                                                       "ipv4_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src",
+                                                       "udp_dst", "sctp_src", "sctp_dst"}), 7),
     Table(7, "l2_forward", "segment + destination MAC -> local port or tunnel toward its site; the gateway "
           "MAC -> the uplink, once NATed", frozenset({"reg6", "eth_dst", "eth_type", "ct_state"}), 8),
     Table(8, "flood", "broadcast and unknown unicast: local ports + replication along the site tree",
@@ -84,8 +90,28 @@ def check_flow(f: Flow) -> None:
                 raise TableViolation(f"table {table.name}: ct only in the conntrack/ACL/NAT tables, forward: {f}")
             if dict(f.match).get("eth_type") != 0x0800:
                 raise TableViolation(f"table {table.name}: ct needs eth_type=0x0800 in the match: {f}")
+        elif isinstance(action, ToGroup):
+            if f.table not in GROUP_TABLES or i != len(f.actions) - 1:
+                raise TableViolation(f"table {table.name}: a group action only in {sorted(GROUP_TABLES)}, last: {f}")
         elif isinstance(action, Conjunction):
             if f.table not in (ACL_EGRESS, ACL_INGRESS) or not 1 <= action.clause <= action.n_clauses:
                 raise TableViolation(f"table {table.name}: bad conjunction: {f}")
         elif not isinstance(action, Output):
             raise TableViolation(f"unknown action {action!r}")
+
+
+def check_group(g: Group) -> None:
+    """Buckets output to ports, set fields, or commit a connection and recirculate to the ACL (services)."""
+    if not g.buckets:
+        raise TableViolation(f"group {g.group_id:#x} has no buckets")
+    if len({b.bucket_id for b in g.buckets}) != len(g.buckets):
+        raise TableViolation(f"group {g.group_id:#x}: two buckets with one id")
+    for b in g.buckets:
+        if not 0 < b.weight <= 0xFFFF:
+            raise TableViolation(f"group {g.group_id:#x}: bucket weight {b.weight} out of 1..65535")
+        for a in b.actions:
+            # Services commit with NAT and go back through the ACL; path splits commit their path's mark and
+            # come back to the route table.
+            ok = isinstance(a, Output | SetField) or (isinstance(a, CT) and a.commit and a.table in (ACL_EGRESS, ROUTE))
+            if not ok or (isinstance(a, SetField) and a.field not in WRITABLE):
+                raise TableViolation(f"group {g.group_id:#x}: bucket action {a!r} not allowed")

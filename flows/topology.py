@@ -23,10 +23,14 @@ def tunnel_port_name(peer: str) -> str:
 
 @dataclass(frozen=True)
 class SiteGraph:
+    """`down`: links (sorted site pairs) seen dead; forwarding avoids them, their tunnels stay."""
+
     model: Model
+    down: frozenset[tuple[str, str]] = frozenset()
 
     @cached_property
-    def graph(self) -> nx.Graph:
+    def declared(self) -> nx.Graph:
+        """Every declared link: one tunnel each, whether it is up or not."""
         g = nx.Graph()
         g.add_nodes_from(sorted(s.name for s in self.model.sites))
         for link in self.model.links:
@@ -34,11 +38,22 @@ class SiteGraph:
         return g
 
     @cached_property
+    def graph(self) -> nx.Graph:
+        """The links that forward: the declared ones less those that are down."""
+        g = self.declared.copy()
+        g.remove_edges_from(self.down)
+        return g
+
+    @cached_property
     def _neighbours(self) -> dict[str, list[str]]:
-        return {n: sorted(self.graph.neighbors(n)) for n in self.graph.nodes}
+        return {n: sorted(self.declared.neighbors(n)) for n in self.declared.nodes}
 
     def neighbours(self, site: str) -> list[str]:
+        """The sites this one has a tunnel to."""
         return self._neighbours[site]
+
+    def live_neighbours(self, site: str) -> list[str]:
+        return sorted(self.graph.neighbors(site))
 
     @cached_property
     def _distances(self) -> dict[str, dict[str, int]]:
@@ -64,7 +79,7 @@ class SiteGraph:
         table = {}
         for dst, d in dist[src].items():
             if dst != src:
-                table[dst] = min(n for n in self.neighbours(src) if dist[n].get(dst, -1) == d - 1)
+                table[dst] = min(n for n in self.live_neighbours(src) if dist[n].get(dst, -1) == d - 1)
         return table
 
     def path(self, src: str, dst: str) -> list[str]:

@@ -53,13 +53,15 @@ class Nat:
 @dataclass(frozen=True, order=True)
 class CT:
     """Send through conntrack: in the zone held in reg6[0..15], or in the fixed `zone`; commit, and/or
-    recirculate to `table`. `nat` translates; `mark` is written to ct_mark on commit."""
+    recirculate to `table`. `nat` translates; `mark` is written to ct_mark on commit (only the bits of
+    `mark_mask` when it is set)."""
 
     commit: bool = False
     table: int | None = None
     zone: int | None = None
     nat: Nat | None = None
     mark: int | None = None
+    mark_mask: int | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -71,7 +73,45 @@ class Conjunction:
     n_clauses: int
 
 
-Action = Output | SetField | Goto | CT | Conjunction | Move
+@dataclass(frozen=True, order=True)
+class ToGroup:
+    """Send the packet to a group (the group action)."""
+
+    group_id: int
+
+
+Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup
+
+# What a select group hashes: the inner packet's 5-tuple (fields that do not apply to a packet are skipped).
+# eth_type (always IPv4 here) and icmp_type (one per ICMP exchange) change no connection's bucket; they make
+# the property's field list (each a 4-byte header and its mask) 56 bytes, a multiple of 8 as os-ken needs.
+HASH_FIELDS = ("eth_type", "ip_src", "ip_dst", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "icmp_type")
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """One choice of a select group. `bucket_id` is part of OVS's hash: it must stay the same for a choice."""
+
+    bucket_id: int
+    weight: int
+    actions: tuple[Action, ...]
+    watch_port: str | None = None  # the bucket is used only while this port is live (BFD, carrier)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A select group with `selection_method=hash` over `fields` (flows/weights.py: what weights mean)."""
+
+    group_id: int
+    buckets: tuple[Bucket, ...]
+    fields: tuple[str, ...] = HASH_FIELDS
+    name: str = ""  # what it is for, for people (not sent to the switch)
+
+    def ports(self) -> set[str]:
+        named = {b.watch_port for b in self.buckets if b.watch_port}
+        named.update(a.port for b in self.buckets for a in b.actions
+                     if isinstance(a, Output) and a.port not in RESERVED_PORTS)
+        return named
 
 
 @dataclass(frozen=True)

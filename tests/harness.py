@@ -36,7 +36,8 @@ def free_port() -> int:
 
 
 class Controller:
-    """`cloudweave run` as a child process, its log kept in a file."""
+    """`cloudweave run` as a child process, its log kept in a file. The OVS instances of tests/ovs have no
+    underlay between them, so tunnel BFD could never come up: it is off there (CLOUDWEAVE_BFD_MS=0)."""
 
     def __init__(self, config: str, workdir: str, rundirs: list[str], argv: list[str] | None = None,
                  env: dict[str, str] | None = None):
@@ -51,7 +52,7 @@ class Controller:
         self.argv = argv or [sys.executable, "-m", "cloudweave", "run", config, "--listen", f"unix:{self.sock}",
                              "--switch-target", "unix:{ovsdb_dir}/controller.sock",
                              "--metrics", f"127.0.0.1:{self.metrics_port}"]
-        self.env = dict(os.environ, **(env or {}))
+        self.env = dict(os.environ, CLOUDWEAVE_BFD_MS="0", **(env or {}))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Controller:

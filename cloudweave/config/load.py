@@ -12,6 +12,7 @@ from cloudweave.config import values as v
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
+from cloudweave.config.routes import check_routes, read_routes
 from cloudweave.config.security import check_groups, read_groups
 from cloudweave.config.yamlpos import LDict, LList, load_located
 
@@ -247,9 +248,11 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Mod
     _check_reachability(c, sites, links, segments, endpoints)
     _check_modes(c, sites, segments, endpoints)
     check_nat(sites, segments, endpoints, c.error, c.warn)
-    _warn_unenforced(c, merged)
+    group_names = {g.name for g in groups} | {g for e in endpoints for g in e.groups}
+    routes = check_routes(read_routes(merged.get("routes", []), c.error), sites, links, segments, endpoints,
+                          group_names, c.error, c.warn)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
-                 poll_interval_s=poll, security_groups=tuple(groups), routes=merged.get("routes"), files=files)
+                 poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), files=files)
 
 
 def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], segments: list[Segment],
@@ -263,15 +266,6 @@ def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], seg
             if not nx.has_path(graph, seg_sites[0], other):
                 c.error(seg.loc, f"segment '{seg.name}' spans sites '{seg_sites[0]}' and '{other}' "
                                  "that no chain of links joins")
-
-
-def _warn_unenforced(c: _Collector, merged: dict[str, Any]) -> None:
-    """Say plainly what the file asks for that this version does not enforce yet."""
-    for section in ("routes",):
-        if merged.get(section):
-            first = merged[section]
-            loc = next(iter(first.values()))[1] if isinstance(first, dict) else first[0][1]
-            c.warn(loc, f"'{section}' is accepted but not enforced yet: traffic takes the shortest path")
 
 
 def _check_modes(c: _Collector, sites: list[Site], segments: list[Segment], endpoints: list[Endpoint]) -> None:

@@ -152,6 +152,61 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RouteMatch:
+    """Which traffic a route takes: every field that is set must match. `src`/`dst`: a group name or a
+    CIDR (then `src_net`/`dst_net` is set)."""
+
+    proto: int | None = None
+    src: str | None = None
+    src_net: IPv4Network | None = None
+    dst: str | None = None
+    dst_net: IPv4Network | None = None
+    src_ports: tuple[PortRange, ...] = ()
+    dst_ports: tuple[PortRange, ...] = ()
+    segment: str | None = None
+    from_site: str | None = None
+    to_site: str | None = None
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """One candidate path of a path split: the sites from source to destination, and its weight."""
+
+    label: str  # as written: "direct", "via cloud2"
+    sites: tuple[str, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
+class Service:
+    """A virtual IP and port in a segment, served by backends by weight."""
+
+    vip: IPv4Address
+    proto: int
+    port: int
+    segment: str
+
+    @property
+    def mac(self) -> str:
+        return derived_mac(0x06, self.vip)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path split (`match` + `paths`, `k_shortest` or `auto`) or a service split (`service` + `backends`)."""
+
+    name: str
+    priority: int = 0
+    match: RouteMatch | None = None
+    paths: tuple[PathChoice, ...] = ()
+    k_shortest: int | None = None
+    auto: bool = False
+    service: Service | None = None
+    backends: tuple[tuple[str, float], ...] = ()  # endpoint name, weight
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class SecurityGroup:
     name: str
     rules: tuple[Rule, ...]
@@ -166,8 +221,7 @@ class Model:
     endpoints: tuple[Endpoint, ...]
     poll_interval_s: float = 5.0
     security_groups: tuple[SecurityGroup, ...] = ()
-    # Accepted by the format, not implemented yet (see docs/config.md).
-    routes: Any = field(default=None, compare=False)
+    routes: tuple[Route, ...] = ()
     files: tuple[str, ...] = field(default=(), compare=False)
 
     def site(self, name: str) -> Site:

@@ -47,13 +47,14 @@ def probe(workdir: str, src: str, targets: list[str], timeout: float = 1.0) -> d
     return json.loads(run.stdout)
 
 
-def iperf(workdir: str, server: str, client: str, server_ip: str, seconds: int = 3) -> dict:
+def iperf(workdir: str, server: str, client: str, server_ip: str, seconds: int = 3, port: int = 5201) -> dict:
     """One iperf3 TCP run from client to server; iperf3's `sum_received` (bytes, bits_per_second)."""
-    srv = subprocess.Popen(ns_argv(workdir, server, "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL,
+    srv = subprocess.Popen(ns_argv(workdir, server, "iperf3", "-s", "-1", "-p", str(port)), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
         for _ in range(25):  # until the server listens
-            run = subprocess.run(ns_argv(workdir, client, "iperf3", "-J", "-t", str(seconds), "-c", server_ip),
+            run = subprocess.run(ns_argv(workdir, client, "iperf3", "-J", "-t", str(seconds), "-c", server_ip,
+                                         "-p", str(port)),
                                  capture_output=True, text=True, timeout=seconds + 30)
             if run.returncode == 0:
                 return json.loads(run.stdout)["end"]["sum_received"]

@@ -9,11 +9,12 @@ every pair in milliseconds.
 
 from __future__ import annotations
 
+import zlib
 from ipaddress import IPv4Address
 
 from flows.acl import EST, NEW, TRK
 from flows.topology import TUNNEL_PREFIX
-from flows.values import CT, IN_PORT, Conjunction, Goto, Move, Output, SetField
+from flows.values import CT, IN_PORT, Conjunction, Goto, Move, Output, SetField, ToGroup
 
 RPL = 0x08
 PORT_FIELDS = ("tcp_dst", "udp_dst", "sctp_dst")
@@ -39,6 +40,7 @@ class Fabric:
             for t in st.tunnels:
                 self.tunnel_to[(site, t.name)] = t.peer
         self.tables = {site: sorted(st.flows, key=lambda f: -f.priority) for site, st in states.items()}
+        self.groups = {site: {g.group_id: g for g in st.groups} for site, st in states.items()}
         self.conntrack: dict[str, set[tuple]] = {site: set() for site in states}
 
     def port_to(self, site: str, peer: str) -> str:
@@ -47,6 +49,7 @@ class Fabric:
     def send(self, site: str, in_port: str, pkt: dict, max_hops: int = 64) -> list[tuple[str, str]]:
         """Inject a packet; return every (site, port) it leaves on toward an endpoint. Raises on a loop."""
         delivered: list[tuple[str, str]] = []
+        self.hops: list[tuple[str, str]] = []  # (site, tunnel port) the packet left on, in order
         queue = [(site, in_port, dict(pkt), 0)]
         while queue:
             s, port, p, hops = queue.pop()
@@ -58,6 +61,7 @@ class Fabric:
                 p.pop("tunnel_id", None)
             for out_port, out_pkt in self._pipeline(s, p):
                 if out_port.startswith(TUNNEL_PREFIX):
+                    self.hops.append((s, out_port))
                     peer = self.tunnel_to[(s, out_port)]
                     queue.append((peer, self.port_to(peer, s), out_pkt, hops + 1))
                 else:
@@ -102,7 +106,14 @@ class Fabric:
             if f is None:
                 return
             nxt = None
-            for a in f.actions:
+            actions = list(f.actions)
+            while actions:
+                a = actions.pop(0)
+                if isinstance(a, ToGroup):  # a select group: one bucket, always the same for one connection
+                    group = self.groups[site][a.group_id]
+                    bucket = group.buckets[zlib.crc32(repr(self._conn(p)).encode()) % len(group.buckets)]
+                    actions = [x for x in bucket.actions if not (isinstance(x, CT) and x.nat)] + actions
+                    continue
                 if isinstance(a, SetField):
                     p[a.field] = a.value
                 elif isinstance(a, Move):

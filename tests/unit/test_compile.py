@@ -11,7 +11,7 @@ from flows import cookies
 from flows.compile import compile_model, compile_site
 from flows.ofctl import render_flows
 from flows.policy import Policy
-from flows.tables import TableViolation, check_flow
+from flows.tables import ROUTE, TableViolation, check_flow
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import Goto, Output, flow
 from tests.unit.flowsim import Fabric, arp, frame
@@ -163,3 +163,22 @@ def test_tunnel_ports_follow_links(model):
         assert peers == SiteGraph(model).neighbours(site.name)
         for t in st.tunnels:
             assert t.remote_ip == model.site(t.peer).vtep and t.local_ip == site.vtep
+
+
+def test_a_path_split_delivers_over_every_path_and_relays_by_tunnel():
+    """bulk-tcp of topologies/routes.yaml: tcp/7000-7999 from onprem to cloud1, direct or via cloud2. Every
+    source port arrives exactly once, whichever bucket it hashes to, and both paths are used."""
+    model = load_model(os.path.join(ROOT, "topologies", "routes.yaml"))[0]
+    states = compile_model(model)
+    fabric = Fabric(model, states)
+    eps = {e.name: e for e in model.endpoints}
+    client, server = eps["client"], eps["server"]
+    via_cloud2 = 0
+    for sport in range(40000, 40064):
+        got = fabric.send("onprem", client.port, frame(client, server, 6, 7001, sport=sport))
+        assert got == [("cloud1", server.port)]
+        assert fabric.hops in ([("onprem", "vx-cloud1")], [("onprem", "vx-cloud2"), ("cloud2", "vx-cloud1")])
+        via_cloud2 += len(fabric.hops) == 2
+    assert 0 < via_cloud2 < 64
+    relays = [f for f in states["cloud2"].flows if f.table == ROUTE and dict(f.match).get("in_port") == "vx-onprem"]
+    assert relays and all(f.actions[-1] == Output("vx-cloud1") for f in relays)

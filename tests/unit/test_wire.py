@@ -9,7 +9,7 @@ from os_ken.ofproto import ofproto_v1_5_parser as parser
 from cloudweave.config import load_model
 from controller import wire
 from controller.codec import canonical_desired, flow_add, flow_delete
-from controller.osken_copy_field import install as install_copy_field_parser
+from controller.osken_fixes import install as install_osken_fixes
 from flows.compile import compile_model
 from flows.cookies import OWNER, OWNER_MASK
 
@@ -76,7 +76,7 @@ def test_unknown_fields_are_refused():
 
 def test_every_compiled_action_parses_back_as_the_switch_would_send_it():
     """os-ken 3.1.1 misparses OF1.5 copy-field (our register moves); controller/osken_copy_field.py fixes it."""
-    install_copy_field_parser()
+    install_osken_fixes()
     model = load_model(os.path.join(ROOT, "topologies", "nat.yaml"))[0]
     dp = FakeDatapath()
     moves = 0

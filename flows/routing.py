@@ -1,0 +1,183 @@
+"""Path splits: a route's traffic between two sites spread over several paths by weight.
+
+At the source site a routed class (matched on the inner packet, from a local port, toward the destination
+site's endpoints) goes to a select group whose buckets are the paths' first tunnels, weighted so that OVS's
+hashing realises the split (flows/weights.py). A bucket writes its path into the connection's ct_mark
+(bits 8..15) and sends the packet back to this table (OVS skips a ct action in a bucket unless it
+recirculates), where it and the connection's later packets follow the mark, not the hash: when the weights change,
+new connections take the new split and existing ones keep their path. Each bucket watches its tunnel port:
+when BFD or the carrier says the tunnel is down, OVS stops using it at once, and the controller recompiles
+without the dead link (pinned connections then go through the group again and are pinned anew). Relays
+forward what comes in on the tunnel from the previous hop of a path to the next hop, without splitting.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+import networkx as nx
+
+from cloudweave.config.model import Endpoint, Model, Route, RouteMatch, Segment
+from cloudweave.config.routes import AUTO_PATHS
+from flows import cookies
+from flows.acl import PORT_FIELD, port_pieces
+from flows.tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
+from flows.topology import SiteGraph, tunnel_port_name
+from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
+from flows.weights import weights_for
+
+ROUTE_PRIORITY_BASE = 1000
+SRC_PORT_FIELD = {6: "tcp_src", 17: "udp_src", 132: "sctp_src"}
+PATH_MARK_SHIFT, PATH_MARK_MASK = 8, 0xFF00  # ct_mark bits that hold a connection's path (bucket id + 1)
+
+
+def path_mark(bucket_id: int) -> int:
+    return (bucket_id + 1) << PATH_MARK_SHIFT
+
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The paths one route uses from `src` to `dst`, with the share each should take."""
+
+    route: Route
+    src: str
+    dst: str
+    paths: tuple[tuple[str, ...], ...]
+    shares: tuple[float, ...]
+    bucket_ids: tuple[int, ...]
+
+
+def _net(net: IPv4Network) -> MatchValue:
+    return str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
+
+
+class RoutingCompiler:
+    def __init__(self, model: Model, graph: SiteGraph):
+        self.model = model
+        self.graph = graph
+        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
+        self.plans: list[PairPlan] = []
+        self.dropped: list[str] = []  # paths left out (dead link, or a relay that could not tell them apart)
+        for r in model.routes:
+            if r.match is not None:
+                self._plan(r)
+        self.by_site: dict[str, list[PairPlan]] = defaultdict(list)
+        self.relays: dict[str, list[tuple[PairPlan, str, str]]] = defaultdict(list)  # site -> (plan, prev, next)
+        for p in self.plans:
+            self.by_site[p.src].append(p)
+            for path in p.paths:
+                for prev, here, nxt in zip(path, path[1:], path[2:], strict=False):
+                    self.relays[here].append((p, prev, nxt))
+
+    def _segments_of(self, r: Route) -> list[Segment]:
+        return [s for n, s in sorted(self.segments.items()) if r.match.segment in (None, n)]
+
+    def _plan(self, r: Route) -> None:
+        homes = {e.site for e in self.model.endpoints if e.segment in {s.name for s in self._segments_of(r)}}
+        m = r.match
+        pairs = [(m.from_site, m.to_site)] if m.from_site and m.to_site else [
+            (a, b) for a, b in itertools.permutations(sorted(homes), 2)
+            if m.from_site in (None, a) and m.to_site in (None, b)]
+        relay_next: dict[tuple[str, str, str], str] = {}  # (prev, relay, destination) -> next hop
+        for src, dst in pairs:
+            candidates = self._candidates(r, src, dst)
+            kept: list[tuple[int, tuple[str, ...], float]] = []
+            for bucket_id, path, w in candidates:
+                if any(not self.graph.graph.has_edge(a, b) for a, b in zip(path, path[1:], strict=False)):
+                    self.dropped.append(f"route '{r.name}' {src}->{dst}: path {' -> '.join(path)} is down")
+                    continue
+                steps = {(prev, here, dst): nxt for prev, here, nxt in zip(path, path[1:], path[2:], strict=False)}
+                if any(relay_next.get(k, v) != v for k, v in steps.items()):
+                    self.dropped.append(f"route '{r.name}' {src}->{dst}: path {' -> '.join(path)} would meet another "
+                                        "path at a relay that could not tell them apart")
+                    continue
+                relay_next.update(steps)
+                kept.append((bucket_id, path, w))
+            if kept and sum(w for _, _, w in kept) > 0:
+                self.plans.append(PairPlan(r, src, dst, tuple(p for _, p, _ in kept), tuple(w for _, _, w in kept),
+                                           tuple(b for b, _, _ in kept)))
+
+    def _candidates(self, r: Route, src: str, dst: str) -> list[tuple[int, tuple[str, ...], float]]:
+        if r.paths:
+            return [(i, p.sites, p.weight) for i, p in enumerate(r.paths)]
+        k = r.k_shortest or AUTO_PATHS
+        try:
+            paths = list(itertools.islice(nx.shortest_simple_paths(self.graph.declared, src, dst), k))
+        except nx.NetworkXNoPath:
+            return []
+        # Bucket ids by rank among the declared paths: they stay put when a link goes down and comes back.
+        return [(i, tuple(p), 1.0) for i, p in enumerate(paths)]
+
+    def site(self, site: str) -> tuple[list[Flow], list[Group]]:
+        flows: list[Flow] = []
+        groups: list[Group] = []
+        for p in self.by_site.get(site, []):
+            gid = cookies.group_id(f"route/{p.route.name}/{p.src}/{p.dst}")
+            weights = weights_for(p.shares)
+            groups.append(Group(gid, tuple(
+                Bucket(bid, w, (CT(commit=True, table=ROUTE, mark=path_mark(bid), mark_mask=PATH_MARK_MASK),),
+                       tunnel_port_name(path[1]))
+                for bid, path, w in zip(p.bucket_ids, p.paths, weights, strict=True)),
+                name=f"route {p.route.name} {p.src}->{p.dst}: " + ", ".join(
+                    f"{' -> '.join(path)} {share / sum(p.shares):.0%}" for path, share in zip(p.paths, p.shares,
+                                                                                              strict=True))))
+            ck = cookies.cookie("route", f"{p.route.name}/{p.src}/{p.dst}")
+            prio = ROUTE_PRIORITY_BASE + 2 * p.route.priority
+            for seg, ep, match in self._classes(p.route, site, p.dst):
+                flows.append(flow(ROUTE, prio, ck, (SetField("tunnel_id", seg.vni), ToGroup(gid)),
+                                  reg7=FROM_LOCAL, eth_dst=ep.mac, **match))
+                for bid, path in zip(p.bucket_ids, p.paths, strict=True):
+                    flows.append(flow(ROUTE, prio + 1, ck, (SetField("tunnel_id", seg.vni),
+                                                            Output(tunnel_port_name(path[1]))),
+                                      reg7=FROM_LOCAL, eth_dst=ep.mac, ct_mark=(path_mark(bid), PATH_MARK_MASK),
+                                      **match))
+        seen = set()
+        for p, prev, nxt in self.relays.get(site, []):
+            ck = cookies.cookie("route_relay", f"{p.route.name}/{p.src}/{p.dst}")
+            for seg, ep, match in self._classes(p.route, None, p.dst):
+                f = flow(ROUTE, ROUTE_PRIORITY_BASE + 2 * p.route.priority, ck,
+                         (SetField("tunnel_id", seg.vni), Output(tunnel_port_name(nxt))),
+                         in_port=tunnel_port_name(prev), reg7=FROM_TUNNEL, eth_dst=ep.mac, **match)
+                if f.key not in seen:
+                    seen.add(f.key)
+                    flows.append(f)
+        return flows, groups
+
+    def _classes(self, r: Route, src_site: str | None, dst_site: str) -> list[tuple[Segment, Endpoint, dict]]:
+        """(segment, destination endpoint, match) for every flow that classifies the route toward dst_site."""
+        m: RouteMatch = r.match
+        out = []
+        for seg in self._segments_of(r):
+            dsts = [e for e in self.model.endpoints if e.segment == seg.name and e.site == dst_site
+                    and (m.dst is None or m.dst_net is not None or m.dst in e.groups)]
+            if not dsts:
+                continue
+            if m.src is not None and m.src_net is None:
+                srcs = [str(e.ip) for e in self.model.endpoints if e.segment == seg.name and m.src in e.groups
+                        and (src_site is None or e.site == src_site)]
+                if not srcs:
+                    continue
+                src_values: list[MatchValue | None] = list(srcs)
+            else:
+                src_values = [_net(m.src_net) if m.src_net is not None else None]
+            dst_pieces = [p for rng in m.dst_ports for p in port_pieces(rng)] or [None]
+            src_pieces = [p for rng in m.src_ports for p in port_pieces(rng)] or [None]
+            for ep, sv, dp, sp in itertools.product(sorted(dsts, key=lambda e: e.name), src_values, dst_pieces,
+                                                   src_pieces):
+                match: dict[str, MatchValue] = {"reg6": seg.vni, "eth_type": ETH_IPV4}
+                if m.proto is not None:
+                    match["ip_proto"] = m.proto
+                if sv is not None:
+                    match["ipv4_src"] = sv
+                if m.dst_net is not None:
+                    match["ipv4_dst"] = _net(m.dst_net)
+                if dp is not None:
+                    match[PORT_FIELD[m.proto]] = dp
+                if sp is not None:
+                    match[SRC_PORT_FIELD[m.proto]] = sp
+                out.append((seg, ep, match))
+        return out
