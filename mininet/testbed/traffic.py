@@ -57,7 +57,9 @@ def iperf(workdir: str, server: str, client: str, server_ip: str, seconds: int =
                                          "-p", str(port)),
                                  capture_output=True, text=True, timeout=seconds + 30)
             if run.returncode == 0:
-                return json.loads(run.stdout)["end"]["sum_received"]
+                result = json.loads(run.stdout)
+                if "sum_received" in result.get("end", {}):  # iperf3 may report an error in JSON with status 0
+                    return result["end"]["sum_received"]
             time.sleep(0.2)
         raise RuntimeError(f"iperf3 from {client} to {server_ip} did not connect")
     finally:
