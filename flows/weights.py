@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weights are 16 bits
-ITERATIONS = 200
+ITERATIONS = 2000
 TOLERANCE = 1e-6
 
 
@@ -58,11 +58,14 @@ def weights_for(targets: Sequence[float]) -> list[int]:
     if len(live) == 1:
         return [MAX_WEIGHT if t > 0 else 0 for t in want]
     w = [t if t > 0 else 0.0 for t in want]
+    # A bucket's share grows about as its weight to the power (live buckets - 1): a step of that inverse
+    # power converges where a larger one oscillates (5 buckets at 0.5 did).
+    step = 1 / max(2, len(live) - 1)
     for _ in range(ITERATIONS):
         got = shares(w)
         if max(abs(got[i] - want[i]) for i in live) < TOLERANCE:
             break
-        w = [w[i] * (want[i] / got[i]) ** 0.5 if i in live else 0.0 for i in range(len(w))]
+        w = [w[i] * (want[i] / got[i]) ** step if i in live else 0.0 for i in range(len(w))]
         top = max(w)
         w = [x / top for x in w]
     top = max(w)

@@ -63,7 +63,15 @@ class OvsInstance:
         return self._check(["ovs-vsctl", f"--db={self.db}", "--timeout=20", *args])
 
     def ofctl(self, command: str, bridge: str, *args: str) -> str:
-        return self._check(["ovs-ofctl", "-O", "OpenFlow15", command, self.mgmt(bridge), *args])
+        argv = ["ovs-ofctl", "-O", "OpenFlow15", command, self.mgmt(bridge), *args]
+        for _ in range(3):  # a bridge being reconfigured (protocols, controller) may drop one management connection
+            try:
+                return self._check(argv)
+            except OvsError as exc:
+                if "Broken pipe" not in str(exc) and "Connection refused" not in str(exc):
+                    raise
+                time.sleep(0.2)
+        return self._check(argv)
 
     def appctl(self, *args: str) -> str:
         return self._check(["ovs-appctl", "-t", os.path.join(self.rundir, "ovs-vswitchd.ctl"), *args])

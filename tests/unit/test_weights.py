@@ -28,7 +28,9 @@ def test_two_buckets_are_not_proportional():
     assert shares([70, 30]) == pytest.approx([110 / 140, 30 / 140])  # 78.6 / 21.4, not 70 / 30
 
 
-@pytest.mark.parametrize("targets", [[70, 30], [50, 30, 20], [97, 3], [1, 2, 3, 4], [33, 33, 34], [100, 0, 50]])
+@pytest.mark.parametrize("targets", [[70, 30], [50, 30, 20], [97, 3], [1, 2, 3, 4], [33, 33, 34], [100, 0, 50],
+                                     [0.4996, 0.1373, 0.0964, 0.1158, 0.1508],  # oscillated with a fixed step
+                                     [30, 20, 15, 10, 10, 8, 5, 2]])
 def test_inverted_weights_give_the_targets(targets):
     w = weights_for(targets)
     assert all(0 <= x <= MAX_WEIGHT for x in w) and max(w) == MAX_WEIGHT

@@ -1,0 +1,80 @@
+"""Traffic engineering's pure parts: rates from counters (resets, missing samples), the predictor, candidate
+paths, and the LPs on small graphs whose optimum is known by hand."""
+
+import networkx as nx
+import pytest
+
+from te.lp import link_loads, mlu, optimal_mlu, split_over_paths
+from te.paths import candidate_paths
+from te.predict import Predictor
+from te.rates import Outcome, RateMeter
+
+
+def test_rates_from_counters_survive_resets_and_missing_samples():
+    m = RateMeter()
+    assert m.sample(0.0, 1000) == (Outcome.FIRST, None)
+    assert m.sample(2.0, 3000) == (Outcome.RATE, 8000.0)  # 2000 bytes in 2 s
+    assert m.sample(4.0, 500) == (Outcome.RESET, None)  # went down: no negative, no spike
+    assert m.sample(6.0, 2500) == (Outcome.RATE, 8000.0)  # the reset value is the new baseline
+    assert m.sample(8.0, None) == (Outcome.STALE, None) and m.missed == 1  # no answer: not zero demand
+    assert m.sample(10.0, 4500) == (Outcome.RATE, 4000.0)  # over the whole gap since the last answer
+
+
+def test_predictor_averages_long_covers_bursts_and_follows_a_shift():
+    p = Predictor()
+    for r in [100, 150, 100, 160, 100, 140] * 20:
+        p.update(r)
+    assert p.mean == pytest.approx(125, abs=3)  # the long-run mean of a bursty series
+    assert p.prediction >= 150  # planned for near its bursts
+    for _ in range(4):
+        p.update(400.0)
+    assert p.mean == pytest.approx(400, rel=0.05)  # a lasting shift is followed within a few intervals
+    p.update(1000.0)  # one burst is not a shift
+    assert p.mean < 500
+    assert Predictor.from_json(p.to_json()).mean == p.mean
+
+
+def triangle():
+    g = nx.Graph()
+    g.add_edges_from([("a", "b"), ("a", "c"), ("b", "c")])
+    cap = {(u, v): 100.0 for u, v in g.edges} | {(v, u): 100.0 for u, v in g.edges}
+    return g, cap
+
+
+def test_candidate_paths_prefer_disjoint_ones():
+    g = nx.Graph()
+    g.add_edges_from([("s", "x"), ("x", "t"), ("s", "y"), ("y", "t"), ("x", "y"), ("s", "t")])
+    paths = candidate_paths(g, "s", "t", k=3)
+    assert paths[0] == ("s", "t")
+    assert set(paths) == {("s", "t"), ("s", "x", "t"), ("s", "y", "t")}  # no two share a link
+    assert all(len(set(p)) == len(p) for p in paths)
+
+
+def test_split_moves_load_off_the_short_path_when_it_overflows():
+    g, cap = triangle()
+    demands = {("a", "b"): 150.0}
+    paths = {("a", "b"): candidate_paths(g, "a", "b", k=2)}
+    split = split_over_paths(demands, paths, cap)
+    assert split.mlu == pytest.approx(0.75)  # 75 on each of a-b and a-c-b
+    assert split.shares[("a", "b")] == pytest.approx([0.5, 0.5])
+    routing = {d: list(zip(paths[d], s, strict=True)) for d, s in split.shares.items()}
+    assert mlu(link_loads(routing, demands), cap) == pytest.approx(0.75)
+
+
+def test_length_breaks_ties_where_the_mlu_is_set_elsewhere():
+    g, cap = triangle()
+    demands = {("b", "c"): 90.0, ("a", "b"): 10.0}
+    paths = {("b", "c"): [("b", "c")], ("a", "b"): candidate_paths(g, "a", "b", k=2)}
+    split = split_over_paths(demands, paths, cap)
+    assert split.mlu == pytest.approx(0.9)  # b->c alone sets it
+    assert split.shares[("a", "b")] == pytest.approx([1.0, 0.0])  # so a->b takes its shortest path
+
+
+def test_optimal_mlu_on_a_triangle():
+    g, cap = triangle()
+    demands = {("a", "b"): 150.0, ("b", "c"): 60.0}
+    # a->b: 150 over a-b and a-c-b; b->c: 60 direct. Optimum: a-b carries x, a-c and c-b carry 150-x, b-c
+    # carries 60 in the other direction (b->c), so only a->b shares arcs: x = 75 -> MLU 0.75.
+    assert optimal_mlu(list(g.nodes), cap, demands) == pytest.approx(0.75)
+    split = split_over_paths(demands, {d: candidate_paths(g, *d, k=2) for d in demands}, cap)
+    assert split.mlu == pytest.approx(0.75)
