@@ -117,13 +117,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tm(args: argparse.Namespace) -> int:
+    from cloudweave.tm import main as tm_main
+    from controller.settings import default_state_path
+
+    return tm_main(args.state or default_state_path(args.file), args.json, args.plot)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import run
 
     model, rc = _load(args.file)
     if model is None:
         return rc
-    return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level)
+    return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state)
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
@@ -169,6 +176,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="destination port")
     s.set_defaults(func=cmd_explain)
 
+    s = sub.add_parser("tm", help="the learned traffic matrix, predictions, weights and link utilisation",
+                       description="Read the controller's traffic-engineering state for FILE and print the matrix "
+                                   "of its split: auto routes (last rate, learned mean, burst prediction), the "
+                                   "weights in force and the links' utilisation. The controller writes it every poll "
+                                   "interval; its metrics export the same numbers.")
+    s.add_argument("file")
+    s.add_argument("--state", default=None, help="state file (default: .FILE.te-state.json beside FILE)")
+    s.add_argument("--json", action="store_true", help="print the state as JSON")
+    s.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw the matrix as a heat map and the site graph with links coloured by utilisation")
+    s.set_defaults(func=cmd_tm)
+
     s = sub.add_parser("run", help="run the controller (os-ken) for a topology/policy file",
                        description="Run controller.app. The file is reloaded on change and on SIGHUP; an invalid "
                                    "edit is rejected and the running flows stay as they are. Tunnels run BFD every "
@@ -184,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", default="127.0.0.1:9108",
                    help="Prometheus metrics HOST:PORT, or 'off' (default %(default)s)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--state", default=None,
+                   help="traffic-engineering state file: the learned matrix and the weights in force, kept across "
+                        "restarts (default: .FILE.te-state.json beside FILE)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("testbed", help="build, use and remove the emulated test bed (Mininet)")

@@ -31,6 +31,7 @@ from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb import SiteOvsdb
 from controller.reconcile import Plan, desired_canonical, desired_groups, plan, plan_groups
 from controller.settings import Settings, switch_target_for
+from controller.te_loop import TeLoop
 from controller.unix_socket import install as install_unix_socket_support
 from controller.watch import ReloadRequests
 from flows.compile import ModelCompiler, SwitchState
@@ -68,7 +69,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.next_hops: dict[str, str] = {}  # site -> its uplink gateway's MAC, as learned (NAT mode)
         self.links = LinkWatch()
         self.down: frozenset[tuple[str, str]] = frozenset()
-        self.compiler = ModelCompiler(model)
+        self.te = TeLoop(self.settings.state, self.metrics)
+        self.compiler = ModelCompiler(model, auto=self.te.auto_shares())
         self.desired: dict[str, SwitchState] = self.compiler.all(self.next_hops)
         self.logger.info("loaded %s: %s", self.settings.config, describe(None, model))
         self.datapaths: dict[int, Any] = {}
@@ -91,6 +93,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._switch_loop))
         self.threads.append(hub.spawn(self._ovsdb_loop))
+        self.threads.append(hub.spawn(self._te_loop))
         if self.settings.metrics:
             self.metrics.serve(*self.settings.metrics)
             self.logger.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
@@ -146,6 +149,10 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.metrics.next_hops_learned.labels(site.name).inc()
         self.pending.add(msg.datapath.id)
 
+    @set_ev_cls(ofp_event.EventOFPFlowDescStatsReply, MAIN_DISPATCHER)
+    def _flow_desc_reply(self, ev: Any) -> None:
+        self.te.on_reply(ev.msg)  # only the TE loop's own requests; the reconcile's go to os-ken's ofctl
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev: Any) -> None:
         msg = ev.msg
@@ -187,6 +194,19 @@ class CloudweaveApp(app_manager.OSKenApp):
                 self.logger.exception("OVSDB loop")
             hub.sleep(LOOP_TICK_S)
 
+    def _te_loop(self) -> None:
+        """Every poll interval: learn the matrix of the split: auto routes and adopt new weights when worth it."""
+        while self.is_active:
+            started = time.monotonic()
+            try:
+                if self.te.round(self.model, self.down, self.datapaths, hub.sleep):
+                    self.compiler = ModelCompiler(self.model, self.down, self.te.auto_shares())
+                    self.desired = self.compiler.all(self.next_hops)
+                    self.pending.update(self.datapaths)
+            except Exception:  # noqa: BLE001 - one bad round must not stop traffic engineering
+                self.logger.exception("traffic-engineering loop")
+            hub.sleep(max(0.1, self.model.poll_interval_s - (time.monotonic() - started)))
+
     # ---- work ---------------------------------------------------------------------------------------------
 
     def reload(self) -> bool:
@@ -204,7 +224,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.warning("%s", w)
         self.logger.info("reload: %s", describe(self.model, model))
         old_sites = {s.name: s for s in self.model.sites}
-        self.model, self.compiler = model, ModelCompiler(model, self.down)
+        self.model, self.compiler = model, ModelCompiler(model, self.down, self.te.auto_shares())
         self.desired = self.compiler.all(self.next_hops)
         self.ask_due.clear()
         self.limits_due = 0.0
@@ -269,7 +289,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.info("link %s-%s is up again: its paths and weights return", a, b)
             self.metrics.link_changes.labels(f"{a}-{b}", "up").inc()
         self.down = down
-        self.compiler = ModelCompiler(self.model, down)
+        self.compiler = ModelCompiler(self.model, down, self.te.auto_shares())
         self.desired = self.compiler.all(self.next_hops)
         self.pending.update(self.datapaths)
 

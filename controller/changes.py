@@ -10,7 +10,8 @@ def describe(old: Model | None, new: Model) -> str:
         return (f"{len(new.sites)} sites, {len(new.links)} links, {len(new.segments)} segments, "
                 f"{len(new.endpoints)} endpoints")
     parts = []
-    for what, key in (("site", "sites"), ("segment", "segments"), ("endpoint", "endpoints")):
+    for what, key in (("site", "sites"), ("segment", "segments"), ("endpoint", "endpoints"), ("route", "routes"),
+                      ("security group", "security_groups")):
         before = {x.name: x for x in getattr(old, key)}
         after = {x.name: x for x in getattr(new, key)}
         added = sorted(after.keys() - before.keys())
@@ -28,3 +29,4 @@ def describe(old: Model | None, new: Model) -> str:
         if keys:
             parts.append(f"links {verb}: {', '.join('-'.join(k) for k in sorted(keys))}")
     return "; ".join(parts) or "no change to the model"
+

@@ -9,8 +9,11 @@ import sys
 import threading
 
 
-def run(config: str, listen: str, metrics: str, switch_target: str | None, log_level: str) -> int:
+def run(config: str, listen: str, metrics: str, switch_target: str | None, log_level: str,
+        state: str | None = None) -> int:
     os.environ.setdefault("OSKEN_HUB_TYPE", "native")
+    if state:
+        os.environ["CLOUDWEAVE_STATE"] = os.path.abspath(state)
     os.environ["CLOUDWEAVE_CONFIG"] = os.path.abspath(config)
     os.environ["CLOUDWEAVE_METRICS"] = metrics
     if switch_target:

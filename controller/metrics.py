@@ -34,5 +34,17 @@ class Metrics:
                                      "Times a segment's connections reached its limit at a site", ["site", "segment"],
                                      registry=r)
 
+        self.te_demand = Gauge("cloudweave_te_demand_bps", "Learned mean rate of a split: auto route between two sites",
+                               ["route", "src", "dst"], registry=r)
+        self.te_prediction = Gauge("cloudweave_te_prediction_bps", "Burst-covering prediction for the next interval",
+                                   ["route", "src", "dst"], registry=r)
+        self.te_utilisation = Gauge("cloudweave_te_link_utilisation", "Predicted utilisation of a link direction "
+                                    "by split: auto routes at the proposed weights", ["link"], registry=r)
+        self.te_mlu = Gauge("cloudweave_te_mlu", "Maximum link utilisation of the auto routes", ["weights"],
+                            registry=r)
+        self.te_solve_seconds = Gauge("cloudweave_te_solve_seconds", "Duration of the last TE solve", registry=r)
+        self.te_stale = Gauge("cloudweave_te_site_stale", "1 when a site did not answer the traffic counters",
+                              ["site"], registry=r)
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

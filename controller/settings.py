@@ -14,6 +14,7 @@ class Settings:
     switch_target: str
     metrics: tuple[str, int] | None
     bfd_ms: int = 100  # BFD interval on the tunnels; 0 turns BFD off (peers that cannot answer it)
+    state: str | None = None  # the traffic engineer's state file (the learned matrix, the weights in force)
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -28,7 +29,14 @@ class Settings:
             host, _, port = metrics_env.rpartition(":")
             metrics = (host or "127.0.0.1", int(port))
         bfd_ms = int(os.environ.get("CLOUDWEAVE_BFD_MS", "100"))
-        return Settings(config, target, metrics, bfd_ms)
+        state = os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
+        return Settings(config, target, metrics, bfd_ms, state)
+
+
+def default_state_path(config: str) -> str:
+    """Beside the configuration, named after it: one controller per file keeps its own learned matrix."""
+    config = os.path.abspath(config)
+    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.te-state.json")
 
 
 def switch_target_for(template: str, site: Site) -> str:

@@ -14,7 +14,7 @@ from flows.acl import AclCompiler
 from flows.direct import direct_flows
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import OverlayCompiler
-from flows.routing import RoutingCompiler
+from flows.routing import AutoShares, RoutingCompiler
 from flows.services import service_flows
 from flows.tables import TableViolation, check_flow, check_group
 from flows.topology import tunnel_port_name
@@ -93,12 +93,13 @@ def gc_paused() -> Iterator[None]:
 class ModelCompiler:
     """One model's compilers, kept to recompile single sites (e.g. when a next hop is learned)."""
 
-    def __init__(self, model: Model, down: frozenset[tuple[str, str]] = frozenset()):
-        """`down`: links seen dead (sorted site pairs); forwarding and path splits avoid them."""
+    def __init__(self, model: Model, down: frozenset[tuple[str, str]] = frozenset(), auto: AutoShares | None = None):
+        """`down`: links seen dead (sorted site pairs); forwarding and path splits avoid them. `auto`: the
+        traffic engineer's shares for `split: auto` routes."""
         self.model = model
         with gc_paused():
             self.overlay, self.acl = OverlayCompiler(model, down), AclCompiler(model)
-            self.routing = RoutingCompiler(model, self.overlay.graph)
+            self.routing = RoutingCompiler(model, self.overlay.graph, auto)
 
     def site(self, site: str, next_hops: Mapping[str, str] | None = None) -> SwitchState:
         with gc_paused():

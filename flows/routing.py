@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -28,6 +29,9 @@ from flows.tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
 from flows.weights import weights_for
+from te.paths import candidate_paths
+
+AutoShares = Mapping[tuple[str, str, str], tuple[list[tuple[str, ...]], list[float]]]  # key -> (paths, shares)
 
 ROUTE_PRIORITY_BASE = 1000
 SRC_PORT_FIELD = {6: "tcp_src", 17: "udp_src", 132: "sctp_src"}
@@ -56,9 +60,13 @@ def _net(net: IPv4Network) -> MatchValue:
 
 
 class RoutingCompiler:
-    def __init__(self, model: Model, graph: SiteGraph):
+    """`auto`: the traffic engineer's paths and shares for `split: auto` routes, per (route, source,
+    destination); without them such a route takes its shortest path (its other candidates have no bucket)."""
+
+    def __init__(self, model: Model, graph: SiteGraph, auto: AutoShares | None = None):
         self.model = model
         self.graph = graph
+        self.auto = auto or {}
         self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
         self.plans: list[PairPlan] = []
         self.dropped: list[str] = []  # paths left out (dead link, or a relay that could not tell them apart)
@@ -87,6 +95,8 @@ class RoutingCompiler:
             candidates = self._candidates(r, src, dst)
             kept: list[tuple[int, tuple[str, ...], float]] = []
             for bucket_id, path, w in candidates:
+                if w <= 0:
+                    continue  # a path the split does not use now (its bucket id stays reserved)
                 if any(not self.graph.graph.has_edge(a, b) for a, b in zip(path, path[1:], strict=False)):
                     self.dropped.append(f"route '{r.name}' {src}->{dst}: path {' -> '.join(path)} is down")
                     continue
@@ -104,7 +114,14 @@ class RoutingCompiler:
     def _candidates(self, r: Route, src: str, dst: str) -> list[tuple[int, tuple[str, ...], float]]:
         if r.paths:
             return [(i, p.sites, p.weight) for i, p in enumerate(r.paths)]
-        k = r.k_shortest or AUTO_PATHS
+        if r.auto:
+            paths, shares = self.auto.get((r.name, src, dst), (None, None))
+            if paths is None:  # nothing learned yet: the shortest path, until demand says otherwise
+                paths = candidate_paths(self.graph.declared, src, dst, AUTO_PATHS)
+                shares = [1.0] + [0.0] * (len(paths) - 1)
+            # Bucket ids are the paths' places in the traffic engineer's list: kept as paths are added.
+            return [(i, tuple(p), w) for i, (p, w) in enumerate(zip(paths, shares, strict=True))]
+        k = r.k_shortest
         try:
             paths = list(itertools.islice(nx.shortest_simple_paths(self.graph.declared, src, dst), k))
         except nx.NetworkXNoPath:

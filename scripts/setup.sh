@@ -26,10 +26,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import cloudweave, os_ken, ovsdbapp, mininet, pytest, scipy, topohub" 2>/dev/null \
+if ! .venv/bin/python -c "import cloudweave, os_ken, ovsdbapp, mininet, pytest, scipy, topohub, matplotlib" 2>/dev/null \
         || [ setup.cfg -nt .venv/.installed ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test,bench]'
+    .venv/bin/pip install -q -e '.[test,bench,plot]'
     touch .venv/.installed
 fi
 echo "setup: ready ($(.venv/bin/python --version), $(ovs-vswitchd --version | head -1))"

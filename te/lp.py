@@ -112,12 +112,13 @@ def split_with_more_paths(demands: Mapping[Demand, float], paths: dict[Demand, l
             return prices.get((u, w), 0.0) + 1e-9  # a hop costs a little: no zero-price detours
 
         added = 0
-        for src in {d[0] for d, v in demands.items() if v > 0}:
+        ends = {d: (paths[d][0][0], paths[d][0][-1]) for d, v in demands.items() if v > 0}  # a demand's key
+        for src in {s for s, _ in ends.values()}:  # may be more than its two sites (e.g. a route's name too)
             cheapest = nx.single_source_dijkstra_path(graph, src, weight=price)
-            for d, v in demands.items():
-                if d[0] != src or v <= 0 or len(paths[d]) >= max_paths or d[1] not in cheapest:
+            for d, (s, t) in ends.items():
+                if s != src or len(paths[d]) >= max_paths or t not in cheapest:
                     continue
-                best = tuple(cheapest[d[1]])
+                best = tuple(cheapest[t])
                 have = min(sum(prices.get(a, 0.0) for a in arcs(p)) for p in paths[d])
                 # Clearly cheaper only: equal-price alternatives (degenerate duals) would add paths forever.
                 if best not in paths[d] and sum(prices.get(a, 0.0) for a in arcs(best)) < have * (1 - 1e-3) - 1e-9:

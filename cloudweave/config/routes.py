@@ -27,7 +27,7 @@ Report = Callable[[Loc, str], None]
 ROUTE_KEYS = ("name", "priority", "match", "service", "split")
 MATCH_KEYS = ("proto", "src", "dst", "src_port", "dst_port", "segment", "from_site", "to_site")
 SERVICE_KEYS = ("vip", "proto", "port", "segment")
-AUTO_PATHS = 4  # candidate paths of `split: auto` until issue #5 learns the weights
+AUTO_PATHS = 4  # candidate paths of `split: auto` to begin with (te/ may add more where they help)
 
 
 def _peer(value: Any) -> tuple[str, IPv4Network | None]:
@@ -248,9 +248,6 @@ def check_routes(routes: list[Route], sites: list[Site], links: list[Link], segm
             ok = False
         if ok and r.paths:
             ok = _check_paths(r, what, site_names, graph, error)
-        if ok and r.auto:
-            warn(r.loc, f"{what}: split: auto: weights are not learned yet; traffic is split equally over up to "
-                        f"{AUTO_PATHS} shortest paths")
         if ok:
             out.append(r)
     _check_overlaps([r for r in out if r.match is not None], error)

@@ -186,7 +186,8 @@ class Testbed:
                 os.unlink(link)
             os.symlink(sock, link)
         argv = [sys.executable, "-m", "cloudweave", "run", self.state.topology, "--listen", f"unix:{sock}",
-                "--switch-target", "unix:{ovsdb_dir}/" + SITE_CONTROLLER_SOCK, "--metrics", metrics]
+                "--switch-target", "unix:{ovsdb_dir}/" + SITE_CONTROLLER_SOCK, "--metrics", metrics,
+                "--state", os.path.join(self.state.workdir, "te-state.json")]
         with open(log, "wb") as fh:
             self.controller = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         self.state.controller = {"pid": self.controller.pid, "target": f"unix:{sock}", "log": log}

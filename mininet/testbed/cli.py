@@ -26,6 +26,9 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
     if existing is not None:
         force_cleanup(existing)
     os.makedirs(workdir, exist_ok=True)
+    stale_state = os.path.join(workdir, "te-state.json")
+    if os.path.exists(stale_state):  # a new test bed learns its own traffic matrix
+        os.unlink(stale_state)
     argv = [sys.executable, "-m", "testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
             "--metrics", metrics]
     if controller:

@@ -4,12 +4,19 @@ datagram from its own source port. Prints how many were sent and (TCP) how many 
 
     python -m testbed.load tcp 10.61.0.21 7000-7999 6000
     python -m testbed.load udp 10.61.0.21 6000-6999 6000 --sport 20000
+    python -m testbed.load churn 10.71.0.21 5001 --mbps 150 --streams 30 --seconds 10 --flow-s 1
+    python -m testbed.load sink 5001 --seconds 12
+
+`churn` offers a steady UDP rate in `streams` flows, each replaced by a new one (a new source port) every
+`flow_s` seconds, as real traffic renews its connections; `sink` counts what arrives. Both print datagrams
+per wall-clock second as JSON, so that loss can be read second by second.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import selectors
 import socket
 import sys
@@ -63,15 +70,84 @@ def udp(host: str, lo: int, hi: int, count: int, sport: int, rate: float = 2000.
     return count, 0
 
 
+PAYLOAD = 1200
+
+
+def churn(host: str, port: int, mbps: float, streams: int, seconds: float, flow_s: float, sport: int) -> dict:
+    pps = mbps * 1e6 / 8 / PAYLOAD
+    data = b"x" * PAYLOAD
+    next_port = sport
+
+    def open_flow() -> tuple[socket.socket, float]:
+        nonlocal next_port
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", next_port))
+        s.connect((host, port))
+        next_port += 1
+        return s, time.monotonic()
+
+    flows = [open_flow() for _ in range(streams)]
+    sent: dict[int, int] = {}
+    start, n = time.monotonic(), 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(elapsed * pps)
+        second = int(time.time())
+        while n < due:
+            try:
+                flows[n % streams][0].send(data)
+                sent[second] = sent.get(second, 0) + 1
+            except OSError:
+                pass  # a full socket buffer is loss too
+            n += 1
+        now = time.monotonic()
+        for i, (s, born) in enumerate(flows):
+            if now - born >= flow_s:
+                s.close()
+                flows[i] = open_flow()
+        time.sleep(0.001)
+    for s, _ in flows:
+        s.close()
+    return sent
+
+
+def sink(port: int, seconds: float) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    got: dict[int, int] = {}
+    end = time.monotonic() + seconds
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        try:
+            s.recv(2048)
+        except TimeoutError:
+            continue
+        second = int(time.time())
+        got[second] = got.get(second, 0) + 1
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="testbed.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("proto", choices=["tcp", "udp"])
-    p.add_argument("host")
-    p.add_argument("ports", help="destination port range LO-HI")
-    p.add_argument("count", type=int)
+    p.add_argument("proto", choices=["tcp", "udp", "churn", "sink"])
+    p.add_argument("host", help="destination address (sink: the port to listen on)")
+    p.add_argument("ports", nargs="?", default="", help="destination port range LO-HI (churn: one port)")
+    p.add_argument("count", type=int, nargs="?", default=0)
     p.add_argument("--sport", type=int, default=20000, help="first UDP source port")
+    p.add_argument("--mbps", type=float, default=100.0)
+    p.add_argument("--streams", type=int, default=30)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--flow-s", type=float, default=1.0)
     args = p.parse_args(argv)
+    if args.proto == "churn":
+        print(json.dumps(churn(args.host, int(args.ports), args.mbps, args.streams, args.seconds, args.flow_s,
+                               args.sport)))
+        return 0
+    if args.proto == "sink":
+        print(json.dumps(sink(int(args.host), args.seconds)))
+        return 0
     lo, _, hi = args.ports.partition("-")
     lo_i, hi_i = int(lo), int(hi or lo)
     sent, accepted = tcp(args.host, lo_i, hi_i, args.count) if args.proto == "tcp" else \

@@ -1,6 +1,9 @@
 """Traffic engineering's pure parts: rates from counters (resets, missing samples), the predictor, candidate
 paths, and the LPs on small graphs whose optimum is known by hand."""
 
+import json
+import os
+
 import networkx as nx
 import pytest
 
@@ -8,6 +11,8 @@ from te.lp import link_loads, mlu, optimal_mlu, split_over_paths
 from te.paths import candidate_paths
 from te.predict import Predictor
 from te.rates import Outcome, RateMeter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_rates_from_counters_survive_resets_and_missing_samples():
@@ -78,3 +83,77 @@ def test_optimal_mlu_on_a_triangle():
     assert optimal_mlu(list(g.nodes), cap, demands) == pytest.approx(0.75)
     split = split_over_paths(demands, {d: candidate_paths(g, *d, k=2) for d in demands}, cap)
     assert split.mlu == pytest.approx(0.75)
+
+
+def te_model(tmp_path):
+    from cloudweave.config import load_model
+
+    return load_model(os.path.join(ROOT, "topologies", "te.yaml"))[0]
+
+
+def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
+    from flows.topology import SiteGraph
+    from te.engine import TrafficEngineer, capacities
+
+    model = te_model(tmp_path)
+    graph = SiteGraph(model).declared
+    eng = TrafficEngineer()
+    keys = eng.prepare(model, graph)
+    assert len(keys) == 6 and eng.paths[("realtime", "onprem", "cloud1")][0] == ("onprem", "cloud1")
+    key = ("realtime", "onprem", "cloud1")
+    total = 0
+    for t in range(10):  # 150 Mbit/s from onprem to cloud1, nothing else
+        total += int(150e6 / 8)
+        eng.observe(float(t), {k: (total if k == key else 0) for k in keys})
+    p = eng.propose(graph, capacities(model))
+    assert p.current_mlu == pytest.approx(1.5, rel=0.01)  # the shortest path alone: 150 on a 100 link
+    assert p.mlu == pytest.approx(0.75, rel=0.01)
+    assert eng.decide(p) == "first weights"
+    eng.apply(p)
+    assert eng.shares[key] == pytest.approx([0.5, 0.5])
+    p2 = eng.propose(graph, capacities(model))
+    assert eng.decide(p2) is None  # nothing better to gain: keep the groups as they are
+    restored = TrafficEngineer.from_json(json.loads(json.dumps(eng.to_json())))
+    assert restored.shares == eng.shares and restored.paths == eng.paths
+    assert restored.predictors[key].mean == pytest.approx(eng.predictors[key].mean)
+
+
+def test_the_controller_state_survives_a_restart(tmp_path):
+    from controller.metrics import Metrics
+    from controller.te_loop import TeLoop
+    from te.engine import TrafficEngineer
+
+    path = str(tmp_path / "te.json")
+    loop = TeLoop(path, Metrics())
+    loop.engine = TrafficEngineer.from_json({"keys": [{"route": "r", "src": "a", "dst": "b", "paths": [["a", "b"]],
+                                                       "shares": [1.0], "predictor": {"mean": 5e6, "dev": 1e6}}]})
+    loop.save({"updated": 1.0})
+    again = TeLoop(path, Metrics())  # a restarted controller
+    assert again.engine.predictors[("r", "a", "b")].mean == 5e6
+    assert again.auto_shares() == {("r", "a", "b"): ([("a", "b")], [1.0])}
+    (tmp_path / "bad.json").write_text("{not json")
+    assert TeLoop(str(tmp_path / "bad.json"), Metrics()).engine.predictors == {}  # a broken file: start empty
+
+
+def test_tm_prints_the_matrix_and_draws_it(tmp_path, capsys):
+    from cloudweave import tm
+
+    doc = {"updated": 100.0, "poll_interval_s": 1.0,
+           "keys": [{"route": "realtime", "src": "onprem", "dst": "cloud1",
+                     "paths": [["onprem", "cloud1"], ["onprem", "cloud2", "cloud1"]], "shares": [0.5, 0.5],
+                     "predictor": {"mean": 150e6, "dev": 10e6}, "rate": 151e6, "stale": False},
+                    {"route": "realtime", "src": "cloud2", "dst": "onprem", "paths": [["cloud2", "onprem"]],
+                     "shares": None, "predictor": None, "rate": None, "stale": True}],
+           "capacity_bps": {"onprem->cloud1": 100e6}, "utilisation": {"onprem->cloud1": 0.75,
+                                                                      "onprem->cloud2": 0.75},
+           "mlu": {"proposed": 0.75, "in_force": 0.75}}
+    state = tmp_path / "te.json"
+    state.write_text(json.dumps(doc))
+    png = tmp_path / "tm.png"
+    assert tm.main(str(state), False, str(png)) == 0
+    out = capsys.readouterr().out
+    assert "realtime       onprem -> cloud1       151.0 Mbit/s 150.0 Mbit/s 170.0 Mbit/s  onprem -> cloud1 50%, " \
+           "onprem -> cloud2 -> cloud1 50%" in out
+    assert "STALE: site did not answer" in out and "onprem->cloud1             75.0%  of 100.0 Mbit/s" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tm.main(str(tmp_path / "none.json"), False) == 1

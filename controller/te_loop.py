@@ -1,0 +1,170 @@
+"""The traffic-engineering loop of the controller: every poll interval, read the byte counters of the
+`split: auto` routes' first-hop flows (one cookie-filtered flow-desc request per source site, answered or
+not within the interval), feed te.engine, apply new shares when it says so, persist the state, export it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any
+
+from cloudweave.config.model import Model
+from flows import cookies
+from flows.topology import SiteGraph
+from te.engine import Key, TrafficEngineer, capacities
+from te.rates import Outcome
+
+LOG = logging.getLogger("cloudweave.te")
+ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)
+ROUTE_KIND = cookies.OWNER | (cookies.KINDS["route"] << cookies.KIND_SHIFT)
+
+
+def key_cookie(key: Key) -> int:
+    """The cookie of a key's first-hop flows (flows/routing.py names them so)."""
+    return cookies.cookie("route", f"{key[0]}/{key[1]}/{key[2]}")
+
+
+class TeLoop:
+    def __init__(self, state_path: str | None, metrics: Any):
+        self.state_path = state_path
+        self.metrics = metrics
+        self.engine = self._load()
+        self.waiting: dict[int, str] = {}  # xid -> site
+        self.bodies: dict[str, list[Any]] = defaultdict(list)
+        self.done: set[str] = set()
+        self.answered_at: dict[str, float] = {}
+        self.reported_stale: set[str] = set()
+        self.last_round = 0.0
+
+    # ---- state ----------------------------------------------------------------------------------------------
+
+    def _load(self) -> TrafficEngineer:
+        if not self.state_path or not os.path.exists(self.state_path):
+            return TrafficEngineer()
+        try:
+            with open(self.state_path) as fh:
+                engine = TrafficEngineer.from_json(json.load(fh))
+            LOG.info("traffic matrix restored from %s: %d keys", self.state_path, len(engine.predictors))
+            return engine
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            LOG.warning("cannot read %s (%s); the traffic matrix starts empty", self.state_path, exc)
+            return TrafficEngineer()
+
+    def save(self, extra: dict) -> None:
+        if not self.state_path:
+            return
+        doc = dict(self.engine.to_json(), **extra)
+        directory = os.path.dirname(os.path.abspath(self.state_path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".te-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        os.replace(tmp, self.state_path)
+
+    # ---- counters ---------------------------------------------------------------------------------------------
+
+    def on_reply(self, msg: Any) -> None:
+        site = self.waiting.get(msg.xid)
+        if site is None:
+            return
+        self.bodies[site] += msg.body
+        if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            self.done.add(site)
+            self.answered_at[site] = time.monotonic()  # the rate's interval ends when the counters were read
+            del self.waiting[msg.xid]
+
+    def _request(self, dp: Any, site: str) -> None:
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        msg = parser.OFPFlowDescStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, ROUTE_KIND,
+                                             ROUTE_KIND_MASK, parser.OFPMatch())
+        dp.set_xid(msg)
+        self.waiting[msg.xid] = site
+        dp.send_msg(msg)
+
+    def _collect(self, model: Model, datapaths: dict[int, Any], keys: list[Key], wait: Any,
+                 timeout_s: float) -> dict[Key, int | None]:
+        sites = sorted({k[1] for k in keys})
+        self.waiting.clear()
+        self.bodies.clear()
+        self.done.clear()
+        why = {}
+        for site in sites:
+            dp = datapaths.get(model.site(site).dpid)
+            if dp is not None:
+                self._request(dp, site)
+                why[site] = f"no answer within {timeout_s:.1f} s"
+            else:
+                why[site] = "its switch is not connected"
+        deadline = time.monotonic() + timeout_s
+        while self.waiting and time.monotonic() < deadline:
+            wait(0.02)
+        by_cookie: dict[str, dict[int, int]] = {}
+        for site in self.done:
+            totals: dict[int, int] = defaultdict(int)
+            for f in self.bodies[site]:
+                totals[f.cookie] += int(dict(f.stats.fields).get("byte_count", 0))
+            by_cookie[site] = totals
+        for site in sites:
+            if site not in by_cookie and site not in self.reported_stale:
+                LOG.warning("site %s: no traffic counters (%s): its demands are unknown, not zero, until it "
+                            "answers", site, why[site])
+                self.reported_stale.add(site)
+            elif site in by_cookie and site in self.reported_stale:
+                LOG.info("site %s answers the traffic counters again", site)
+                self.reported_stale.discard(site)
+            self.metrics.te_stale.labels(site).set(0 if site in by_cookie else 1)
+        return {k: by_cookie[k[1]].get(key_cookie(k), 0) if k[1] in by_cookie else None for k in keys}
+
+    # ---- a round ------------------------------------------------------------------------------------------------
+
+    def round(self, model: Model, down: frozenset, datapaths: dict[int, Any], wait: Any) -> bool:
+        """One round; True when new shares were adopted (the caller recompiles and reconciles)."""
+        graph = SiteGraph(model, down)
+        keys = self.engine.prepare(model, graph.declared)
+        if not keys:
+            return False
+        counters = self._collect(model, datapaths, keys, wait, min(2.0, model.poll_interval_s * 0.8))
+        events = []
+        for site in sorted({k[1] for k in keys}):
+            at = self.answered_at.get(site, time.monotonic())
+            events += self.engine.observe(at, {k: v for k, v in counters.items() if k[1] == site})
+        for key, outcome in events:
+            if outcome is Outcome.RESET:
+                LOG.info("route %s %s->%s: counter reset (flows replaced or switch restarted); no rate this "
+                         "interval", *key)
+        capacity = capacities(model)
+        for a, b in down:  # a dead link carries nothing: the LP must not count on it
+            capacity[(a, b)] = capacity[(b, a)] = 1.0
+        proposal = self.engine.propose(graph.declared, capacity)
+        adopted = False
+        if proposal is not None:
+            reason = self.engine.decide(proposal)
+            self.metrics.te_solve_seconds.set(proposal.solve_s)
+            self.metrics.te_mlu.labels("proposed").set(proposal.mlu)
+            self.metrics.te_mlu.labels("current").set(proposal.current_mlu)
+            if reason:
+                self.engine.apply(proposal)
+                adopted = True
+                LOG.info("traffic engineering: new weights (%s); solved in %.0f ms", reason, proposal.solve_s * 1000)
+                for key, shares in sorted(proposal.shares.items()):
+                    parts = ", ".join(f"{' -> '.join(p)} {s:.0%}" for p, s in zip(self.engine.paths[key], shares,
+                                                                                  strict=False) if s > 0.005)
+                    LOG.info("  route %s %s->%s: %s", *key, parts)
+            for (a, b), u in proposal.utilisation.items():
+                self.metrics.te_utilisation.labels(f"{a}->{b}").set(u)
+        for key, pred in self.engine.predictors.items():
+            self.metrics.te_demand.labels(*key).set(pred.mean or 0.0)
+            self.metrics.te_prediction.labels(*key).set(pred.prediction)
+        self.save({"updated": time.time(), "poll_interval_s": model.poll_interval_s,
+                   "capacity_bps": {f"{a}->{b}": c for (a, b), c in capacity.items()},
+                   "utilisation": {f"{a}->{b}": u for (a, b), u in (proposal.utilisation.items() if proposal else [])},
+                   "mlu": {"proposed": proposal.mlu, "in_force": proposal.current_mlu} if proposal else None})
+        return adopted
+
+    def auto_shares(self) -> dict[Key, tuple[list, list[float]]]:
+        return {k: (self.engine.paths[k], self.engine.shares[k]) for k in self.engine.shares if k in self.engine.paths}

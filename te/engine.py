@@ -1,0 +1,163 @@
+"""The traffic-engineering round: counters in, shares for `split: auto` routes out (pure; no I/O).
+
+Keys are (route, source site, destination site). Each round:
+1. `observe`: the byte counter of each key's first-hop flows (their cookies name the key) -> a rate
+   (te.rates) -> the key's predictor (te.predict). A site that did not answer leaves its keys stale.
+2. `propose`: the LP (te.lp, column generation) on the predicted means over each key's candidate paths
+   (te.paths; kept and extended from round to round, so bucket ids stay put) against the links'
+   capacities: shares, the MLU they would give, and the MLU the current shares would give.
+3. `decide`: apply only when the MLU improves by more than IMPROVEMENT, or when the current shares would
+   put a link over its capacity at the burst prediction; else keep the groups as they are. Existing
+   connections never move either way (flows/routing.py pins them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from cloudweave.config.model import Model
+from te.lp import NoSolution, link_loads, mlu, split_with_more_paths
+from te.paths import Path, candidate_paths
+from te.predict import Predictor
+from te.rates import Meters, Outcome
+
+Key = tuple[str, str, str]  # route, source site, destination site
+IMPROVEMENT = 0.05  # relative MLU gain that is worth regrouping for
+K_PATHS, MAX_PATHS = 4, 8
+
+
+def auto_keys(model: Model) -> list[Key]:
+    """Every (route, source, destination) a `split: auto` route applies to: as flows/routing.py plans them."""
+    keys = []
+    for r in model.routes:
+        if r.match is None or not r.auto:
+            continue
+        segs = {s.name for s in model.segments if s.mode != "direct" and r.match.segment in (None, s.name)}
+        homes = sorted({e.site for e in model.endpoints if e.segment in segs})
+        for a in homes:
+            for b in homes:
+                if a != b and r.match.from_site in (None, a) and r.match.to_site in (None, b):
+                    keys.append((r.name, a, b))
+    return keys
+
+
+def capacities(model: Model) -> dict[tuple[str, str], float]:
+    """Bits per second of each direction of each link."""
+    out = {}
+    for link in model.links:
+        a, b = link.sites
+        out[(a, b)] = out[(b, a)] = link.capacity_mbps * 1e6
+    return out
+
+
+@dataclass
+class Proposal:
+    shares: dict[Key, list[float]]  # per key, over engine.paths[key]
+    mlu: float
+    current_mlu: float
+    current_burst_mlu: float
+    utilisation: dict[tuple[str, str], float]  # at the proposed shares and predicted means
+    solve_s: float
+
+
+@dataclass
+class TrafficEngineer:
+    paths: dict[Key, list[Path]] = field(default_factory=dict)
+    shares: dict[Key, list[float]] = field(default_factory=dict)  # in force
+    predictors: dict[Key, Predictor] = field(default_factory=dict)
+    meters: Meters = field(default_factory=Meters)
+    stale: set[Key] = field(default_factory=set)
+    rates: dict[Key, float] = field(default_factory=dict)  # the last measured rate
+
+    def prepare(self, model: Model, graph: nx.Graph) -> list[Key]:
+        """Candidate paths for every key of the model (kept ones stay, in their order)."""
+        keys = auto_keys(model)
+        for key in keys:
+            if key not in self.paths:
+                self.paths[key] = candidate_paths(graph, key[1], key[2], K_PATHS)
+        for key in list(self.paths):
+            if key not in keys:
+                del self.paths[key]
+                self.shares.pop(key, None)
+                self.predictors.pop(key, None)
+        return keys
+
+    def observe(self, now: float, counters: Mapping[Key, int | None]) -> list[tuple[Key, Outcome]]:
+        events = []
+        for key, total in counters.items():
+            outcome, rate = self.meters.sample(key, now, total)
+            if outcome is Outcome.RATE:
+                self.predictors.setdefault(key, Predictor()).update(rate)
+                self.rates[key] = rate
+                self.stale.discard(key)
+            elif outcome is Outcome.STALE:
+                self.stale.add(key)
+            if outcome in (Outcome.RESET, Outcome.STALE):
+                events.append((key, outcome))
+        return events
+
+    def demands(self, burst: bool = False) -> dict[Key, float]:
+        return {k: (p.prediction if burst else p.mean) or 0.0 for k, p in self.predictors.items()
+                if k in self.paths and p.mean is not None}
+
+    def _mlu_of(self, shares: Mapping[Key, list[float]], demands: Mapping[Key, float],
+                capacity: Mapping[tuple[str, str], float]) -> float:
+        routing = {k: [(p, s) for p, s in zip(self.paths[k], shares[k], strict=False)]
+                   for k in demands if k in shares}
+        return mlu(link_loads(routing, demands), capacity)
+
+    def propose(self, graph: nx.Graph, capacity: Mapping[tuple[str, str], float]) -> Proposal | None:
+        demands = self.demands()
+        if not demands or not any(demands.values()):
+            return None
+        started = time.perf_counter()
+        try:
+            split = split_with_more_paths(demands, self.paths, capacity, graph, max_paths=MAX_PATHS)
+        except NoSolution:
+            return None
+        shares = {k: split.shares.get(k, [1.0] + [0.0] * (len(self.paths[k]) - 1)) for k in demands}
+        # Before any weights: the shortest path alone, as flows/routing.py compiles it.
+        current = {k: self.shares.get(k) or [1.0] + [0.0] * (len(self.paths[k]) - 1) for k in demands}
+        routing = {k: list(zip(self.paths[k], shares[k], strict=False)) for k in demands}
+        loads = link_loads(routing, demands)
+        return Proposal(shares, split.mlu, self._mlu_of(current, demands, capacity),
+                        self._mlu_of(current, self.demands(burst=True), capacity),
+                        {a: loads.get(a, 0.0) / c for a, c in capacity.items()}, time.perf_counter() - started)
+
+    def decide(self, p: Proposal) -> str | None:
+        """Why to apply the proposal, or None to keep the shares in force."""
+        if not self.shares:
+            return "first weights"
+        if p.current_burst_mlu > 1.0 and p.mlu < p.current_mlu:
+            return f"a link would exceed its capacity at the burst prediction ({p.current_burst_mlu:.0%})"
+        if p.mlu < p.current_mlu * (1 - IMPROVEMENT):
+            return f"MLU {p.current_mlu:.0%} -> {p.mlu:.0%}"
+        return None
+
+    def apply(self, p: Proposal) -> None:
+        self.shares.update(p.shares)
+
+    def to_json(self) -> dict:
+        return {"keys": [{"route": k[0], "src": k[1], "dst": k[2], "paths": [list(x) for x in self.paths.get(k, [])],
+                          "shares": self.shares.get(k), "predictor": self.predictors[k].to_json()
+                          if k in self.predictors else None, "rate": self.rates.get(k), "stale": k in self.stale}
+                         for k in sorted(set(self.paths) | set(self.predictors))]}
+
+    @staticmethod
+    def from_json(data: dict) -> TrafficEngineer:
+        eng = TrafficEngineer()
+        for item in data.get("keys", []):
+            key = (item["route"], item["src"], item["dst"])
+            if item.get("paths"):
+                eng.paths[key] = [tuple(p) for p in item["paths"]]
+            if item.get("shares"):
+                eng.shares[key] = list(item["shares"])
+            if item.get("predictor"):
+                eng.predictors[key] = Predictor.from_json(item["predictor"])
+            if item.get("rate") is not None:
+                eng.rates[key] = item["rate"]
+        return eng

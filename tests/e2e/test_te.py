@@ -1,0 +1,109 @@
+"""Traffic engineering on the test bed (topologies/te.yaml): UDP at 150 Mbit/s from onprem to cloud1, whose
+direct link has 100 Mbit/s. With shortest-path routing a third is lost; with `split: auto` the controller
+learns the demand from the switches' counters and splits it over the detour within a few intervals, and the
+loss goes away. Then the demand moves to another pair of sites and the weights follow. The learned matrix
+is in the state file that `cloudweave tm` reads."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from testbed.cli import down
+from testbed.state import State
+from testbed.traffic import ns_argv
+
+from tests.e2e.test_testbed import bring_up
+from tests.harness import ROOT, wait_for
+
+pytestmark = pytest.mark.testbed
+OFFERED_MBPS, STREAMS, PORT = 150, 100, 5001  # many flows: hashing 30 would often put 2/3 on one path
+ADOPTED = re.compile(r"^(\S+ \S+) INFO cloudweave.te:   route realtime (\S+)->(\S+): (.*)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def te(tmp_path_factory):
+    workdir, model = bring_up(tmp_path_factory, "te")
+    try:
+        yield workdir, model
+    finally:
+        down(workdir)
+
+
+def log(workdir: str) -> str:
+    return open(State.load(workdir).controller["log"]).read()
+
+
+def udp(workdir: str, src: str, dst: str, dst_ip: str, seconds: int) -> list[float]:
+    """Offer OFFERED_MBPS of UDP in STREAMS flows, each renewed every second (new 5-tuples, as connections
+    come and go: weights apply to new ones), for `seconds`; the loss in percent, second by second."""
+    sink = subprocess.Popen(ns_argv(workdir, dst, sys.executable, "-m", "testbed.load", "sink", str(PORT),
+                                    "--seconds", str(seconds + 3)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        run = subprocess.run(ns_argv(workdir, src, sys.executable, "-m", "testbed.load", "churn", dst_ip, str(PORT),
+                                     "--mbps", str(OFFERED_MBPS), "--streams", str(STREAMS), "--seconds",
+                                     str(seconds), "--flow-s", "1"), capture_output=True, text=True,
+                             timeout=seconds + 60)
+        assert run.returncode == 0, run.stderr
+        sent = {int(k): v for k, v in json.loads(run.stdout).items()}
+        got = {int(k): v for k, v in json.loads(sink.communicate(timeout=30)[0]).items()}
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    seconds_sent = sorted(sent)[1:-1]  # whole seconds only
+    return [100.0 * max(0.0, 1 - got.get(t, 0) / sent[t]) for t in seconds_sent]
+
+
+def set_routes(workdir: str, routes: list | None) -> None:
+    path = State.load(workdir).topology
+    doc = yaml.safe_load(open(path))
+    if routes is None:
+        doc.pop("routes", None)
+    else:
+        doc["routes"] = routes
+    with open(path + ".tmp", "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    os.replace(path + ".tmp", path)
+
+
+def test_auto_weights_beat_shortest_path_and_follow_a_shift(te):
+    workdir, _ = te
+    routes = yaml.safe_load(open(os.path.join(ROOT, "topologies", "te.yaml")))["routes"]
+    reloads = log(workdir).count("reload:")
+    set_routes(workdir, None)  # shortest-path routing for the same traffic, same run
+    wait_for(lambda: log(workdir).count("reload:") > reloads, timeout_s=20, what="the reload without routes")
+    time.sleep(2)
+    sp = udp(workdir, "client", "server", "10.71.0.21", 6)
+    sp_loss = sum(sp) / len(sp)
+    assert sp_loss > 20, sp  # 150 Mbit/s into 100 Mbit/s
+
+    set_routes(workdir, routes)
+    wait_for(lambda: log(workdir).count("reload:") > reloads + 1, timeout_s=20, what="the reload with routes")
+    before = len(ADOPTED.findall(log(workdir)))
+    auto = udp(workdir, "client", "server", "10.71.0.21", 12)
+    adopted = [m for m in ADOPTED.findall(log(workdir))[before:] if m[1:3] == ("onprem", "cloud1")]
+    assert adopted and "onprem -> cloud2 -> cloud1" in adopted[-1][3], adopted
+    auto_loss = sum(auto[-6:]) / 6
+    assert auto_loss < 3, auto  # the detour carries the rest
+    assert auto_loss < sp_loss / 5
+    print(f"onprem->cloud1 at {OFFERED_MBPS} Mbit/s: shortest path loses {sp_loss:.1f} %, auto weights "
+          f"{auto_loss:.1f} % (last 6 s); per second: {[round(x) for x in auto]}")
+
+    shift = udp(workdir, "edge", "client", "10.71.0.11", 12)  # the demand moves: cloud2 -> onprem
+    moved = [m for m in ADOPTED.findall(log(workdir)) if m[1:3] == ("cloud2", "onprem")]
+    assert moved and "cloud2 -> cloud1 -> onprem" in moved[-1][3], moved
+    assert sum(shift[-6:]) / 6 < 3, shift
+    print(f"cloud2->onprem after the shift: per-second loss {[round(x) for x in shift]}")
+
+    tm = subprocess.run([sys.executable, "-m", "cloudweave", "tm", State.load(workdir).topology, "--state",
+                         os.path.join(workdir, "te-state.json"), "--json"], capture_output=True, text=True, cwd=ROOT)
+    doc = json.loads(tm.stdout)
+    keys = {(k["src"], k["dst"]): k for k in doc["keys"]}
+    assert len(keys) == 6  # every ordered pair of the three sites
+    shift_key = keys[("cloud2", "onprem")]
+    assert shift_key["predictor"]["mean"] > 0 and len([s for s in shift_key["shares"] if s > 0.05]) == 2
