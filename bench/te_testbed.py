@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 
 import yaml
 
@@ -45,6 +47,26 @@ def offer(workdir: str, src: str, dst: str, dst_ip: str, mbps: float, seconds: i
     whole = sorted(sent)[1:-1]
     per_s = [100 * max(0.0, 1 - got.get(t, 0) / sent[t]) for t in whole]
     return sum(sent[t] for t in whole), sum(min(got.get(t, 0), sent[t]) for t in whole), per_s
+
+
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(traffic engineering: new weights|group \S+ modified)",
+                   re.M)
+
+
+def apply_delays(log: str) -> list[float]:
+    """Seconds from each adoption of new weights to the last group modification it caused."""
+    out, start, last = [], None, None
+    for stamp, what in STAMP.findall(log):
+        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if what.startswith("traffic"):
+            if start is not None and last is not None:
+                out.append(last - start)
+            start, last = t, None
+        elif start is not None:
+            last = t
+    if start is not None and last is not None:
+        out.append(last - start)
+    return out
 
 
 def set_routes(workdir: str, routes: list | None) -> None:
@@ -91,6 +113,10 @@ def main() -> None:
         for name, _, _, per_s in rows[1:]:
             settle = next((i for i, x in enumerate(per_s) if all(y < 1 for y in per_s[i:])), None)
             print(f"  {name}: loss under 1 % from second {settle} on (weights followed the demand)")
+        delays = apply_delays(open(State.load(workdir).controller["log"]).read())
+        if delays:
+            print(f"  new weights to the last switch's group-mod: {', '.join(f'{d * 1000:.0f} ms' for d in delays)} "
+                  f"(poll interval 1 s)")
         print(f"reproduce: .venv/bin/python bench/te_testbed.py --mbps {args.mbps:.0f} --seconds {args.seconds}")
     finally:
         down(workdir)
