@@ -16,25 +16,15 @@ Run: .venv/bin/python bench/failover.py [--cuts 5] [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from testbed.build import underlay_port  # noqa: E402
-from testbed.cli import down, up  # noqa: E402
-from testbed.state import State  # noqa: E402
-from testbed.traffic import iperf, ns_argv  # noqa: E402
-
-from cloudweave.config import load_model  # noqa: E402
-from tests.harness import rewrite_topology  # noqa: E402
+from on_testbed import running
+from testbed.build import underlay_port
+from testbed.state import State
+from testbed.traffic import iperf, ns_argv
 
 INTERVAL_S = 0.005
 STAMP = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)", re.M)
@@ -66,20 +56,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=3)
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="cw-failover-")
-    src = os.path.join(ROOT, "topologies", "routes.yaml")
-    model = load_model(src)[0]
-    config = os.path.join(workdir, "routes.yaml")
 
     def fast_links(doc: dict) -> None:
         for link in doc["links"]:
             link["capacity"] = "10Gbit"
         next(r for r in doc["routes"] if r["name"] == "bulk-tcp")["split"] = {"direct": 1}
 
-    rewrite_topology(src, config, {s.name: os.path.join(workdir, s.name) for s in model.sites}, edit=fast_links)
-    if up(config, workdir, metrics="off") != 0:
-        sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
-    try:
+    with running("routes", fast_links) as (workdir, _):
         time.sleep(4)  # BFD up on every tunnel
         cut_s, heal_s = [], []
         port = underlay_port("cloud1")
@@ -115,9 +98,6 @@ def main() -> None:
         print(f"  ratio routed / plain: {r / q:.2f}")
         print(f"reproduce: .venv/bin/python bench/failover.py --cuts {args.cuts} --rounds {args.rounds} "
               f"--seconds {args.seconds}")
-    finally:
-        down(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,27 +13,17 @@ Run: .venv/bin/python bench/group_split.py [--flows 12000]
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-import yaml
+from on_testbed import edit_live, running
+from testbed.state import State
+from testbed.traffic import ns_argv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from testbed.cli import down, up  # noqa: E402
-from testbed.state import State  # noqa: E402
-from testbed.traffic import ns_argv  # noqa: E402
-
-from cloudweave.config import load_model  # noqa: E402
-from flows.cookies import group_id  # noqa: E402
-from flows.weights import shares, weights_for  # noqa: E402
-from tests.harness import rewrite_topology  # noqa: E402
+from flows.routing import route_group_id
+from flows.weights import shares, weights_for
 
 TARGETS = [(70, 30), (50, 50), (90, 10), (97, 3)]
 CLASSES = {"tcp": ("bulk-tcp", "7000-7999"), "udp": ("bulk-udp", "6000-6999")}
@@ -42,19 +32,13 @@ CLASSES = {"tcp": ("bulk-tcp", "7000-7999"), "udp": ("bulk-udp", "6000-6999")}
 def buckets(workdir: str, route: str) -> dict[int, int]:
     mgmt = f"unix:{State.load(workdir).sites['onprem']['rundir']}/br-int.mgmt"
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-group-stats", mgmt,
-                          f"group_id={group_id(f'route/{route}/onprem/cloud1')}"], capture_output=True, text=True,
+                          f"group_id={route_group_id(route, 'onprem', 'cloud1')}"], capture_output=True, text=True,
                          check=True).stdout
     return {int(b): int(n) for b, n in re.findall(r"bucket(\d+):packet_count=(\d+)", out)}
 
 
 def set_split(workdir: str, route: str, split: dict) -> None:
-    path = State.load(workdir).topology
-    doc = yaml.safe_load(open(path))
-    next(r for r in doc["routes"] if r["name"] == route)["split"] = split
-    with open(path + ".tmp", "w") as fh:
-        yaml.safe_dump(doc, fh, sort_keys=False)
-    os.replace(path + ".tmp", path)
-    time.sleep(2.5)  # reload and regroup
+    edit_live(workdir, lambda doc: next(r for r in doc["routes"] if r["name"] == route).update(split=split))
 
 
 def realised(workdir: str, proto: str, flows: int, sport: int) -> float:
@@ -72,14 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flows", type=int, default=12000)
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="cw-split-")
-    src = os.path.join(ROOT, "topologies", "routes.yaml")
-    model = load_model(src)[0]
-    config = os.path.join(workdir, "routes.yaml")
-    rewrite_topology(src, config, {s.name: os.path.join(workdir, s.name) for s in model.sites})
-    if up(config, workdir, metrics="off") != 0:
-        sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
-    try:
+    with running("routes") as (workdir, _):
         time.sleep(4)  # BFD up: buckets live
         print(f"realised share of the direct path, {args.flows} new flows per cell (noise ~0.4 points)")
         print(f"  {'target':>7} {'naive weights':>14} {'cloudweave weights':>19} {'tcp':>7} {'udp':>7}  error tcp/udp")
@@ -97,9 +74,6 @@ def main() -> None:
             print(f"  {want:7.1%} {naive:14.1%} {str(w):>19} {got['tcp']:7.1%} {got['udp']:7.1%}  "
                   f"{100 * (got['tcp'] - want):+.2f} / {100 * (got['udp'] - want):+.2f} points")
         print(f"reproduce: .venv/bin/python bench/group_split.py --flows {args.flows}")
-    finally:
-        down(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,24 +16,15 @@ Run: .venv/bin/python bench/modes.py [--rounds 3] [--seconds 3]
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from testbed.build import INTERNET, INTERNET_SERVER  # noqa: E402
-from testbed.cli import down, up  # noqa: E402
-from testbed.traffic import iperf, ns_argv, probe  # noqa: E402
-
-from cloudweave.config import load_model  # noqa: E402
-from tests.harness import rewrite_topology  # noqa: E402
+from on_testbed import running
+from testbed.build import INTERNET, INTERNET_SERVER
+from testbed.traffic import iperf, ns_argv, probe
 
 MODES = {  # mode -> (client, server namespace, server address)
     "bridge": ("red1", "red2", "10.53.0.12"),
@@ -58,14 +49,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--pings", type=int, default=200)
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="cw-modes-")
-    src = os.path.join(ROOT, "topologies", "nat.yaml")
-    model = load_model(src)[0]
-    config = os.path.join(workdir, "nat.yaml")
-    rewrite_topology(src, config, {s.name: os.path.join(workdir, s.name) for s in model.sites})
-    if up(config, workdir, metrics="off") != 0:
-        sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
-    try:
+    with running("nat") as (workdir, _):
         deadline = time.monotonic() + 30
         while not probe(workdir, "blue1", [f"icmp:{INTERNET_SERVER}"])[f"icmp:{INTERNET_SERVER}"]:
             if time.monotonic() > deadline:
@@ -87,9 +71,6 @@ def main() -> None:
                   f"{', '.join(f'{x:.2f}' for x in gbps[mode])}")
         print(f"reproduce: .venv/bin/python bench/modes.py --rounds {args.rounds} --seconds {args.seconds} "
               f"--pings {args.pings}")
-    finally:
-        down(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 
-import yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from testbed.cli import down, up  # noqa: E402
-from testbed.state import State  # noqa: E402
-from testbed.traffic import ns_argv  # noqa: E402
-
-from cloudweave.config import load_model  # noqa: E402
-from tests.harness import rewrite_topology  # noqa: E402
+from on_testbed import edit_live, running
+from testbed.state import State
+from testbed.traffic import ns_argv
 
 PORT, STREAMS = 5001, 100
 
@@ -70,15 +59,11 @@ def apply_delays(log: str) -> list[float]:
 
 
 def set_routes(workdir: str, routes: list | None) -> None:
-    path = State.load(workdir).topology
-    doc = yaml.safe_load(open(path))
-    doc.pop("routes", None)
-    if routes is not None:
-        doc["routes"] = routes
-    with open(path + ".tmp", "w") as fh:
-        yaml.safe_dump(doc, fh, sort_keys=False)
-    os.replace(path + ".tmp", path)
-    time.sleep(2)  # the reload
+    def edit(doc: dict) -> None:
+        doc.pop("routes", None)
+        if routes is not None:
+            doc["routes"] = routes
+    edit_live(workdir, edit)
 
 
 def main() -> None:
@@ -86,14 +71,7 @@ def main() -> None:
     p.add_argument("--mbps", type=float, default=150)
     p.add_argument("--seconds", type=int, default=12)
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="cw-te-")
-    src = os.path.join(ROOT, "topologies", "te.yaml")
-    model = load_model(src)[0]
-    config = os.path.join(workdir, "te.yaml")
-    doc = rewrite_topology(src, config, {s.name: os.path.join(workdir, s.name) for s in model.sites})
-    if up(config, workdir, metrics="off") != 0:
-        sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
-    try:
+    with running("te") as (workdir, doc):
         time.sleep(3)
         rows = []
         set_routes(workdir, None)
@@ -118,9 +96,6 @@ def main() -> None:
             print(f"  new weights to the last switch's group-mod: {', '.join(f'{d * 1000:.0f} ms' for d in delays)} "
                   f"(poll interval 1 s)")
         print(f"reproduce: .venv/bin/python bench/te_testbed.py --mbps {args.mbps:.0f} --seconds {args.seconds}")
-    finally:
-        down(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

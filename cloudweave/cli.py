@@ -147,8 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudweave", description=(
-        "SDN controller for Open vSwitch: VXLAN overlays between sites and stateful security groups, "
-        "programmed from a YAML file."))
+        "SDN controller for Open vSwitch: VXLAN overlays between sites, stateful security groups, bridge/NAT/"
+        "direct attachment, weighted cross-cloud routing with failover, and traffic engineering from a learned "
+        "traffic matrix, programmed from a YAML file."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("check", help="validate a topology/policy file and summarise it",
@@ -162,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
                                    "with: ovs-ofctl -O OpenFlow15 --bundle add-flows BRIDGE FILE")
     s.add_argument("file")
     s.add_argument("--site", required=True, help="the site whose flows to print")
-    s.add_argument("--groups", action="store_true", help="print groups (ovs-ofctl add-groups syntax) instead")
+    s.add_argument("--groups", action="store_true",
+                   help="print the site's select groups instead (ovs-ofctl -O OpenFlow15 add-groups syntax)")
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("explain", help="may SRC send to DST? allow or deny, and the rules that decided",

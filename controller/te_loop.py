@@ -15,6 +15,7 @@ from typing import Any
 
 from cloudweave.config.model import Model
 from flows import cookies
+from flows.routing import route_cookie
 from flows.topology import SiteGraph
 from te.engine import Key, TrafficEngineer, capacities
 from te.rates import Outcome
@@ -25,8 +26,7 @@ ROUTE_KIND = cookies.OWNER | (cookies.KINDS["route"] << cookies.KIND_SHIFT)
 
 
 def key_cookie(key: Key) -> int:
-    """The cookie of a key's first-hop flows (flows/routing.py names them so)."""
-    return cookies.cookie("route", f"{key[0]}/{key[1]}/{key[2]}")
+    return route_cookie(*key)
 
 
 class TeLoop:

@@ -38,6 +38,16 @@ SRC_PORT_FIELD = {6: "tcp_src", 17: "udp_src", 132: "sctp_src"}
 PATH_MARK_SHIFT, PATH_MARK_MASK = 8, 0xFF00  # ct_mark bits that hold a connection's path (bucket id + 1)
 
 
+def route_group_id(route: str, src: str, dst: str) -> int:
+    """The select group of a route's traffic from src to dst, at src."""
+    return cookies.group_id(f"route/{route}/{src}/{dst}")
+
+
+def route_cookie(route: str, src: str, dst: str) -> int:
+    """The cookie of that traffic's first-hop flows at src: its counters are the traffic matrix's."""
+    return cookies.cookie("route", f"{route}/{src}/{dst}")
+
+
 def path_mark(bucket_id: int) -> int:
     return (bucket_id + 1) << PATH_MARK_SHIFT
 
@@ -133,7 +143,7 @@ class RoutingCompiler:
         flows: list[Flow] = []
         groups: list[Group] = []
         for p in self.by_site.get(site, []):
-            gid = cookies.group_id(f"route/{p.route.name}/{p.src}/{p.dst}")
+            gid = route_group_id(p.route.name, p.src, p.dst)
             weights = weights_for(p.shares)
             groups.append(Group(gid, tuple(
                 Bucket(bid, w, (CT(commit=True, table=ROUTE, mark=path_mark(bid), mark_mask=PATH_MARK_MASK),),
@@ -142,7 +152,7 @@ class RoutingCompiler:
                 name=f"route {p.route.name} {p.src}->{p.dst}: " + ", ".join(
                     f"{' -> '.join(path)} {share / sum(p.shares):.0%}" for path, share in zip(p.paths, p.shares,
                                                                                               strict=True))))
-            ck = cookies.cookie("route", f"{p.route.name}/{p.src}/{p.dst}")
+            ck = route_cookie(p.route.name, p.src, p.dst)
             prio = ROUTE_PRIORITY_BASE + 2 * p.route.priority
             for seg, ep, match in self._classes(p.route, site, p.dst):
                 flows.append(flow(ROUTE, prio, ck, (SetField("tunnel_id", seg.vni), ToGroup(gid)),

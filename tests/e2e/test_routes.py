@@ -18,7 +18,7 @@ from testbed.cli import down
 from testbed.state import State
 from testbed.traffic import ns_argv, serve_probes, stop
 
-from flows.cookies import group_id
+from flows.routing import route_group_id
 from tests.e2e.test_testbed import STATS_SETTLE_S, bring_up
 from tests.harness import wait_for
 
@@ -102,7 +102,7 @@ def mgmt(workdir: str, site: str) -> str:
 def buckets(workdir: str, route: str) -> dict[int, int]:
     """Packets each bucket of the route's group at onprem has sent (bucket id -> packets)."""
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-group-stats", mgmt(workdir, "onprem"),
-                          f"group_id={group_id(f'route/{route}/onprem/cloud1')}"], capture_output=True, text=True,
+                          f"group_id={route_group_id(route, 'onprem', 'cloud1')}"], capture_output=True, text=True,
                          check=True).stdout
     return {int(b): int(n) for b, n in re.findall(r"bucket(\d+):packet_count=(\d+)", out)}
 
