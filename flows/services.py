@@ -24,6 +24,11 @@ PRIO_SERVICE = 59500  # above the established short-cut: only new connections ma
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst"}
 
 
+def service_group_id(route: str, site: str) -> int:
+    """The select group of a service split at a client site."""
+    return cookies.group_id(f"service/{route}/{site}")
+
+
 def service_segments(model: Model) -> set[str]:
     return {r.service.segment for r in model.routes if r.service is not None}
 
@@ -79,4 +84,4 @@ def _group(model: Model, r: Route, site: str, graph: SiteGraph) -> Group | None:
                watch)
         for (bid, ep, _, watch), weight in zip(live, weights, strict=True))
     name = f"service {r.name} at {site}: " + ", ".join(f"{ep.name} {w / total:.0%}" for _, ep, w, _ in live)
-    return Group(cookies.group_id(f"service/{r.name}/{site}"), buckets, name=name)
+    return Group(service_group_id(r.name, site), buckets, name=name)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
+import sys
 import time
 
 from cloudweave.config import load_model
 from flows.policy import Policy
+from flows.services import service_group_id
 from testbed.cli import down, exec_in, up
+from testbed.state import State
 from testbed.traffic import iperf, probe, serve_probes, stop
 
 DEFAULT_TOPOLOGY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -24,6 +28,43 @@ def _ping(workdir: str, src: str, ip: str) -> float | None:
         return None
     stats = run.stdout.strip().splitlines()[-1]  # rtt min/avg/max/mdev = a/b/c/d ms
     return float(stats.split("=")[1].split("/")[1])
+
+
+def _service_split(workdir: str, model, policy: Policy, connections: int = 300) -> int:
+    """Connections to the first service VIP from a client its policy lets through; the realised split, read
+    from the client site's group counters. Returns the number of failed checks."""
+    route = next((r for r in model.routes if r.service is not None), None)
+    if route is None:
+        return 0
+    svc = route.service
+    eps = {e.name: e for e in model.endpoints}
+    backends = [eps[name] for name, _ in route.backends]
+    client = next((e for e in model.endpoints if e.segment == svc.segment and e not in backends
+                   and all(policy.decide(e, b, svc.proto, svc.port).allowed for b in backends)), None)
+    if client is None:
+        return 0
+    total = sum(w for _, w in route.backends)
+    print(f"\n== service {route.name}: {svc.vip}:{svc.port}, {connections} connections from {client.name}@"
+          f"{client.site}; wanted " + ", ".join(f"{n} {w / total:.0%}" for n, w in route.backends))
+    state = State.load(workdir)
+    mgmt = f"unix:{state.sites[client.site]['rundir']}/br-int.mgmt"
+    gid = service_group_id(route.name, client.site)
+
+    def counts() -> list[int]:
+        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-group-stats", mgmt, f"group_id={gid}"],
+                             capture_output=True, text=True).stdout
+        return [int(n) for n in re.findall(r"bucket\d+:packet_count=(\d+)", out)]
+
+    before = counts()
+    run = exec_in(workdir, client.name, [sys.executable, "-m", "testbed.load", "tcp", str(svc.vip),
+                                         f"{svc.port}-{svc.port}", str(connections)], capture_output=True, text=True)
+    time.sleep(1.5)  # userspace flow statistics lag
+    after = counts()
+    sent, accepted = (int(x) for x in run.stdout.split()) if run.returncode == 0 else (connections, 0)
+    got = [a - b for a, b in zip(after, before or [0] * len(after), strict=False)]
+    share = ", ".join(f"{b.name} {n / max(1, sum(got)):.0%}" for b, n in zip(backends, got, strict=False))
+    print(f"   {accepted} of {sent} connections answered (from the VIP); realised: {share}")
+    return int(accepted != sent)
 
 
 def demo(topology: str | None, workdir: str) -> int:
@@ -78,6 +119,7 @@ def demo(topology: str | None, workdir: str) -> int:
             got = iperf(workdir, b.name, a.name, str(b.ip))
             cap = f", link capacity {link.capacity_mbps:.0f} Mbit/s" if link else ""
             print(f"   {got['bits_per_second'] / 1e6:.1f} Mbit/s received, {got['bytes'] / 1e6:.1f} MB{cap}")
+        failures += _service_split(workdir, model, policy)
         print(f"\n== result: {'all checks agree with the policy' if not failures else f'{failures} check(s) FAILED'}")
     finally:
         stop(servers)
