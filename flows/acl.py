@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
+from ipaddress import IPv4Network
 
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
 from flows import cookies
@@ -47,6 +48,11 @@ def port_pieces(r: PortRange) -> list[MatchValue]:
     return out
 
 
+def net_match(net: IPv4Network) -> MatchValue:
+    """A CIDR as a match on an IPv4 field: a plain address for a /32, else address and netmask."""
+    return str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
+
+
 def conj_id(rule: Rule) -> int:
     digest = hashlib.blake2b(f"{rule.group}/{rule.direction}/{rule.index}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
@@ -68,8 +74,7 @@ class AclCompiler:
                 self.members[g].append(ep)
         grouped = {e.segment for e in model.endpoints if e.groups}
         self.with_services = {r.service.segment for r in model.routes if r.service is not None}
-        routed = {s.name for r in model.routes if r.match is not None for s in model.segments
-                  if s.mode != "direct" and r.match.segment in (None, s.name)}
+        routed = {s.name for r in model.routes if r.match is not None for s in model.route_segments(r)}
         # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
         # connection limit, it is NATed (port forwards pass its ingress rules), it has a service VIP, or a path
         # split pins its connections.
@@ -163,10 +168,7 @@ class AclCompiler:
             dims.append([dict(proto_match, **{REG_SEGMENT: self.segments[e.segment].vni, peer_field: str(e.ip)})
                          for e in peers])
         elif r.peer_kind == "cidr":
-            net = r.peer_net
-            value: MatchValue = str(net.network_address) if net.prefixlen == 32 else \
-                (str(net.network_address), str(net.netmask))
-            dims.append([dict(proto_match, **{peer_field: value})])
+            dims.append([dict(proto_match, **{peer_field: net_match(r.peer_net)})])
         if r.ports:
             field = PORT_FIELD[r.proto]
             dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])

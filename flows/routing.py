@@ -17,14 +17,13 @@ import itertools
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
 import networkx as nx
 
 from cloudweave.config.model import Endpoint, Model, Route, RouteMatch, Segment
 from cloudweave.config.routes import AUTO_PATHS
 from flows import cookies
-from flows.acl import PORT_FIELD, port_pieces
+from flows.acl import PORT_FIELD, net_match, port_pieces
 from flows.tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
@@ -65,10 +64,6 @@ class PairPlan:
     bucket_ids: tuple[int, ...]
 
 
-def _net(net: IPv4Network) -> MatchValue:
-    return str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
-
-
 class RoutingCompiler:
     """`auto`: the traffic engineer's paths and shares for `split: auto` routes, per (route, source,
     destination); without them such a route takes its shortest path (its other candidates have no bucket)."""
@@ -77,9 +72,7 @@ class RoutingCompiler:
         self.model = model
         self.graph = graph
         self.auto = auto or {}
-        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
         self.plans: list[PairPlan] = []
-        self.dropped: list[str] = []  # paths left out (dead link, or a relay that could not tell them apart)
         for r in model.routes:
             if r.match is not None:
                 self._plan(r)
@@ -91,30 +84,20 @@ class RoutingCompiler:
                 for prev, here, nxt in zip(path, path[1:], path[2:], strict=False):
                     self.relays[here].append((p, prev, nxt))
 
-    def _segments_of(self, r: Route) -> list[Segment]:
-        return [s for n, s in sorted(self.segments.items()) if r.match.segment in (None, n)]
-
     def _plan(self, r: Route) -> None:
-        homes = {e.site for e in self.model.endpoints if e.segment in {s.name for s in self._segments_of(r)}}
-        m = r.match
-        pairs = [(m.from_site, m.to_site)] if m.from_site and m.to_site else [
-            (a, b) for a, b in itertools.permutations(sorted(homes), 2)
-            if m.from_site in (None, a) and m.to_site in (None, b)]
+        """Keep the paths that are up and that no relay would confuse with another path of the route."""
         relay_next: dict[tuple[str, str, str], str] = {}  # (prev, relay, destination) -> next hop
-        for src, dst in pairs:
+        for src, dst in self.model.route_pairs(r):
             candidates = self._candidates(r, src, dst)
             kept: list[tuple[int, tuple[str, ...], float]] = []
             for bucket_id, path, w in candidates:
                 if w <= 0:
                     continue  # a path the split does not use now (its bucket id stays reserved)
                 if any(not self.graph.graph.has_edge(a, b) for a, b in zip(path, path[1:], strict=False)):
-                    self.dropped.append(f"route '{r.name}' {src}->{dst}: path {' -> '.join(path)} is down")
-                    continue
+                    continue  # over a link that is down
                 steps = {(prev, here, dst): nxt for prev, here, nxt in zip(path, path[1:], path[2:], strict=False)}
                 if any(relay_next.get(k, v) != v for k, v in steps.items()):
-                    self.dropped.append(f"route '{r.name}' {src}->{dst}: path {' -> '.join(path)} would meet another "
-                                        "path at a relay that could not tell them apart")
-                    continue
+                    continue  # a relay would have to send it elsewhere than an earlier path of the route
                 relay_next.update(steps)
                 kept.append((bucket_id, path, w))
             if kept and sum(w for _, _, w in kept) > 0:
@@ -178,7 +161,7 @@ class RoutingCompiler:
         """(segment, destination endpoint, match) for every flow that classifies the route toward dst_site."""
         m: RouteMatch = r.match
         out = []
-        for seg in self._segments_of(r):
+        for seg in self.model.route_segments(r):
             dsts = [e for e in self.model.endpoints if e.segment == seg.name and e.site == dst_site
                     and (m.dst is None or m.dst_net is not None or m.dst in e.groups)]
             if not dsts:
@@ -190,7 +173,7 @@ class RoutingCompiler:
                     continue
                 src_values: list[MatchValue | None] = list(srcs)
             else:
-                src_values = [_net(m.src_net) if m.src_net is not None else None]
+                src_values = [net_match(m.src_net) if m.src_net is not None else None]
             dst_pieces = [p for rng in m.dst_ports for p in port_pieces(rng)] or [None]
             src_pieces = [p for rng in m.src_ports for p in port_pieces(rng)] or [None]
             for ep, sv, dp, sp in itertools.product(sorted(dsts, key=lambda e: e.name), src_values, dst_pieces,
@@ -201,7 +184,7 @@ class RoutingCompiler:
                 if sv is not None:
                     match["ipv4_src"] = sv
                 if m.dst_net is not None:
-                    match["ipv4_dst"] = _net(m.dst_net)
+                    match["ipv4_dst"] = net_match(m.dst_net)
                 if dp is not None:
                     match[PORT_FIELD[m.proto]] = dp
                 if sp is not None:

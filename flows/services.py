@@ -29,10 +29,6 @@ def service_group_id(route: str, site: str) -> int:
     return cookies.group_id(f"service/{route}/{site}")
 
 
-def service_segments(model: Model) -> set[str]:
-    return {r.service.segment for r in model.routes if r.service is not None}
-
-
 def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow], list[Group]]:
     flows: list[Flow] = []
     groups: list[Group] = []

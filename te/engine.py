@@ -32,17 +32,7 @@ K_PATHS, MAX_PATHS = 4, 8
 
 def auto_keys(model: Model) -> list[Key]:
     """Every (route, source, destination) a `split: auto` route applies to: as flows/routing.py plans them."""
-    keys = []
-    for r in model.routes:
-        if r.match is None or not r.auto:
-            continue
-        segs = {s.name for s in model.segments if s.mode != "direct" and r.match.segment in (None, s.name)}
-        homes = sorted({e.site for e in model.endpoints if e.segment in segs})
-        for a in homes:
-            for b in homes:
-                if a != b and r.match.from_site in (None, a) and r.match.to_site in (None, b):
-                    keys.append((r.name, a, b))
-    return keys
+    return [(r.name, a, b) for r in model.routes if r.match is not None and r.auto for a, b in model.route_pairs(r)]
 
 
 def capacities(model: Model) -> dict[tuple[str, str], float]:

@@ -232,3 +232,19 @@ class Model:
 
     def site_by_dpid(self, dpid: int) -> Site | None:
         return next((s for s in self.sites if s.dpid == dpid), None)
+
+    def route_segments(self, route: Route) -> list[Segment]:
+        """The segments a path split applies to (direct mode has no overlay to route), by name."""
+        return sorted((s for s in self.segments if s.mode != "direct" and route.match.segment in (None, s.name)),
+                      key=lambda s: s.name)
+
+    def route_pairs(self, route: Route) -> list[tuple[str, str]]:
+        """The (source, destination) site pairs a path split applies to: its from/to sites, or every ordered
+        pair of sites with endpoints in its segments that they allow."""
+        m = route.match
+        if m.from_site and m.to_site:
+            return [(m.from_site, m.to_site)]
+        names = {s.name for s in self.route_segments(route)}
+        homes = sorted({e.site for e in self.endpoints if e.segment in names})
+        return [(a, b) for a in homes for b in homes
+                if a != b and m.from_site in (None, a) and m.to_site in (None, b)]
