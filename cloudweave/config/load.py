@@ -14,7 +14,7 @@ from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.routes import check_routes, read_routes
 from cloudweave.config.security import check_groups, read_groups
-from cloudweave.config.yamlpos import LDict, LList, load_located
+from cloudweave.config.yamlpos import LDict, LList, known_keys, load_located
 
 Schema = dict[str, tuple[Callable[[Any], Any], bool]]  # key -> (converter, required)
 
@@ -72,11 +72,9 @@ class _Collector:
             self.error(loc, f"{what} must be a mapping, got {type(raw).__name__}")
             return None
         out: dict[str, Any] = {}
-        ok = True
+        ok = known_keys(raw, schema, what, self.error)
         for key, value in raw.items():
             if key not in schema:
-                self.error(raw.key_locs[key], f"unknown key '{key}' in {what} (expected one of: {', '.join(schema)})")
-                ok = False
                 continue
             try:
                 out[key] = schema[key][0](value)

@@ -10,7 +10,7 @@ from cloudweave.config import values as v
 from cloudweave.config.errors import Invalid, Loc
 from cloudweave.config.model import NAT_CT_ZONE, Endpoint, Forward, PortRange, Segment, Site
 from cloudweave.config.security import port_ranges, proto
-from cloudweave.config.yamlpos import LDict, LList
+from cloudweave.config.yamlpos import LDict, LList, known_keys
 
 Report = Callable[[Loc, str], None]
 FORWARD_KEYS = ("proto", "port", "to", "to_port")
@@ -39,13 +39,11 @@ def read_forwards(seg: str, raw: LList, error: Report) -> tuple[Forward, ...]:
         if not isinstance(item, LDict):
             error(loc, f"{what} must be a mapping with keys {', '.join(FORWARD_KEYS)}")
             continue
-        unknown = [k for k in item if k not in FORWARD_KEYS]
-        for k in unknown:
-            error(item.key_locs[k], f"unknown key '{k}' in {what} (expected one of: {', '.join(FORWARD_KEYS)})")
+        known = known_keys(item, FORWARD_KEYS, what, error)
         missing = [k for k in ("proto", "port", "to") if k not in item]
         for k in missing:
             error(loc, f"{what}: missing required key '{k}'")
-        if unknown or missing:
+        if not known or missing:
             continue
         try:
             p = proto(item["proto"])

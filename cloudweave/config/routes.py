@@ -21,7 +21,7 @@ from cloudweave.config import values as v
 from cloudweave.config.errors import Invalid, Loc
 from cloudweave.config.model import Endpoint, Link, PathChoice, PortRange, Route, RouteMatch, Segment, Service, Site
 from cloudweave.config.security import port_ranges, proto
-from cloudweave.config.yamlpos import LDict
+from cloudweave.config.yamlpos import LDict, known_keys
 
 Report = Callable[[Loc, str], None]
 ROUTE_KEYS = ("name", "priority", "match", "service", "split")
@@ -55,15 +55,6 @@ def weight(value: Any) -> tuple[float, bool]:
     return w, percent
 
 
-def _keys(raw: LDict, allowed: tuple[str, ...], what: str, error: Report) -> bool:
-    ok = True
-    for k in raw:
-        if k not in allowed:
-            error(raw.key_locs[k], f"unknown key '{k}' in {what} (expected one of: {', '.join(allowed)})")
-            ok = False
-    return ok
-
-
 def _weights(raw: LDict, what: str, error: Report) -> list[tuple[str, float, Loc]] | None:
     out, kinds = [], set()
     for key, value in raw.items():
@@ -91,7 +82,7 @@ def _match(raw: Any, loc: Loc, what: str, error: Report) -> RouteMatch | None:
     if not isinstance(raw, LDict):
         error(loc, f"{what}: match must be a mapping with keys {', '.join(MATCH_KEYS)}")
         return None
-    if not _keys(raw, MATCH_KEYS, f"{what}: match", error):
+    if not known_keys(raw, MATCH_KEYS, f"{what}: match", error):
         return None
     out: dict[str, Any] = {}
     try:
@@ -118,7 +109,7 @@ def _service(raw: Any, loc: Loc, what: str, error: Report) -> Service | None:
     if not isinstance(raw, LDict):
         error(loc, f"{what}: service must be a mapping with keys {', '.join(SERVICE_KEYS)}")
         return None
-    if not _keys(raw, SERVICE_KEYS, f"{what}: service", error):
+    if not known_keys(raw, SERVICE_KEYS, f"{what}: service", error):
         return None
     missing = [k for k in ("vip", "port", "segment") if k not in raw]
     if missing:
@@ -142,7 +133,7 @@ def read_routes(items: list[tuple[Any, Loc]], error: Report) -> list[Route]:
             continue
         name = raw.get("name")
         what = f"route '{name}'" if isinstance(name, str) else "route"
-        if not _keys(raw, ROUTE_KEYS, what, error):
+        if not known_keys(raw, ROUTE_KEYS, what, error):
             continue
         if not isinstance(name, str):
             error(loc, "route: missing required key 'name'")

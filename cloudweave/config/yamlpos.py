@@ -20,6 +20,14 @@ class LDict(dict):
     val_locs: dict[Any, Loc]
 
 
+def known_keys(raw: LDict, allowed: Any, what: str, error: Any) -> bool:
+    """Report every key of `raw` that is not in `allowed` at its own position; True when there was none."""
+    unknown = [k for k in raw if k not in allowed]
+    for k in unknown:
+        error(raw.key_locs[k], f"unknown key '{k}' in {what} (expected one of: {', '.join(allowed)})")
+    return not unknown
+
+
 class LList(list):
     """A sequence that remembers where each item stood."""
 
