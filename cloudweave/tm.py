@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from te.predict import Predictor
+
 
 def _rate(bps: float | None) -> str:
     if bps is None:
@@ -26,9 +28,9 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
                  f"{doc.get('poll_interval_s', '?')} s)")
     lines.append(f"  {'route':<14} {'src -> dst':<22} {'last':>12} {'mean':>12} {'prediction':>12}  weights")
     for k in doc.get("keys", []):
-        pred = k.get("predictor") or {}
-        mean, dev = pred.get("mean"), pred.get("dev", 0.0)
-        prediction = None if mean is None else mean + 2.0 * dev
+        pred = Predictor.from_json(k.get("predictor") or {})
+        mean = pred.mean
+        prediction = None if mean is None else pred.prediction
         shares = k.get("shares") or []
         weights = ", ".join(f"{' -> '.join(p)} {s:.0%}" for p, s in zip(k.get("paths", []), shares, strict=False)
                             if s > 0.005) or "shortest path (nothing learned yet)"

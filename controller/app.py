@@ -200,9 +200,7 @@ class CloudweaveApp(app_manager.OSKenApp):
             started = time.monotonic()
             try:
                 if self.te.round(self.model, self.down, self.datapaths, hub.sleep):
-                    self.compiler = ModelCompiler(self.model, self.down, self.te.auto_shares())
-                    self.desired = self.compiler.all(self.next_hops)
-                    self.pending.update(self.datapaths)
+                    self._recompile()
             except Exception:  # noqa: BLE001 - one bad round must not stop traffic engineering
                 self.logger.exception("traffic-engineering loop")
             hub.sleep(max(0.1, self.model.poll_interval_s - (time.monotonic() - started)))
@@ -224,8 +222,8 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.warning("%s", w)
         self.logger.info("reload: %s", describe(self.model, model))
         old_sites = {s.name: s for s in self.model.sites}
-        self.model, self.compiler = model, ModelCompiler(model, self.down, self.te.auto_shares())
-        self.desired = self.compiler.all(self.next_hops)
+        self.model = model
+        self._recompile()
         self.ask_due.clear()
         self.limits_due = 0.0
         for site in model.sites:
@@ -235,7 +233,6 @@ class CloudweaveApp(app_manager.OSKenApp):
             self._drop_ovsdb(gone)
             self.ovsdb_due.pop(gone, None)
         self.ovsdb_due.update({s.name: 0.0 for s in model.sites})
-        self.pending.update(self.datapaths)
         if {os.path.realpath(f) for f in model.files} != self.reloads.files:
             self.reloads.watch(model.files, use_inotify=INOTIFY)
         self.metrics.reloads.labels("applied").inc()
@@ -289,7 +286,12 @@ class CloudweaveApp(app_manager.OSKenApp):
             self.logger.info("link %s-%s is up again: its paths and weights return", a, b)
             self.metrics.link_changes.labels(f"{a}-{b}", "up").inc()
         self.down = down
-        self.compiler = ModelCompiler(self.model, down, self.te.auto_shares())
+        self._recompile()
+
+    def _recompile(self) -> None:
+        """Compile every site again from the model, the links that are down and the weights in force, and
+        reconcile every connected switch with the result."""
+        self.compiler = ModelCompiler(self.model, self.down, self.te.auto_shares())
         self.desired = self.compiler.all(self.next_hops)
         self.pending.update(self.datapaths)
 

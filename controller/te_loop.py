@@ -25,10 +25,6 @@ ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)
 ROUTE_KIND = cookies.OWNER | (cookies.KINDS["route"] << cookies.KIND_SHIFT)
 
 
-def key_cookie(key: Key) -> int:
-    return route_cookie(*key)
-
-
 class TeLoop:
     def __init__(self, state_path: str | None, metrics: Any):
         self.state_path = state_path
@@ -36,10 +32,8 @@ class TeLoop:
         self.engine = self._load()
         self.waiting: dict[int, str] = {}  # xid -> site
         self.bodies: dict[str, list[Any]] = defaultdict(list)
-        self.done: set[str] = set()
-        self.answered_at: dict[str, float] = {}
+        self.answered_at: dict[str, float] = {}  # site -> when its counters came in, this round
         self.reported_stale: set[str] = set()
-        self.last_round = 0.0
 
     # ---- state ----------------------------------------------------------------------------------------------
 
@@ -74,7 +68,6 @@ class TeLoop:
             return
         self.bodies[site] += msg.body
         if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-            self.done.add(site)
             self.answered_at[site] = time.monotonic()  # the rate's interval ends when the counters were read
             del self.waiting[msg.xid]
 
@@ -91,7 +84,7 @@ class TeLoop:
         sites = sorted({k[1] for k in keys})
         self.waiting.clear()
         self.bodies.clear()
-        self.done.clear()
+        self.answered_at.clear()
         why = {}
         for site in sites:
             dp = datapaths.get(model.site(site).dpid)
@@ -104,7 +97,7 @@ class TeLoop:
         while self.waiting and time.monotonic() < deadline:
             wait(0.02)
         by_cookie: dict[str, dict[int, int]] = {}
-        for site in self.done:
+        for site in self.answered_at:
             totals: dict[int, int] = defaultdict(int)
             for f in self.bodies[site]:
                 totals[f.cookie] += int(dict(f.stats.fields).get("byte_count", 0))
@@ -118,7 +111,7 @@ class TeLoop:
                 LOG.info("site %s answers the traffic counters again", site)
                 self.reported_stale.discard(site)
             self.metrics.te_stale.labels(site).set(0 if site in by_cookie else 1)
-        return {k: by_cookie[k[1]].get(key_cookie(k), 0) if k[1] in by_cookie else None for k in keys}
+        return {k: by_cookie[k[1]].get(route_cookie(*k), 0) if k[1] in by_cookie else None for k in keys}
 
     # ---- a round ------------------------------------------------------------------------------------------------
 
@@ -131,7 +124,7 @@ class TeLoop:
         counters = self._collect(model, datapaths, keys, wait, min(2.0, model.poll_interval_s * 0.8))
         events = []
         for site in sorted({k[1] for k in keys}):
-            at = self.answered_at.get(site, time.monotonic())
+            at = self.answered_at.get(site, time.monotonic())  # a site without an answer has no counters anyway
             events += self.engine.observe(at, {k: v for k, v in counters.items() if k[1] == site})
         for key, outcome in events:
             if outcome is Outcome.RESET:
