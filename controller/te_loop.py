@@ -159,5 +159,5 @@ class TeLoop:
                    "mlu": {"proposed": proposal.mlu, "in_force": proposal.current_mlu} if proposal else None})
         return adopted
 
-    def auto_shares(self) -> dict[Key, tuple[list, list[float]]]:
-        return {k: (self.engine.paths[k], self.engine.shares[k]) for k in self.engine.shares if k in self.engine.paths}
+    def auto_shares(self) -> dict[Key, tuple[tuple, tuple[float, ...]]]:
+        return self.engine.in_force()

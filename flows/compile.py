@@ -6,10 +6,11 @@ import gc
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from cloudweave.config.model import Model
+from flows import cookies, ids
 from flows.acl import AclCompiler
 from flows.direct import direct_flows
 from flows.nat import connection_limit_flows, nat_flows
@@ -18,7 +19,7 @@ from flows.routing import AutoShares, RoutingCompiler
 from flows.services import service_flows
 from flows.tables import TableViolation, check_flow, check_group
 from flows.topology import tunnel_port_name
-from flows.values import Flow, Group
+from flows.values import Flow, Group, ToGroup
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,37 @@ def compile_site(model: Model, site: str, overlay: OverlayCompiler | None = None
     flows = (overlay.site_flows(site) + acl.site_flows(site, local) + direct_flows(model, site)
              + nat_flows(model, site, (next_hops or {}).get(site)) + connection_limit_flows(model, tracked)
              + route_flows + svc_flows)
-    groups = sorted(route_groups + svc_groups, key=lambda g: g.group_id)
+    flows, groups = settle_group_ids(flows, route_groups + svc_groups)
     for f in flows:
         check_flow(f)
     for g in groups:
         check_group(g)
-    if len({g.group_id for g in groups}) != len(groups):
-        raise TableViolation(f"two groups with one id at site {site}")
     if len({f.key for f in flows}) != len(flows):
         dup = next(k for k, n in Counter(f.key for f in flows).items() if n > 1)
         raise TableViolation(f"two flows with the same table, priority and match: {dup}")
     return SwitchState(site, me.dpid, tunnels, tuple(sorted(flows, key=sort_key)), tuple(groups))
+
+
+def settle_group_ids(flows: list[Flow], groups: list[Group]) -> tuple[list[Flow], list[Group]]:
+    """Give groups whose preferred ids collide at this site distinct ids (flows.ids) and re-point the flows
+    that send to them (by the group's purpose, which ToGroup carries). Without a collision (nearly always)
+    nothing changes."""
+    if len({g.group_id for g in groups}) == len(groups):
+        return flows, sorted(groups, key=lambda g: g.group_id)
+    if len({g.purpose for g in groups}) != len(groups):
+        raise TableViolation(f"two groups with one purpose at a site: {sorted(g.purpose for g in groups)}")
+    low = (1 << cookies.GROUP_ID_BITS) - 1
+    got = ids.allocate({g.purpose: g.group_id & low for g in groups}, 1 << cookies.GROUP_ID_BITS)
+    new_id = {g.purpose: cookies.GROUP_OWNER | got[g.purpose] for g in groups}
+
+    def repoint(f: Flow) -> Flow:
+        if not any(isinstance(a, ToGroup) and new_id.get(a.purpose, a.group_id) != a.group_id for a in f.actions):
+            return f
+        return replace(f, actions=tuple(ToGroup(new_id[a.purpose], a.purpose)
+                                        if isinstance(a, ToGroup) and a.purpose in new_id else a for a in f.actions))
+
+    return ([repoint(f) for f in flows],
+            sorted((replace(g, group_id=new_id[g.purpose]) for g in groups), key=lambda g: g.group_id))
 
 
 @contextmanager

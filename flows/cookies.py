@@ -52,9 +52,13 @@ def cookie(kind: str, name: str) -> int:
 GROUP_OWNER, GROUP_OWNER_MASK = 0xC1 << 24, 0xFF << 24  # group ids are 32 bits: ours start with 0xc1
 
 
+GROUP_ID_BITS = 24
+
+
 def group_id(name: str) -> int:
-    """A stable group id for a named purpose (e.g. route/site pair)."""
-    return GROUP_OWNER | (object_id(name) & 0xFFFFFF)
+    """The preferred group id for a named purpose (e.g. route/site pair); flows.compile probes past another
+    group of the same site that has it (flows.ids)."""
+    return GROUP_OWNER | (object_id(name) & ((1 << GROUP_ID_BITS) - 1))
 
 
 def is_our_group(value: int) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -30,16 +30,20 @@ from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, 
 from flows.weights import weights_for
 from te.paths import candidate_paths
 
-AutoShares = Mapping[tuple[str, str, str], tuple[list[tuple[str, ...]], list[float]]]  # key -> (paths, shares)
+AutoShares = Mapping[tuple[str, str, str], tuple[Sequence[tuple[str, ...]], Sequence[float]]]  # key -> (paths, shares)
 
 ROUTE_PRIORITY_BASE = 1000
 SRC_PORT_FIELD = {6: "tcp_src", 17: "udp_src", 132: "sctp_src"}
 PATH_MARK_SHIFT, PATH_MARK_MASK = 8, 0xFF00  # ct_mark bits that hold a connection's path (bucket id + 1)
 
 
+def route_group_purpose(route: str, src: str, dst: str) -> str:
+    return f"route/{route}/{src}/{dst}"
+
+
 def route_group_id(route: str, src: str, dst: str) -> int:
     """The select group of a route's traffic from src to dst, at src."""
-    return cookies.group_id(f"route/{route}/{src}/{dst}")
+    return cookies.group_id(route_group_purpose(route, src, dst))
 
 
 def route_cookie(route: str, src: str, dst: str) -> int:
@@ -127,6 +131,7 @@ class RoutingCompiler:
         groups: list[Group] = []
         for p in self.by_site.get(site, []):
             gid = route_group_id(p.route.name, p.src, p.dst)
+            purpose = route_group_purpose(p.route.name, p.src, p.dst)
             weights = weights_for(p.shares)
             groups.append(Group(gid, tuple(
                 Bucket(bid, w, (CT(commit=True, table=ROUTE, mark=path_mark(bid), mark_mask=PATH_MARK_MASK),),
@@ -134,11 +139,12 @@ class RoutingCompiler:
                 for bid, path, w in zip(p.bucket_ids, p.paths, weights, strict=True)),
                 name=f"route {p.route.name} {p.src}->{p.dst}: " + ", ".join(
                     f"{' -> '.join(path)} {share / sum(p.shares):.0%}" for path, share in zip(p.paths, p.shares,
-                                                                                              strict=True))))
+                                                                                              strict=True)),
+                purpose=purpose))
             ck = route_cookie(p.route.name, p.src, p.dst)
             prio = ROUTE_PRIORITY_BASE + 2 * p.route.priority
             for seg, ep, match in self._classes(p.route, site, p.dst):
-                flows.append(flow(ROUTE, prio, ck, (SetField("tunnel_id", seg.vni), ToGroup(gid)),
+                flows.append(flow(ROUTE, prio, ck, (SetField("tunnel_id", seg.vni), ToGroup(gid, purpose)),
                                   reg7=FROM_LOCAL, eth_dst=ep.mac, **match))
                 for bid, path in zip(p.bucket_ids, p.paths, strict=True):
                     flows.append(flow(ROUTE, prio + 1, ck, (SetField("tunnel_id", seg.vni),

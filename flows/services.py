@@ -24,9 +24,13 @@ PRIO_SERVICE = 59500  # above the established short-cut: only new connections ma
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst"}
 
 
+def service_group_purpose(route: str, site: str) -> str:
+    return f"service/{route}/{site}"
+
+
 def service_group_id(route: str, site: str) -> int:
     """The select group of a service split at a client site."""
-    return cookies.group_id(f"service/{route}/{site}")
+    return cookies.group_id(service_group_purpose(route, site))
 
 
 def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow], list[Group]]:
@@ -43,7 +47,7 @@ def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow]
         ck = cookies.cookie("service", f"{r.name}@{site}")
         if group is not None:
             groups.append(group)
-            flows.append(flow(ACL_EGRESS, PRIO_SERVICE, ck, (ToGroup(group.group_id),), ct_state=CT_NEW,
+            flows.append(flow(ACL_EGRESS, PRIO_SERVICE, ck, (ToGroup(group.group_id, group.purpose),), ct_state=CT_NEW,
                               reg6=seg.vni, reg7=FROM_LOCAL, eth_type=ETH_IPV4, ipv4_dst=str(svc.vip),
                               ip_proto=svc.proto, **{PORT_FIELD[svc.proto]: svc.port}))
         flows.append(flow(NAT, 100, ck, arp_responder(svc.mac, svc.vip), reg6=seg.vni, eth_type=ETH_ARP,
@@ -80,4 +84,4 @@ def _group(model: Model, r: Route, site: str, graph: SiteGraph) -> Group | None:
                watch)
         for (bid, ep, _, watch), weight in zip(live, weights, strict=True))
     name = f"service {r.name} at {site}: " + ", ".join(f"{ep.name} {w / total:.0%}" for _, ep, w, _ in live)
-    return Group(service_group_id(r.name, site), buckets, name=name)
+    return Group(service_group_id(r.name, site), buckets, name=name, purpose=service_group_purpose(r.name, site))

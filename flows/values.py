@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
@@ -78,6 +78,7 @@ class ToGroup:
     """Send the packet to a group (the group action)."""
 
     group_id: int
+    purpose: str = field(default="", compare=False)  # the group's purpose, to re-point it (flows.compile)
 
 
 Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup
@@ -106,6 +107,7 @@ class Group:
     buckets: tuple[Bucket, ...]
     fields: tuple[str, ...] = HASH_FIELDS
     name: str = ""  # what it is for, for people (not sent to the switch)
+    purpose: str = ""  # its identity at the site, which its preferred id is a hash of (flows.ids)
 
     def ports(self) -> set[str]:
         named = {b.watch_port for b in self.buckets if b.watch_port}

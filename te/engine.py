@@ -46,7 +46,12 @@ def capacities(model: Model) -> dict[tuple[str, str], float]:
 
 @dataclass
 class Proposal:
-    shares: dict[Key, list[float]]  # per key, over engine.paths[key]
+    """A round's answer, a value of its own: adopting it (`TrafficEngineer.apply`) takes its paths and its
+    shares together, and rejecting it leaves the engine exactly as it was (column generation may have found
+    paths for it that the engine does not have)."""
+
+    paths: dict[Key, list[Path]]  # per key: the engine's paths, plus any the LP added this round
+    shares: dict[Key, list[float]]  # per key, over paths[key]
     mlu: float
     current_mlu: float
     current_burst_mlu: float
@@ -105,16 +110,17 @@ class TrafficEngineer:
         if not demands or not any(demands.values()):
             return None
         started = time.perf_counter()
+        paths = {k: list(v) for k, v in self.paths.items()}  # column generation extends these, not ours
         try:
-            split = split_with_more_paths(demands, self.paths, capacity, graph, max_paths=MAX_PATHS)
+            split = split_with_more_paths(demands, paths, capacity, graph, max_paths=MAX_PATHS)
         except NoSolution:
             return None
-        shares = {k: split.shares.get(k, [1.0] + [0.0] * (len(self.paths[k]) - 1)) for k in demands}
+        shares = {k: split.shares.get(k, [1.0] + [0.0] * (len(paths[k]) - 1)) for k in demands}
         # Before any weights: the shortest path alone, as flows/routing.py compiles it.
         current = {k: self.shares.get(k) or [1.0] + [0.0] * (len(self.paths[k]) - 1) for k in demands}
-        routing = {k: list(zip(self.paths[k], shares[k], strict=False)) for k in demands}
+        routing = {k: list(zip(paths[k], shares[k], strict=True)) for k in demands}
         loads = link_loads(routing, demands)
-        return Proposal(shares, split.mlu, self._mlu_of(current, demands, capacity),
+        return Proposal({k: paths[k] for k in demands}, shares, split.mlu, self._mlu_of(current, demands, capacity),
                         self._mlu_of(current, self.demands(burst=True), capacity),
                         {a: loads.get(a, 0.0) / c for a, c in capacity.items()}, time.perf_counter() - started)
 
@@ -129,7 +135,15 @@ class TrafficEngineer:
         return None
 
     def apply(self, p: Proposal) -> None:
-        self.shares.update(p.shares)
+        """Adopt the proposal's paths and shares together: for every key, as many shares as paths."""
+        for key, shares in p.shares.items():
+            self.paths[key] = list(p.paths[key])
+            self.shares[key] = list(shares)
+
+    def in_force(self) -> dict[Key, tuple[tuple[Path, ...], tuple[float, ...]]]:
+        """The paths and shares the compiler is to use, as an immutable snapshot (never the engine's lists)."""
+        return {k: (tuple(tuple(p) for p in self.paths[k]), tuple(self.shares[k]))
+                for k in sorted(self.shares) if k in self.paths and len(self.paths[k]) == len(self.shares[k])}
 
     def to_json(self) -> dict:
         return {"keys": [{"route": k[0], "src": k[1], "dst": k[2], "paths": [list(x) for x in self.paths.get(k, [])],
@@ -145,6 +159,9 @@ class TrafficEngineer:
             if item.get("paths"):
                 eng.paths[key] = [tuple(p) for p in item["paths"]]
             if item.get("shares"):
+                if len(item["shares"]) != len(item.get("paths") or ()):
+                    raise ValueError(f"route {key[0]} {key[1]}->{key[2]}: {len(item['shares'])} shares for "
+                                     f"{len(item.get('paths') or ())} paths")
                 eng.shares[key] = list(item["shares"])
             if item.get("predictor"):
                 eng.predictors[key] = Predictor.from_json(item["predictor"])
