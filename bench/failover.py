@@ -21,10 +21,10 @@ import statistics
 import subprocess
 import time
 
+from cloudweave.testbed.build import underlay_port
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import iperf, ns_argv
 from on_testbed import running
-from testbed.build import underlay_port
-from testbed.state import State
-from testbed.traffic import iperf, ns_argv
 
 INTERVAL_S = 0.005
 STAMP = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)", re.M)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import sys
 import time
 
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv
 from on_testbed import edit_live, running
-from testbed.state import State
-from testbed.traffic import ns_argv
 
 from flows.routing import route_group_id
 from flows.weights import shares, weights_for
@@ -44,7 +43,7 @@ def set_split(workdir: str, route: str, split: dict) -> None:
 def realised(workdir: str, proto: str, flows: int, sport: int) -> float:
     route, ports = CLASSES[proto]
     before = buckets(workdir, route)
-    subprocess.run(ns_argv(workdir, "client", sys.executable, "-m", "testbed.load", proto, "10.61.0.21", ports,
+    subprocess.run(ns_argv(workdir, "client", *LOAD, proto, "10.61.0.21", ports,
                            str(flows), "--sport", str(sport)), check=True, capture_output=True)
     time.sleep(1.5)  # userspace flow statistics lag
     after = buckets(workdir, route)

@@ -16,8 +16,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from testbed.cli import down, up  # noqa: E402
-from testbed.state import State  # noqa: E402
+from cloudweave.testbed.cli import down, up  # noqa: E402
+from cloudweave.testbed.state import State  # noqa: E402
 
 from cloudweave.config import load_model  # noqa: E402
 from tests.harness import rewrite_topology  # noqa: E402

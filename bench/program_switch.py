@@ -26,7 +26,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from testbed.ovs import NetnsOvs  # noqa: E402
+from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
 
 from flows.cookies import OWNER, OWNER_MASK  # noqa: E402
 from tests.harness import Controller, wait_for  # noqa: E402

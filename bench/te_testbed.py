@@ -13,22 +13,21 @@ import argparse
 import json
 import re
 import subprocess
-import sys
 import time
 from datetime import datetime
 
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv
 from on_testbed import edit_live, running
-from testbed.state import State
-from testbed.traffic import ns_argv
 
 PORT, STREAMS = 5001, 100
 
 
 def offer(workdir: str, src: str, dst: str, dst_ip: str, mbps: float, seconds: int) -> tuple[int, int, list[float]]:
-    sink = subprocess.Popen(ns_argv(workdir, dst, sys.executable, "-m", "testbed.load", "sink", str(PORT),
+    sink = subprocess.Popen(ns_argv(workdir, dst, *LOAD, "sink", str(PORT),
                                     "--seconds", str(seconds + 3)), stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
-    run = subprocess.run(ns_argv(workdir, src, sys.executable, "-m", "testbed.load", "churn", dst_ip, str(PORT),
+    run = subprocess.run(ns_argv(workdir, src, *LOAD, "churn", dst_ip, str(PORT),
                                  "--mbps", str(mbps), "--streams", str(STREAMS), "--seconds", str(seconds)),
                          capture_output=True, text=True, check=True)
     sent = {int(k): v for k, v in json.loads(run.stdout).items()}

@@ -26,10 +26,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from testbed.cli import down, up  # noqa: E402
-from testbed.ovs import kill  # noqa: E402
-from testbed.state import State  # noqa: E402
-from testbed.traffic import iperf  # noqa: E402
+from cloudweave.testbed.cli import down, up  # noqa: E402
+from cloudweave.testbed.ovs import kill  # noqa: E402
+from cloudweave.testbed.state import State  # noqa: E402
+from cloudweave.testbed.traffic import iperf  # noqa: E402
 
 
 def topology(workdir: str, policy: bool = True, name: str = "throughput.yaml") -> str:

@@ -134,13 +134,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
-    from testbed import cli as tb
+    from cloudweave.testbed import cli as tb
 
     return tb.main(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from testbed.demo import demo
+    from cloudweave.testbed.demo import demo
 
     return demo(args.topology, args.workdir)
 

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from te.predict import Predictor
+from cloudweave.te.predict import Predictor
 
 
 def _rate(bps: float | None) -> str:

@@ -14,11 +14,11 @@ from collections import defaultdict
 from typing import Any
 
 from cloudweave.config.model import Model
+from cloudweave.te.engine import Key, TrafficEngineer, capacities
+from cloudweave.te.rates import Outcome
 from flows import cookies
 from flows.routing import route_cookie
 from flows.topology import SiteGraph
-from te.engine import Key, TrafficEngineer, capacities
-from te.rates import Outcome
 
 LOG = logging.getLogger("cloudweave.te")
 ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)

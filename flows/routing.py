@@ -22,13 +22,13 @@ import networkx as nx
 
 from cloudweave.config.model import Endpoint, Model, Route, RouteMatch, Segment
 from cloudweave.config.routes import AUTO_PATHS
+from cloudweave.te.paths import candidate_paths
 from flows import cookies
 from flows.acl import PORT_FIELD, net_match, port_pieces
 from flows.tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
 from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
 from flows.weights import weights_for
-from te.paths import candidate_paths
 
 AutoShares = Mapping[tuple[str, str, str], tuple[Sequence[tuple[str, ...]], Sequence[float]]]  # key -> (paths, shares)
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import yaml
-from testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
+from cloudweave.testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

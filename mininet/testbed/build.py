@@ -16,14 +16,14 @@ import subprocess
 import sys
 import time
 
+from cloudweave.testbed.ovs import OvsInstance, kill
+from cloudweave.testbed.state import State
 from mininet.link import Link
 from mininet.node import Host
 
 from cloudweave.config.model import Model
 from flows.compile import compile_site
 from flows.cookies import OWNER, OWNER_MASK
-from testbed.ovs import OvsInstance, kill
-from testbed.state import State
 
 LOG = logging.getLogger("cloudweave.testbed")
 UNDERLAY_BRIDGE = "br-phy"

@@ -6,8 +6,8 @@ import os
 import signal
 import time
 
-from testbed.ovs import alive, kill, stop_daemons
-from testbed.state import STATE_FILE, State
+from cloudweave.testbed.ovs import alive, kill, stop_daemons
+from cloudweave.testbed.state import STATE_FILE, State
 
 
 def _netns(pid: int) -> str | None:

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
-from testbed.cleanup import force_cleanup
-from testbed.ovs import alive, kill
-from testbed.state import State
-from testbed.traffic import ns_argv
+from cloudweave.testbed.cleanup import force_cleanup
+from cloudweave.testbed.ovs import alive, kill
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import ns_argv
 
 UP_TIMEOUT_S = 180.0
 
@@ -29,7 +29,7 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
     stale_state = os.path.join(workdir, "te-state.json")
     if os.path.exists(stale_state):  # a new test bed learns its own traffic matrix
         os.unlink(stale_state)
-    argv = [sys.executable, "-m", "testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
+    argv = [sys.executable, "-m", "cloudweave.testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
             "--metrics", metrics]
     if controller:
         argv += ["--controller", controller]

@@ -14,10 +14,11 @@ import sys
 import threading
 import traceback
 
+from cloudweave.testbed.build import Testbed
+from cloudweave.testbed.cleanup import force_cleanup
+from cloudweave.testbed.state import State
+
 from cloudweave.config import ConfigError, load_model
-from testbed.build import Testbed
-from testbed.cleanup import force_cleanup
-from testbed.state import State
 
 
 def main(argv: list[str] | None = None) -> int:

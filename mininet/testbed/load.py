@@ -2,10 +2,10 @@
 them: each TCP connection is one SYN (answered or refused, it has taken its path), each UDP one is one
 datagram from its own source port. Prints how many were sent and (TCP) how many were accepted.
 
-    python -m testbed.load tcp 10.61.0.21 7000-7999 6000
-    python -m testbed.load udp 10.61.0.21 6000-6999 6000 --sport 20000
-    python -m testbed.load churn 10.71.0.21 5001 --mbps 150 --streams 30 --seconds 10 --flow-s 1
-    python -m testbed.load sink 5001 --seconds 12
+    python -m cloudweave.testbed.load tcp 10.61.0.21 7000-7999 6000
+    python -m cloudweave.testbed.load udp 10.61.0.21 6000-6999 6000 --sport 20000
+    python -m cloudweave.testbed.load churn 10.71.0.21 5001 --mbps 150 --streams 30 --seconds 10 --flow-s 1
+    python -m cloudweave.testbed.load sink 5001 --seconds 12
 
 `churn` offers a steady UDP rate in `streams` flows, each replaced by a new one (a new source port) every
 `flow_s` seconds, as real traffic renews its connections; `sink` counts what arrives. Both print datagrams
@@ -129,7 +129,7 @@ def sink(port: int, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="testbed.load", description=__doc__,
+    p = argparse.ArgumentParser(prog="cloudweave.testbed.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("proto", choices=["tcp", "udp", "churn", "sink"])
     p.add_argument("host", help="destination address (sink: the port to listen on)")

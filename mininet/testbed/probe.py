@@ -1,9 +1,9 @@
 """Reachability probes inside endpoint namespaces: TCP listeners and UDP echo (`serve`), and concurrent
 TCP connects, UDP echoes and pings (`check`), printed as JSON. Used by the matrix tests and the demo.
 
-    python -m testbed.probe serve --tcp 80,443 --udp 5353
-    python -m testbed.probe check tcp:10.0.0.2:80 udp:10.0.0.2:5353 icmp:10.0.0.2
-    python -m testbed.probe check seen-tcp:198.51.100.100:80 seen-udp:198.51.100.100:5353
+    python -m cloudweave.testbed.probe serve --tcp 80,443 --udp 5353
+    python -m cloudweave.testbed.probe check tcp:10.0.0.2:80 udp:10.0.0.2:5353 icmp:10.0.0.2
+    python -m cloudweave.testbed.probe check seen-tcp:198.51.100.100:80 seen-udp:198.51.100.100:5353
 
 Servers tell each client the address they see it from (TCP: on connect; UDP: in answer to "who"): the
 `seen-` probes return that "IP:PORT", or null when there was no answer.
@@ -103,7 +103,7 @@ def check(targets: list[str], timeout: float) -> dict[str, bool | str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="testbed.probe", description=__doc__,
+    p = argparse.ArgumentParser(prog="cloudweave.testbed.probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")

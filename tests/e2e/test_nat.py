@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from testbed.build import INTERNET, INTERNET_SERVER
-from testbed.cli import down
-from testbed.state import State
-from testbed.traffic import ns_argv, probe, serve_probes, stop
+from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
+from cloudweave.testbed.cli import down
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
 
 from tests.e2e.test_testbed import bring_up
 from tests.harness import wait_for

@@ -9,9 +9,9 @@ import time
 
 import pytest
 import yaml
-from testbed.cli import down
-from testbed.state import State
-from testbed.traffic import ns_argv, probe, serve_probes, stop
+from cloudweave.testbed.cli import down
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
 
 from flows.policy import Policy
 from tests.e2e.test_testbed import bring_up

@@ -13,10 +13,10 @@ import time
 
 import pytest
 import yaml
-from testbed.build import underlay_port
-from testbed.cli import down
-from testbed.state import State
-from testbed.traffic import ns_argv, serve_probes, stop
+from cloudweave.testbed.build import underlay_port
+from cloudweave.testbed.cli import down
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv, serve_probes, stop
 
 from flows.routing import route_group_id
 from tests.e2e.test_testbed import STATS_SETTLE_S, bring_up
@@ -108,7 +108,7 @@ def buckets(workdir: str, route: str) -> dict[int, int]:
 
 
 def load(workdir: str, proto: str, ports: str, count: int, sport: int = 20000) -> tuple[int, int]:
-    run = subprocess.run(ns_argv(workdir, "client", sys.executable, "-m", "testbed.load", proto, SERVER, ports,
+    run = subprocess.run(ns_argv(workdir, "client", *LOAD, proto, SERVER, ports,
                                  str(count), "--sport", str(sport)), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     sent, accepted = run.stdout.split()

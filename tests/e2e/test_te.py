@@ -13,9 +13,9 @@ import time
 
 import pytest
 import yaml
-from testbed.cli import down
-from testbed.state import State
-from testbed.traffic import ns_argv
+from cloudweave.testbed.cli import down
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv
 
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, wait_for
@@ -41,11 +41,11 @@ def log(workdir: str) -> str:
 def udp(workdir: str, src: str, dst: str, dst_ip: str, seconds: int) -> list[float]:
     """Offer OFFERED_MBPS of UDP in STREAMS flows, each renewed every second (new 5-tuples, as connections
     come and go: weights apply to new ones), for `seconds`; the loss in percent, second by second."""
-    sink = subprocess.Popen(ns_argv(workdir, dst, sys.executable, "-m", "testbed.load", "sink", str(PORT),
+    sink = subprocess.Popen(ns_argv(workdir, dst, *LOAD, "sink", str(PORT),
                                     "--seconds", str(seconds + 3)), stdout=subprocess.PIPE, text=True)
     try:
         assert sink.stdout.readline().strip() == "ready"
-        run = subprocess.run(ns_argv(workdir, src, sys.executable, "-m", "testbed.load", "churn", dst_ip, str(PORT),
+        run = subprocess.run(ns_argv(workdir, src, *LOAD, "churn", dst_ip, str(PORT),
                                      "--mbps", str(OFFERED_MBPS), "--streams", str(STREAMS), "--seconds",
                                      str(seconds), "--flow-s", "1"), capture_output=True, text=True,
                              timeout=seconds + 60)

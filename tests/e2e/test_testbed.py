@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
-from testbed.build import INTERNET, INTERNET_SERVER
-from testbed.cli import down, exec_in, up
-from testbed.ovs import alive
-from testbed.state import State
-from testbed.traffic import iperf, ns_argv, probe
+from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
+from cloudweave.testbed.cli import down, exec_in, up
+from cloudweave.testbed.ovs import alive
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import iperf, ns_argv, probe
 
 from cloudweave.config import load_model
 from flows.policy import Policy

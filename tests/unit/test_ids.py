@@ -5,12 +5,12 @@ import random
 import networkx as nx
 
 from cloudweave.config import load_model
+from cloudweave.te.engine import TrafficEngineer
+from cloudweave.te.paths import candidate_paths
+from cloudweave.te.predict import Predictor
 from flows import ids
 from flows.compile import compile_model
 from flows.routing import route_cookie, route_group_id, route_group_purpose
-from te.engine import TrafficEngineer
-from te.paths import candidate_paths
-from te.predict import Predictor
 
 
 def test_allocate_probes_past_a_taken_id_and_depends_only_on_the_names():

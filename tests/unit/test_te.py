@@ -7,10 +7,10 @@ import os
 import networkx as nx
 import pytest
 
-from te.lp import link_loads, mlu, optimal_mlu, split_over_paths
-from te.paths import candidate_paths
-from te.predict import Predictor
-from te.rates import Outcome, RateMeter
+from cloudweave.te.lp import link_loads, mlu, optimal_mlu, split_over_paths
+from cloudweave.te.paths import candidate_paths
+from cloudweave.te.predict import Predictor
+from cloudweave.te.rates import Outcome, RateMeter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -92,8 +92,8 @@ def te_model(tmp_path):
 
 
 def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
+    from cloudweave.te.engine import TrafficEngineer, capacities
     from flows.topology import SiteGraph
-    from te.engine import TrafficEngineer, capacities
 
     model = te_model(tmp_path)
     graph = SiteGraph(model).declared
@@ -119,9 +119,9 @@ def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
 
 
 def test_the_controller_state_survives_a_restart(tmp_path):
+    from cloudweave.te.engine import TrafficEngineer
     from controller.metrics import Metrics
     from controller.te_loop import TeLoop
-    from te.engine import TrafficEngineer
 
     path = str(tmp_path / "te.json")
     loop = TeLoop(path, Metrics())

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from te.paths import Path, arcs
+from cloudweave.te.paths import Path, arcs
 
 Arc = tuple[Hashable, Hashable]
 Demand = tuple[Hashable, Hashable]

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cloudweave.config.model import Model
-from te.lp import NoSolution, link_loads, mlu, split_with_more_paths
-from te.paths import Path, candidate_paths
-from te.predict import Predictor
-from te.rates import Meters, Outcome
+from cloudweave.te.lp import NoSolution, link_loads, mlu, split_with_more_paths
+from cloudweave.te.paths import Path, candidate_paths
+from cloudweave.te.predict import Predictor
+from cloudweave.te.rates import Meters, Outcome
 
 Key = tuple[str, str, str]  # route, source site, destination site
 IMPROVEMENT = 0.05  # relative MLU gain that is worth regrouping for
