@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class Metrics:
@@ -19,6 +19,20 @@ class Metrics:
         self.reloads = Counter("cloudweave_reloads", "Configuration reloads", ["result"], registry=r)
         self.reconcile_seconds = Gauge("cloudweave_reconcile_seconds", "Duration of the last reconcile",
                                        ["site"], registry=r)
+        self.reads = Counter("cloudweave_switch_reads", "Times a session read the switch's flows back (connect, "
+                             "failure, drift)", ["site"], registry=r)
+        self.audits = Counter("cloudweave_switch_audits", "Audits of a switch (flow count and groups)", ["site"],
+                              registry=r)
+        self.drift = Counter("cloudweave_switch_drift", "Audits that found the switch changed behind our back",
+                             ["site"], registry=r)
+        self.reconcile_failures = Counter("cloudweave_reconcile_failures", "Reconciles that failed (timeout, "
+                                          "rejected or discarded bundle) and were retried", ["site"], registry=r)
+        self.compiles = Counter("cloudweave_compiles", "Compiles of the desired state: incremental, or full "
+                                "(the fallback)", ["kind"], registry=r)
+        self.compile_seconds = Histogram("cloudweave_compile_seconds", "Duration of a compile", ["kind"],
+                                         buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
+        self.compile_failures = Counter("cloudweave_compile_failures", "Compiles that raised (state kept)",
+                                        registry=r)
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
                                    registry=r)
 

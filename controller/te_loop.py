@@ -11,11 +11,15 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from os_ken.lib import hub
 
 from cloudweave.config.model import Model
 from cloudweave.te.engine import Key, TrafficEngineer, capacities
 from cloudweave.te.rates import Outcome
+from controller.messages import WeightsAdopted
 from flows import cookies
 from flows.routing import route_cookie
 from flows.topology import SiteGraph
@@ -34,6 +38,7 @@ class TeLoop:
         self.bodies: dict[str, list[Any]] = defaultdict(list)
         self.answered_at: dict[str, float] = {}  # site -> when its counters came in, this round
         self.reported_stale: set[str] = set()
+        self.active = True
 
     # ---- state ----------------------------------------------------------------------------------------------
 
@@ -71,15 +76,17 @@ class TeLoop:
             self.answered_at[site] = time.monotonic()  # the rate's interval ends when the counters were read
             del self.waiting[msg.xid]
 
-    def _request(self, dp: Any, site: str) -> None:
+    def _request(self, session: Any, site: str) -> None:
+        """Sent by the switch's session (never from here: a frozen switch must not stall this loop)."""
+        dp = session.dp
         ofp, parser = dp.ofproto, dp.ofproto_parser
         msg = parser.OFPFlowDescStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, ROUTE_KIND,
                                              ROUTE_KIND_MASK, parser.OFPMatch())
-        dp.set_xid(msg)
+        msg.set_xid(session.new_xid())
         self.waiting[msg.xid] = site
-        dp.send_msg(msg)
+        session.send_soon(msg)
 
-    def _collect(self, model: Model, datapaths: dict[int, Any], keys: list[Key], wait: Any,
+    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], wait: Any,
                  timeout_s: float) -> dict[Key, int | None]:
         sites = sorted({k[1] for k in keys})
         self.waiting.clear()
@@ -87,9 +94,9 @@ class TeLoop:
         self.answered_at.clear()
         why = {}
         for site in sites:
-            dp = datapaths.get(model.site(site).dpid)
-            if dp is not None:
-                self._request(dp, site)
+            session = sessions.get(model.site(site).dpid)
+            if session is not None:
+                self._request(session, site)
                 why[site] = f"no answer within {timeout_s:.1f} s"
             else:
                 why[site] = "its switch is not connected"
@@ -115,13 +122,28 @@ class TeLoop:
 
     # ---- a round ------------------------------------------------------------------------------------------------
 
-    def round(self, model: Model, down: frozenset, datapaths: dict[int, Any], wait: Any) -> bool:
+    def run(self, published: Callable[[], Any], post: Callable[[Any], None]) -> None:
+        """Every poll interval, a round; new weights go to the core as a message (it owns the state)."""
+        while self.active:
+            started = time.monotonic()
+            snap = published()
+            try:
+                if self.round(snap.state.model, snap.state.down, snap.sessions, hub.sleep):
+                    post(WeightsAdopted(tuple(self.auto_shares().items())))
+            except Exception:  # noqa: BLE001 - one bad round must not stop traffic engineering
+                LOG.exception("traffic-engineering loop")
+            hub.sleep(max(0.1, snap.state.model.poll_interval_s - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.active = False
+
+    def round(self, model: Model, down: frozenset, sessions: Mapping[int, Any], wait: Any) -> bool:
         """One round; True when new shares were adopted (the caller recompiles and reconciles)."""
         graph = SiteGraph(model, down)
         keys = self.engine.prepare(model, graph.declared)
         if not keys:
             return False
-        counters = self._collect(model, datapaths, keys, wait, min(2.0, model.poll_interval_s * 0.8))
+        counters = self._collect(model, sessions, keys, wait, min(2.0, model.poll_interval_s * 0.8))
         events = []
         for site in sorted({k[1] for k in keys}):
             at = self.answered_at.get(site, time.monotonic())  # a site without an answer has no counters anyway

@@ -1,5 +1,8 @@
 """Notice edits of the configuration files and SIGHUP, and raise one flag for the reload loop.
 
+A file edit asks for a reload; SIGHUP asks for a reload and for every switch to be read back and compared
+(an operator's "make sure now"), which `take_resync()` answers once.
+
 Files are watched with watchdog (inotify) on os-ken's native hub, which `cloudweave run` uses. Under
 eventlet (plain `osken-manager`), eventlet's patched queue breaks watchdog's threads, so there the reload
 loop calls `poll_mtimes()` instead: a stat of each file, once a second.
@@ -25,16 +28,24 @@ class ReloadRequests(FileSystemEventHandler):
     def __init__(self, settle_s: float = 0.3):
         self.settle_s = settle_s
         self._requested_at: float | None = None
+        self._resync = False
         self._lock = threading.Lock()
         self._files: set[str] = set()
         self._observer: Observer | None = None
         self._mtimes: dict[str, float | None] = {}
         self._polled_at = 0.0
 
-    def request(self, why: str) -> None:
+    def request(self, why: str, resync: bool = False) -> None:
         LOG.info("reload requested: %s", why)
         with self._lock:
             self._requested_at = time.monotonic()
+            self._resync = self._resync or resync
+
+    def take_resync(self) -> bool:
+        """Whether a SIGHUP asked for the switches to be read back since the last call."""
+        with self._lock:
+            resync, self._resync = self._resync, False
+        return resync
 
     def due(self) -> bool:
         with self._lock:
@@ -82,7 +93,7 @@ class ReloadRequests(FileSystemEventHandler):
 
     def install_sighup(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, lambda *_: self.request("SIGHUP"))
+            signal.signal(signal.SIGHUP, lambda *_: self.request("SIGHUP", resync=True))
 
     def stop(self) -> None:
         if self._observer is not None:

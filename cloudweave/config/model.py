@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -225,13 +226,51 @@ class Model:
     files: tuple[str, ...] = field(default=(), compare=False)
 
     def site(self, name: str) -> Site:
-        return next(s for s in self.sites if s.name == name)
+        return self._sites[name]
 
     def segment(self, name: str) -> Segment:
-        return next(s for s in self.segments if s.name == name)
+        return self._segments[name]
 
     def site_by_dpid(self, dpid: int) -> Site | None:
-        return next((s for s in self.sites if s.dpid == dpid), None)
+        return self._dpids.get(dpid)
+
+    # The index, built once per model on first use (the model is immutable, so it never goes stale).
+    @cached_property
+    def _sites(self) -> dict[str, Site]:
+        return {s.name: s for s in self.sites}
+
+    @cached_property
+    def _segments(self) -> dict[str, Segment]:
+        return {s.name: s for s in self.segments}
+
+    @cached_property
+    def _dpids(self) -> dict[int, Site]:
+        return {s.dpid: s for s in self.sites}
+
+    @cached_property
+    def _by(self) -> tuple[dict[str, tuple[Endpoint, ...]], dict[str, tuple[Endpoint, ...]],
+                           dict[str, tuple[Endpoint, ...]]]:
+        seg: dict[str, list[Endpoint]] = {}
+        site: dict[str, list[Endpoint]] = {}
+        group: dict[str, list[Endpoint]] = {}
+        for e in sorted(self.endpoints, key=lambda e: e.name):
+            seg.setdefault(e.segment, []).append(e)
+            site.setdefault(e.site, []).append(e)
+            for g in e.groups:
+                group.setdefault(g, []).append(e)
+        return tuple({k: tuple(v) for k, v in d.items()} for d in (seg, site, group))  # type: ignore[return-value]
+
+    def endpoints_of_segment(self, segment: str) -> tuple[Endpoint, ...]:
+        """The segment's endpoints, by name."""
+        return self._by[0].get(segment, ())
+
+    def endpoints_at(self, site: str) -> tuple[Endpoint, ...]:
+        """The site's endpoints, by name."""
+        return self._by[1].get(site, ())
+
+    def members(self, group: str) -> tuple[Endpoint, ...]:
+        """The security group's members, by name."""
+        return self._by[2].get(group, ())
 
     def route_segments(self, route: Route) -> list[Segment]:
         """The segments a path split applies to (direct mode has no overlay to route), by name."""

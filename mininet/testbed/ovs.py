@@ -82,6 +82,10 @@ class OvsInstance:
     def pids(self) -> list[int]:
         return pids_in(self.rundir)
 
+    def vswitchd_pid(self) -> int:
+        with open(os.path.join(self.rundir, "ovs-vswitchd.pid")) as fh:
+            return int(fh.read().strip())
+
     def stop(self) -> None:
         stop_daemons(self.rundir)
 

@@ -1,0 +1,279 @@
+"""The core: the one writer of the controller's state, fed by one queue.
+
+State is (model, links seen down, learned next hops, TE weights), a frozen value. A message that changes it
+makes a new state, compiles its desired flows (controller.desired: only the units whose inputs changed), and
+commits state and flows together, only once the compile succeeded: a failure leaves both as they were. The
+sessions of the switches whose desired state changed are handed the new one; every other switch hears
+nothing. Services read `published` (an immutable snapshot) and post messages; they never write here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+from os_ken.lib import hub
+
+from cloudweave.config import ConfigError, load_model
+from cloudweave.config.model import Model, Site
+from controller import next_hop
+from controller.changes import describe
+from controller.desired import DesiredCompiler, State
+from controller.links import LinkWatch
+from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp, Tick, WeightsAdopted
+from controller.session import SwitchSession
+from controller.settings import Settings
+from controller.watch import ReloadRequests
+from flows.compile import SwitchState
+from flows.topology import TUNNEL_PREFIX
+
+LOG = logging.getLogger("cloudweave")
+TICK_S = 0.1
+
+
+@dataclass(frozen=True)
+class Published:
+    """What services may read: the state in force, its desired flows, and the sessions (by dpid)."""
+
+    state: State
+    desired: MappingProxyType
+    sessions: MappingProxyType
+
+
+class Core:
+    def __init__(self, settings: Settings, metrics: Any, reloads: ReloadRequests, use_inotify: bool,
+                 auto: Any = ()):
+        """Raises ConfigError when the file does not load: the controller does not start on a bad file."""
+        self.settings = settings
+        self.metrics = metrics
+        self.reloads = reloads
+        self.use_inotify = use_inotify
+        model, warnings = load_model(settings.config)
+        for w in warnings:
+            LOG.warning("%s", w)
+        self.compiler = DesiredCompiler(metrics)
+        self.state = State(model, auto=tuple(auto))
+        self.desired: dict[str, SwitchState] = self.compiler.compile(self.state)
+        LOG.info("loaded %s: %s", settings.config, describe(None, model))
+        self.queue: Any = hub.Queue()
+        self.sessions: dict[int, SwitchSession] = {}
+        self.links = LinkWatch()
+        self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
+        self.unknown_dpids: set[int] = set()
+        self.active = True
+        self.published = self._publish()
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+
+    def post(self, msg: Any) -> None:
+        self.queue.put(msg)
+
+    def run(self) -> None:
+        next_tick = time.monotonic()
+        while self.active:
+            try:
+                msg = self.queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except hub.QueueEmpty:
+                msg = Tick()
+            if isinstance(msg, Tick) or time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_S
+                self._handle(Tick())
+            if not isinstance(msg, Tick):
+                self._handle(msg)
+
+    def stop(self) -> None:
+        self.active = False
+        for s in self.sessions.values():
+            s.stop()
+
+    def _handle(self, msg: Any) -> None:
+        try:
+            if isinstance(msg, Tick):
+                self._tick()
+            elif isinstance(msg, SwitchUp):
+                self._switch_up(msg.dp)
+            elif isinstance(msg, SwitchDown):
+                self._switch_down(msg.dp)
+            elif isinstance(msg, PortsSeen):
+                self._ports_seen(msg)
+            elif isinstance(msg, PacketIn):
+                self._packet_in(msg)
+            elif isinstance(msg, WeightsAdopted):
+                self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
+        except Exception:  # noqa: BLE001 - one bad message must not stop the controller
+            LOG.exception("controller core: %s", type(msg).__name__)
+
+    # ---- state changes -------------------------------------------------------------------------------------
+
+    def _change(self, state: State, why: str) -> bool:
+        """Compile `state` and commit it with its flows; on failure keep everything as it was."""
+        try:
+            desired = self.compiler.compile(state, self.state, self.desired)
+        except Exception:  # noqa: BLE001 - a compiler bug must not take the controller down
+            LOG.exception("could not compile the flows for %s; the state in force stays", why)
+            self.metrics.compile_failures.inc()
+            return False
+        before = self.desired
+        self.state, self.desired = state, desired
+        changed = [site for site, st in desired.items() if before.get(site) is not st]
+        by_site = {s.site: s for s in self.sessions.values()}
+        for site in changed:
+            if site in by_site:
+                by_site[site].set_desired(desired[site])
+        self.published = self._publish()
+        LOG.debug("%s: %d of %d sites changed", why, len(changed), len(desired))
+        return True
+
+    def _publish(self) -> Published:
+        return Published(self.state, MappingProxyType(dict(self.desired)), MappingProxyType(dict(self.sessions)))
+
+    def reload(self) -> bool:
+        """Load the files again; apply the difference, or keep everything as it is if they are invalid."""
+        started = time.monotonic()
+        try:
+            model, warnings = load_model(self.settings.config)
+        except ConfigError as exc:
+            for p in exc.problems:
+                LOG.error("%s", p)
+            LOG.error("reload rejected: %d problem(s); the running configuration stays in force", len(exc.problems))
+            self.metrics.reloads.labels("rejected").inc()
+            return False
+        for w in warnings:
+            LOG.warning("%s", w)
+        old = self.state.model
+        LOG.info("reload: %s", describe(old, model))
+        if not self._change(replace(self.state, model=model), "reload"):
+            self.metrics.reloads.labels("rejected").inc()
+            return False
+        self.ask_due.clear()
+        self.unknown_dpids.clear()
+        self._attach_sessions(old)
+        if {os.path.realpath(f) for f in model.files} != self.reloads.files:
+            self.reloads.watch(model.files, use_inotify=self.use_inotify)
+        self.metrics.reloads.labels("applied").inc()
+        LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
+        return True
+
+    def _attach_sessions(self, old: Model) -> None:
+        """After a reload: a switch whose dpid now names another site (or none) follows the file."""
+        for dpid, session in list(self.sessions.items()):
+            site = self.state.model.site_by_dpid(dpid)
+            if site is None:
+                LOG.warning("switch %#x is no longer a site of %s; leaving its flows alone", dpid,
+                            self.settings.config)
+                session.stop()
+                del self.sessions[dpid]
+            elif site.name != session.site:
+                session.stop()
+                del self.sessions[dpid]
+                self._switch_up(session.dp)
+        self.published = self._publish()
+
+    # ---- handlers ------------------------------------------------------------------------------------------
+
+    def _switch_up(self, dp: Any) -> None:
+        LOG.info("switch %#x connected", dp.id)
+        site = self.state.model.site_by_dpid(dp.id)
+        old = self.sessions.pop(dp.id, None)
+        if old is not None:
+            old.stop()
+        if site is None:
+            if dp.id not in self.unknown_dpids:
+                LOG.warning("switch %#x is not a site of %s; leaving it alone", dp.id, self.settings.config)
+                self.unknown_dpids.add(dp.id)
+        else:
+            session = SwitchSession(dp, site.name, self.metrics,
+                                    lambda ports, dpid=dp.id: self.post(PortsSeen(dpid, ports, complete=True)))
+            session.set_desired(self.desired.get(site.name))
+            self.sessions[dp.id] = session
+        self.metrics.switches.set(len(self.sessions))
+        self.published = self._publish()  # before its worker starts: the shim routes its replies by this
+        if site is not None:
+            self.sessions[dp.id].start()
+
+    def _switch_down(self, dp: Any) -> None:
+        session = self.sessions.get(dp.id)
+        if session is None or session.dp is not dp:
+            return
+        session.stop()
+        del self.sessions[dp.id]
+        LOG.info("switch %#x disconnected", dp.id)
+        self.metrics.switches.set(len(self.sessions))
+        self.published = self._publish()
+
+    def _ports_seen(self, msg: PortsSeen) -> None:
+        site = self.state.model.site_by_dpid(msg.dpid)
+        if site is None:
+            return
+        for name in msg.removed:
+            self.links.forget(site.name, name)
+        for name, _, live in msg.ports:
+            if name.startswith(TUNNEL_PREFIX) and name not in msg.removed:
+                self.links.seen(site.name, name, live)
+        session = self.sessions.get(msg.dpid)
+        if not msg.complete and session is not None and (msg.removed or any(
+                name not in session.ports for name, _, _ in msg.ports)):
+            session.ports_changed()  # a port came or went: flows may name it
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """Recompile around links whose tunnels went down, and back when they return."""
+        peers = {(s, t.name): t.peer for s, st in self.desired.items() for t in st.tunnels}
+        down = self.links.down(peers)
+        if down == self.state.down:
+            return
+        for a, b in sorted(down - self.state.down):
+            LOG.warning("link %s-%s is down (BFD): traffic moves to the remaining paths", a, b)
+            self.metrics.link_changes.labels(f"{a}-{b}", "down").inc()
+        for a, b in sorted(self.state.down - down):
+            LOG.info("link %s-%s is up again: its paths and weights return", a, b)
+            self.metrics.link_changes.labels(f"{a}-{b}", "up").inc()
+        self._change(replace(self.state, down=down), "a link change")
+
+    def _packet_in(self, msg: PacketIn) -> None:
+        """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC."""
+        site = self.state.model.site_by_dpid(msg.dpid)
+        if site is None or site.uplink_gateway is None:
+            return
+        answer = next_hop.parse_reply(msg.data, site)
+        hops = dict(self.state.next_hops)
+        if answer is None or hops.get(site.name) == answer.mac:
+            return
+        LOG.info("site %s: uplink gateway %s is at %s%s", site.name, answer.ip, answer.mac,
+                 f" (was {hops[site.name]})" if site.name in hops else "")
+        hops[site.name] = answer.mac
+        if self._change(replace(self.state, next_hops=tuple(sorted(hops.items()))), f"next hop of {site.name}"):
+            self.metrics.next_hops_learned.labels(site.name).inc()
+
+    def _tick(self) -> None:
+        if not self.use_inotify:
+            self.reloads.poll_mtimes()
+        if self.reloads.due():
+            self.reload()
+            if self.reloads.take_resync():
+                LOG.info("SIGHUP: reading every switch back (%d connected)", len(self.sessions))
+                for session in self.sessions.values():
+                    session.resync()
+        self._ask_next_hops()
+
+    def _ask_next_hops(self) -> None:
+        """ARP for each NAT site's uplink gateway: often while unknown, then now and then to notice a change."""
+        now = time.monotonic()
+        model = self.state.model
+        hops = dict(self.state.next_hops)
+        for session in list(self.sessions.values()):
+            site: Site | None = model.site_by_dpid(session.dpid)
+            if site is None or self.ask_due.get(site.name, 0.0) > now or not next_hop.needs_next_hop(model, site):
+                continue
+            port = session.ports.get(site.uplink)
+            if port is None:
+                continue
+            self.ask_due[site.name] = now + (next_hop.ASK_KNOWN_S if site.name in hops else next_hop.ASK_UNKNOWN_S)
+            dp = session.dp
+            ofp, parser = dp.ofproto, dp.ofproto_parser
+            session.send_soon(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, parser.OFPMatch(in_port=ofp.OFPP_CONTROLLER),
+                                                  [parser.OFPActionOutput(port, 0)], next_hop.request(site)))

@@ -1,0 +1,45 @@
+"""What the os-ken shim, the switch sessions and the services tell the core: plain, immutable values posted
+on the core's one queue (controller.core). Nothing else reaches the state the core owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SwitchUp:
+    dp: Any  # os-ken Datapath: only the session made for it sends on it
+
+
+@dataclass(frozen=True)
+class SwitchDown:
+    dp: Any
+
+
+@dataclass(frozen=True)
+class PortsSeen:
+    """Ports a switch reported (a port-desc reply, or one port-status): name, number and liveness."""
+
+    dpid: int
+    ports: tuple[tuple[str, int, bool], ...]
+    complete: bool  # the switch's whole port list (a reply), not one port's change
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    dpid: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WeightsAdopted:
+    """The traffic engineer's new paths and shares, as an immutable snapshot (flows.routing.AutoShares)."""
+
+    auto: tuple[tuple[tuple[str, str, str], tuple[tuple[tuple[str, ...], ...], tuple[float, ...]]], ...]
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes: reloads that settled, next-hop asks that are due."""

@@ -1,0 +1,91 @@
+"""Keep every site's bridge as the file says (controller.ovsdb), on a thread of its own: a slow or absent
+OVSDB delays only this loop. It reads the core's published snapshot and writes nothing the core owns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from os_ken.lib import hub
+
+from cloudweave.config.model import Site
+from controller.ovsdb import SiteOvsdb
+from controller.settings import Settings, switch_target_for
+
+LOG = logging.getLogger("cloudweave")
+RETRY_S = 3.0
+RESYNC_S = float(os.environ.get("CLOUDWEAVE_OVSDB_RESYNC_S", "10"))  # a port deleted by hand comes back
+TICK_S = 0.1
+
+
+class OvsdbService:
+    def __init__(self, settings: Settings, metrics: Any, published: Callable[[], Any]):
+        self.settings = settings
+        self.metrics = metrics
+        self.published = published
+        self.active = True
+        self.conns: dict[str, SiteOvsdb] = {}
+        self.sites: dict[str, Site] = {}  # the Site each connection (and due time) was made for
+        self.due: dict[str, float] = {}
+        self.tunnels: dict[str, Any] = {}  # the tunnel ports each site was last synced for
+
+    def run(self) -> None:
+        while self.active:
+            try:
+                self.round()
+            except Exception:  # noqa: BLE001 - one bad round must not stop OVSDB syncing
+                LOG.exception("OVSDB loop")
+            hub.sleep(TICK_S)
+
+    def stop(self) -> None:
+        self.active = False
+        for conn in self.conns.values():
+            conn.close()
+
+    def round(self) -> None:
+        snap = self.published()
+        model = snap.state.model
+        now = time.monotonic()
+        wanted = {s.name: s for s in model.sites}
+        for name in set(self.sites) - set(wanted):
+            self._drop(name)
+            self.sites.pop(name)
+            self.due.pop(name, None)
+        for name, site in wanted.items():
+            if self.sites.get(name) != site:  # new, or its OVSDB, bridge or addresses changed: start afresh
+                self._drop(name)
+                self.sites[name] = site
+                self.due[name] = 0.0
+        for name, st in snap.desired.items():
+            if self.tunnels.get(name) != st.tunnels:  # a link came or went: now, not at the next resync
+                self.due[name] = 0.0
+        self.tunnels = {n: st.tunnels for n, st in snap.desired.items()}
+        for name, when in sorted(self.due.items()):
+            if when <= now and name in snap.desired:
+                self._sync(wanted[name], snap.desired[name].tunnels)
+
+    def _drop(self, name: str) -> None:
+        conn = self.conns.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    def _sync(self, site: Site, tunnels: Any) -> None:
+        name = site.name
+        try:
+            if name not in self.conns:
+                self.conns[name] = SiteOvsdb(site)
+            target = switch_target_for(self.settings.switch_target, site)
+            report = self.conns[name].sync(site, tunnels, target, self.settings.bfd_ms)
+        except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
+            LOG.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, RETRY_S)
+            self._drop(name)
+            self.due[name] = time.monotonic() + RETRY_S
+            self.metrics.ovsdb_syncs.labels(name, "failed").inc()
+            return
+        self.due[name] = time.monotonic() + RESYNC_S
+        self.metrics.ovsdb_syncs.labels(name, "ok").inc()
+        level = logging.INFO if report.changed else logging.DEBUG
+        LOG.log(level, "site %s: OVSDB bridge %s: %s", name, site.bridge, report)
