@@ -35,7 +35,7 @@ class LimitsUnavailable(RuntimeError):
 
 def wanted(model: Model, site: str) -> dict[int, tuple[str, int]]:
     """zone -> (segment, limit) for the limited segments with endpoints at the site."""
-    here = {e.segment for e in model.endpoints if e.site == site}
+    here = {e.segment for e in model.endpoints_at(site)}
     return {s.ct_zone: (s.name, s.max_connections) for s in model.segments
             if s.max_connections is not None and s.name in here}
 

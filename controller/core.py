@@ -112,7 +112,7 @@ class Core:
     def _change(self, state: State, why: str) -> bool:
         """Compile `state` and commit it with its flows; on failure keep everything as it was."""
         try:
-            desired = self.compiler.compile(state, self.state, self.desired)
+            desired = self.compiler.compile(state)
         except Exception:  # noqa: BLE001 - a compiler bug must not take the controller down
             LOG.exception("could not compile the flows for %s; the state in force stays", why)
             self.metrics.compile_failures.inc()

@@ -1,9 +1,10 @@
 """The controller's state, and the desired flows of every site compiled from it.
 
-`DesiredCompiler.compile(new, old, old_desired)` returns every site's SwitchState for `new`. A site whose
-inputs did not change keeps the very object it had (the core hands a session only what is not `is` the
-old one). What it recomputes is counted: `incremental` when it could localise the change, `full` when it
-fell back to compiling everything (OVN's rule: a change no handler understands means recompute).
+`DesiredCompiler.compile(state)` returns every site's SwitchState, through flows.incremental: units whose
+inputs did not change are reused, and a site none of whose units changed keeps its very object (the core
+hands a session only what is not `is` the old one). If a compile raises (a compiler bug), it is tried once
+more from scratch with an empty memo (OVN's fallback: recompute); if that raises too, the caller keeps the
+state in force. Both are counted, and a slow compile is logged with what it recomputed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudweave.config.model import Model
-from flows.compile import ModelCompiler, SwitchState
+from flows.compile import SwitchState, gc_paused
+from flows.incremental import IncrementalCompiler
 
 LOG = logging.getLogger("cloudweave")
-SLOW_COMPILE_S = 0.5  # a compile slower than this is logged with its reason
+SLOW_COMPILE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -31,33 +33,30 @@ class State:
 class DesiredCompiler:
     def __init__(self, metrics: Any = None):
         self.metrics = metrics
-        self._compiler: ModelCompiler | None = None
-        self._for: State | None = None  # the state self._compiler was made for (its model, down, auto)
+        self.compiler = IncrementalCompiler()
 
-    def compile(self, new: State, old: State | None = None,
-                old_desired: dict[str, SwitchState] | None = None) -> dict[str, SwitchState]:
+    def compile(self, state: State) -> dict[str, SwitchState]:
         started = time.monotonic()
-        hops = dict(new.next_hops)
-        same_base = (self._for is not None and old is not None and old_desired is not None
-                     and self._for.model is new.model and self._for.down == new.down and self._for.auto == new.auto)
-        if same_base:
-            before = dict(old.next_hops)
-            sites = {s for s in set(hops) | set(before) if hops.get(s) != before.get(s)}
-            out = dict(old_desired)
-            for site in sites:
-                out[site] = self._compiler.site(site, hops)
-            kind = "incremental"
-        else:
-            self._compiler = ModelCompiler(new.model, new.down, dict(new.auto))
-            out = self._compiler.all(hops)
-            if old_desired:  # unchanged sites keep their object: their sessions hear nothing
-                out = {s: old_desired[s] if old_desired.get(s) == st else st for s, st in out.items()}
+        kind = "incremental" if self.compiler.stats.recomputed or self.compiler.stats.reused else "full"
+        try:
+            out = self._run(state)
+        except Exception:  # noqa: BLE001 - a memo gone wrong must not stop the controller: recompute
+            LOG.exception("incremental compile failed; compiling everything from scratch")
+            self.compiler = IncrementalCompiler()
             kind = "full"
-        self._for = new
+            out = self._run(state)  # raises on to the caller, which keeps the state in force
+        stats = self.compiler.stats
         elapsed = time.monotonic() - started
         if self.metrics is not None:
             self.metrics.compiles.labels(kind).inc()
             self.metrics.compile_seconds.labels(kind).observe(elapsed)
-        if elapsed > SLOW_COMPILE_S:
-            LOG.info("compiled %d sites (%s) in %.0f ms", len(out), kind, elapsed * 1000)
+            self.metrics.compile_units.labels("recomputed").inc(stats.recomputed)
+            self.metrics.compile_units.labels("reused").inc(stats.reused)
+        level = logging.INFO if elapsed > SLOW_COMPILE_S else logging.DEBUG
+        LOG.log(level, "compiled %d sites in %.0f ms (%s): %d units recomputed, %d reused, %d sites changed",
+                len(out), elapsed * 1000, kind, stats.recomputed, stats.reused, stats.sites_changed)
         return out
+
+    def _run(self, state: State) -> dict[str, SwitchState]:
+        with gc_paused():
+            return self.compiler.compile(state.model, state.down, dict(state.next_hops), dict(state.auto))

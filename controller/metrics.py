@@ -31,6 +31,8 @@ class Metrics:
                                 "(the fallback)", ["kind"], registry=r)
         self.compile_seconds = Histogram("cloudweave_compile_seconds", "Duration of a compile", ["kind"],
                                          buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r)
+        self.compile_units = Counter("cloudweave_compile_units", "Units of the desired state recomputed or reused "
+                                     "(their inputs unchanged)", ["result"], registry=r)
         self.compile_failures = Counter("cloudweave_compile_failures", "Compiles that raised (state kept)",
                                         registry=r)
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],

@@ -23,7 +23,7 @@ def needs_next_hop(model: Model, site: Site) -> bool:
     """Whether the site NATs for local endpoints and so must know its uplink gateway's MAC."""
     nat_segments = {s.name for s in model.segments if s.mode == "nat"}
     return (site.uplink is not None and site.nat_ip is not None and site.uplink_gateway is not None
-            and any(e.site == site.name and e.segment in nat_segments for e in model.endpoints))
+            and any(e.segment in nat_segments for e in model.endpoints_at(site.name)))
 
 
 def request(site: Site) -> bytes:

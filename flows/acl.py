@@ -9,8 +9,8 @@ RULE_BASE + 4p (+2 for deny), so a higher priority wins and a deny wins a tie, a
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
@@ -62,66 +62,45 @@ def rule_priority(rule: Rule) -> int:
     return RULE_BASE + 4 * rule.priority + (2 if rule.action == "deny" else 0)
 
 
-class AclCompiler:
-    def __init__(self, model: Model):
-        self.model = model
-        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
-        self.members: dict[str, list[Endpoint]] = defaultdict(list)
-        for ep in sorted(model.endpoints, key=lambda e: e.name):
-            if ep.segment not in self.segments:
-                continue  # direct mode: anti-spoofing only
-            for g in ep.groups:
-                self.members[g].append(ep)
-        grouped = {e.segment for e in model.endpoints if e.groups}
-        self.with_services = {r.service.segment for r in model.routes if r.service is not None}
-        routed = {s.name for r in model.routes if r.match is not None for s in model.route_segments(r)}
-        # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
-        # connection limit, it is NATed (port forwards pass its ingress rules), it has a service VIP, or a path
-        # split pins its connections.
-        self.with_policy = {s.name for s in self.segments.values() if s.default == "deny" or s.name in grouped
-                            or s.mode == "nat" or s.max_connections is not None or s.name in self.with_services
-                            or s.name in routed}
+Member = tuple[str, str, str]  # an endpoint as the rules see it: name, segment, IPv4 address
 
-    def site_flows(self, site: str, local: Iterable[Endpoint]) -> list[Flow]:
-        """The ACL flows of one site. Only sites with endpoints of a segment track its connections: a pure
-        transit site misses table 2 and skips the ACL, since the source's site decided."""
-        local = [e for e in local if e.segment in self.segments]
-        segs = sorted({e.segment for e in local}, key=lambda n: self.segments[n].vni)
-        out = self._state_flows() if any(s in self.with_policy for s in segs) else []
-        if any(self.segments[s].mode == "nat" for s in segs):
-            # Port forwards from the uplink: no egress rules (no local source), the destination's ingress.
-            out.append(flow(ACL_EGRESS, PRIO_FROM_TUNNEL, cookies.cookie("acl_state", "from_uplink"),
-                            (Goto(ACL_INGRESS),), ct_state=CT_NEW, reg7=FROM_UPLINK, eth_type=ETH_IPV4))
-        for name in segs:
-            seg = self.segments[name]
-            if name not in self.with_policy:
-                out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (Goto(AFTER_ACL),),
-                                reg6=seg.vni))
-                continue
-            # Services: ct(nat) applies a connection's VIP translation to every later packet, both ways.
-            track = CT(table=ACL_EGRESS, nat=Nat() if name in self.with_services else None)
-            out.append(flow(CONNTRACK, 100, cookies.cookie("conntrack", name), (track,), reg6=seg.vni,
-                            eth_type=ETH_IPV4))
-            # From a tunnel, only what is for a local endpoint is tracked here: a relayed packet (a path split
-            # through this site) would leave half a connection in this site's table.
-            transit = cookies.cookie("transit", name)
-            out.append(flow(CONNTRACK, 110, transit, (Goto(AFTER_ACL),), reg6=seg.vni, reg7=FROM_TUNNEL,
-                            eth_type=ETH_IPV4))
-            for ep in local:
-                if ep.segment == name:
-                    out.append(flow(CONNTRACK, 120, transit, (track,), reg6=seg.vni, reg7=FROM_TUNNEL,
-                                    eth_type=ETH_IPV4, eth_dst=ep.mac))
-            out += self._defaults(seg)
-        local_segs = {e.segment for e in local if e.segment in self.with_policy}
-        raw: list[Flow] = []
-        for g in self.model.security_groups:
-            for r in g.rules:
-                raw += self._rule_flows(r, local, local_segs)
-        return out + merge_conjunctions(raw)
 
-    def _state_flows(self) -> list[Flow]:
-        ck = cookies.cookie
-        return [
+@dataclass(frozen=True)
+class AclScope:
+    """What the ACL needs to know of a whole model, derived once per model."""
+
+    segments: Mapping[str, Segment]  # the overlay's (direct mode has no ACL)
+    with_policy: frozenset[str]  # segments whose connections are tracked
+    with_services: frozenset[str]  # segments with a service VIP
+
+
+def acl_scope(model: Model) -> AclScope:
+    segments = {s.name: s for s in model.segments if s.mode != "direct"}
+    grouped = {e.segment for e in model.endpoints if e.groups}
+    with_services = {r.service.segment for r in model.routes if r.service is not None}
+    routed = {s.name for r in model.routes if r.match is not None for s in model.route_segments(r)}
+    # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
+    # connection limit, it is NATed (port forwards pass its ingress rules), it has a service VIP, or a path
+    # split pins its connections.
+    with_policy = {s.name for s in segments.values() if s.default == "deny" or s.name in grouped
+                   or s.mode == "nat" or s.max_connections is not None or s.name in with_services
+                   or s.name in routed}
+    return AclScope(segments, frozenset(with_policy), frozenset(with_services))
+
+
+def group_members(model: Model, scope: AclScope) -> dict[str, tuple[Member, ...]]:
+    """Every security group's members (overlay endpoints only), by name, as the rules see them."""
+    names = {g.name for g in model.security_groups} | {g for e in model.endpoints for g in e.groups}
+    return {g: tuple((e.name, e.segment, str(e.ip)) for e in model.members(g) if e.segment in scope.segments)
+            for g in sorted(names)}
+
+
+def state_flows(any_tracked: bool, any_nat: bool) -> list[Flow]:
+    """A site's connection-state flows: where it tracks any segment, and the uplink's port forwards."""
+    ck = cookies.cookie
+    out = []
+    if any_tracked:
+        out += [
             flow(ACL_EGRESS, PRIO_INVALID, ck("acl_state", "invalid"), (), ct_state=CT_INV),
             flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "established"), (Goto(AFTER_ACL),), ct_state=CT_EST),
             flow(ACL_EGRESS, PRIO_ESTABLISHED, ck("acl_state", "related"), (Goto(AFTER_ACL),), ct_state=CT_REL),
@@ -129,67 +108,98 @@ class AclCompiler:
             flow(ACL_EGRESS, PRIO_FROM_TUNNEL, ck("acl_state", "from_tunnel"), COMMIT, ct_state=CT_NEW,
                  reg7=FROM_TUNNEL, eth_type=ETH_IPV4),
         ]
+    if any_nat:
+        # Port forwards from the uplink: no egress rules (no local source), the destination's ingress.
+        out.append(flow(ACL_EGRESS, PRIO_FROM_TUNNEL, ck("acl_state", "from_uplink"), (Goto(ACL_INGRESS),),
+                        ct_state=CT_NEW, reg7=FROM_UPLINK, eth_type=ETH_IPV4))
+    return out
 
-    def _defaults(self, seg: Segment) -> list[Flow]:
-        ck = cookies.cookie("acl_default", seg.name)
-        allow = seg.default == "allow"
-        out = [
-            flow(ACL_EGRESS, PRIO_DEFAULT, ck, (Goto(ACL_INGRESS),) if allow else (), ct_state=CT_NEW,
-                 reg6=seg.vni, eth_type=ETH_IPV4),
-            # A destination that is no endpoint of the segment has no ingress rules.
-            flow(ACL_INGRESS, PRIO_NOT_AN_ENDPOINT, ck, COMMIT, ct_state=CT_NEW, reg6=seg.vni, eth_type=ETH_IPV4),
-        ]
-        for ep in self.model.endpoints:
-            if ep.segment == seg.name:
-                out.append(flow(ACL_INGRESS, PRIO_DEFAULT, ck, COMMIT if allow else (), ct_state=CT_NEW,
-                                reg6=seg.vni, eth_type=ETH_IPV4, ipv4_dst=str(ep.ip)))
-        return out
 
-    def _rule_flows(self, r: Rule, local: list[Endpoint], local_segs: set[str]) -> list[Flow]:
-        """Egress rules: their group's local members as sources. Ingress rules: their group's members
-        (anywhere) as destinations, for traffic of the segments that have a source here."""
-        own_field, peer_field = ("ipv4_src", "ipv4_dst") if r.direction == "egress" else ("ipv4_dst", "ipv4_src")
-        own = [e for e in self.members[r.group] if e.segment in local_segs and
-               (r.direction == "ingress" or e in local)]
-        if not own:
+def segment_acl_flows(seg: Segment, tracked: bool, with_service: bool, local: tuple[Endpoint, ...],
+                      members: tuple[Endpoint, ...]) -> list[Flow]:
+    """One segment's conntrack and default flows at a site that has `local` endpoints of it. Only sites with
+    endpoints of a segment track its connections: a pure transit site misses table 2 and skips the ACL, since
+    the source's site decided. `members`: all of the segment's endpoints (the defaults name each)."""
+    if not tracked:
+        return [flow(CONNTRACK, 100, cookies.cookie("conntrack", seg.name), (Goto(AFTER_ACL),), reg6=seg.vni)]
+    # Services: ct(nat) applies a connection's VIP translation to every later packet, both ways.
+    track = CT(table=ACL_EGRESS, nat=Nat() if with_service else None)
+    out = [flow(CONNTRACK, 100, cookies.cookie("conntrack", seg.name), (track,), reg6=seg.vni, eth_type=ETH_IPV4)]
+    # From a tunnel, only what is for a local endpoint is tracked here: a relayed packet (a path split
+    # through this site) would leave half a connection in this site's table.
+    transit = cookies.cookie("transit", seg.name)
+    out.append(flow(CONNTRACK, 110, transit, (Goto(AFTER_ACL),), reg6=seg.vni, reg7=FROM_TUNNEL, eth_type=ETH_IPV4))
+    for ep in local:
+        out.append(flow(CONNTRACK, 120, transit, (track,), reg6=seg.vni, reg7=FROM_TUNNEL, eth_type=ETH_IPV4,
+                        eth_dst=ep.mac))
+    ck = cookies.cookie("acl_default", seg.name)
+    allow = seg.default == "allow"
+    out += [
+        flow(ACL_EGRESS, PRIO_DEFAULT, ck, (Goto(ACL_INGRESS),) if allow else (), ct_state=CT_NEW,
+             reg6=seg.vni, eth_type=ETH_IPV4),
+        # A destination that is no endpoint of the segment has no ingress rules.
+        flow(ACL_INGRESS, PRIO_NOT_AN_ENDPOINT, ck, COMMIT, ct_state=CT_NEW, reg6=seg.vni, eth_type=ETH_IPV4),
+    ]
+    for ep in members:
+        out.append(flow(ACL_INGRESS, PRIO_DEFAULT, ck, COMMIT if allow else (), ct_state=CT_NEW,
+                        reg6=seg.vni, eth_type=ETH_IPV4, ipv4_dst=str(ep.ip)))
+    return out
+
+
+def rule_flows(rules: tuple[Rule, ...], local: frozenset[str], local_segs: frozenset[str],
+               members: Mapping[str, tuple[Member, ...]], vnis: Mapping[str, int]) -> list[Flow]:
+    """Every rule's flows at a site, merged where two rules share a flow. `local`: the names of the site's
+    endpoints; `local_segs`: its tracked segments; `members`: each group's members; `vnis`: segment -> VNI."""
+    raw: list[Flow] = []
+    for r in rules:
+        raw += _rule_flows(r, local, local_segs, members, vnis)
+    return merge_conjunctions(raw)
+
+
+def _rule_flows(r: Rule, local: frozenset[str], local_segs: frozenset[str], members: Mapping[str, tuple[Member, ...]],
+                vnis: Mapping[str, int]) -> list[Flow]:
+    """Egress rules: their group's local members as sources. Ingress rules: their group's members
+    (anywhere) as destinations, for traffic of the segments that have a source here."""
+    own_field, peer_field = ("ipv4_src", "ipv4_dst") if r.direction == "egress" else ("ipv4_dst", "ipv4_src")
+    own = [m for m in members.get(r.group, ()) if m[1] in local_segs and (r.direction == "ingress" or m[0] in local)]
+    if not own:
+        return []
+    segs = {m[1] for m in own}
+    # The protocol goes into every clause: OVS drops a packet whose clauses complete a conjunction that
+    # its result flow then does not match, instead of trying lower priorities.
+    proto_match: dict[str, MatchValue] = {"eth_type": ETH_IPV4}
+    if r.proto is not None:
+        proto_match["ip_proto"] = r.proto
+    dims: list[list[dict[str, MatchValue]]] = [
+        [dict(proto_match, **{REG_SEGMENT: vnis[m[1]], own_field: m[2]}) for m in own]]
+    if r.peer_kind == "group":
+        peers = [m for m in members.get(r.peer, ()) if m[1] in segs]
+        if not peers:
             return []
-        segs = {e.segment for e in own}
-        # The protocol goes into every clause: OVS drops a packet whose clauses complete a conjunction that
-        # its result flow then does not match, instead of trying lower priorities.
-        proto_match: dict[str, MatchValue] = {"eth_type": ETH_IPV4}
-        if r.proto is not None:
-            proto_match["ip_proto"] = r.proto
-        dims: list[list[dict[str, MatchValue]]] = [
-            [dict(proto_match, **{REG_SEGMENT: self.segments[e.segment].vni, own_field: str(e.ip)}) for e in own]]
-        if r.peer_kind == "group":
-            peers = [e for e in self.members.get(r.peer, []) if e.segment in segs]
-            if not peers:
-                return []
-            dims.append([dict(proto_match, **{REG_SEGMENT: self.segments[e.segment].vni, peer_field: str(e.ip)})
-                         for e in peers])
-        elif r.peer_kind == "cidr":
-            dims.append([dict(proto_match, **{peer_field: net_match(r.peer_net)})])
-        if r.ports:
-            field = PORT_FIELD[r.proto]
-            dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])
-        table = ACL_EGRESS if r.direction == "egress" else ACL_INGRESS
-        prio = rule_priority(r)
-        ck = cookies.cookie("acl_rule", f"{r.group}/{r.direction}/{r.index}")
-        if r.action == "deny":
-            verdict: tuple = ()
-        elif r.direction == "egress":
-            verdict = (Goto(ACL_INGRESS),)
-        else:
-            verdict = COMMIT
-        if len(dims) == 1:
-            return [flow(table, prio, ck, verdict, ct_state=CT_NEW, **m) for m in dims[0]]
-        cid = conj_id(r)
-        # eth_type: OVS refuses a ct action on a flow whose match does not imply IP.
-        out = [flow(table, prio, ck, verdict, ct_state=CT_NEW, conj_id=cid, eth_type=ETH_IPV4)]
-        for k, dim in enumerate(dims, start=1):
-            for m in dim:
-                out.append(flow(table, prio, ck, (Conjunction(cid, k, len(dims)),), **m))
-        return out
+        dims.append([dict(proto_match, **{REG_SEGMENT: vnis[m[1]], peer_field: m[2]}) for m in peers])
+    elif r.peer_kind == "cidr":
+        dims.append([dict(proto_match, **{peer_field: net_match(r.peer_net)})])
+    if r.ports:
+        field = PORT_FIELD[r.proto]
+        dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])
+    table = ACL_EGRESS if r.direction == "egress" else ACL_INGRESS
+    prio = rule_priority(r)
+    ck = cookies.cookie("acl_rule", f"{r.group}/{r.direction}/{r.index}")
+    if r.action == "deny":
+        verdict: tuple = ()
+    elif r.direction == "egress":
+        verdict = (Goto(ACL_INGRESS),)
+    else:
+        verdict = COMMIT
+    if len(dims) == 1:
+        return [flow(table, prio, ck, verdict, ct_state=CT_NEW, **m) for m in dims[0]]
+    cid = conj_id(r)
+    # eth_type: OVS refuses a ct action on a flow whose match does not imply IP.
+    out = [flow(table, prio, ck, verdict, ct_state=CT_NEW, conj_id=cid, eth_type=ETH_IPV4)]
+    for k, dim in enumerate(dims, start=1):
+        for m in dim:
+            out.append(flow(table, prio, ck, (Conjunction(cid, k, len(dims)),), **m))
+    return out
 
 
 def merge_conjunctions(flows: list[Flow]) -> list[Flow]:

@@ -14,8 +14,7 @@ def direct_flows(model: Model, site: str) -> list[Flow]:
     uplink = model.site(site).uplink
     segments = {s.name: s for s in model.segments if s.mode == "direct"}
     out: list[Flow] = []
-    for ep in sorted((e for e in model.endpoints if e.site == site and e.segment in segments),
-                     key=lambda e: e.name):
+    for ep in (e for e in model.endpoints_at(site) if e.segment in segments):
         ck = cookies.cookie("direct", ep.name)
         out += port_entry_flows(ep, segments[ep.segment].vni, (Output(uplink),), ck, ck)
         out += [

@@ -54,7 +54,7 @@ def nat_flows(model: Model, site: str, next_hop_mac: str | None) -> list[Flow]:
     what would leave is dropped)."""
     me = model.site(site)
     segments = {s.name: s for s in model.segments if s.mode == "nat"}
-    local = sorted((e for e in model.endpoints if e.site == site and e.segment in segments), key=lambda e: e.name)
+    local = [e for e in model.endpoints_at(site) if e.segment in segments]
     if not local or me.uplink is None or me.nat_ip is None:
         return []
     out = _uplink_flows(me)

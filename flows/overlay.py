@@ -1,11 +1,11 @@
-"""Overlay flows: classify, port security, L2 forwarding and flooding of segments across sites."""
+"""Overlay flows: classify, port security, L2 forwarding and flooding of segments across sites (per segment and
+site: flows.incremental calls these with their explicit inputs)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from functools import lru_cache
 
-from cloudweave.config.model import Endpoint, Model, Segment
+from cloudweave.config.model import Endpoint, Segment
 from flows import cookies
 from flows.tables import CLASSIFY, CONNTRACK, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
 from flows.topology import SiteGraph, tunnel_port_name
@@ -50,78 +50,61 @@ def to_tunnel(vni: int, peer: str) -> tuple[SetField, Output]:
     return SetField("tunnel_id", vni), Output(tunnel_port_name(peer))
 
 
-class OverlayCompiler:
-    """Computes the overlay flows of every site from one model; the site graph is shared by all sites."""
+def segment_scope(graph: SiteGraph, homes: frozenset[str]) -> tuple[frozenset[str], dict[str, list[str]]]:
+    """The sites a segment's flows go to (where its endpoints are, its flood tree, and the sites unicast
+    between them crosses) and its flood tree, from the sites its endpoints are at."""
+    tree = graph.flood_tree(set(homes))
+    sites = set(homes) | set(tree)
+    for a in homes:
+        for b in homes:
+            if a < b:
+                sites.update(graph.path(a, b))
+    return frozenset(sites), tree
 
-    def __init__(self, model: Model, down: frozenset[tuple[str, str]] = frozenset()):
-        self.model = model
-        self.graph = SiteGraph(model, down)
-        # Direct-mode segments bypass the overlay (flows/direct.py).
-        self.segments = {s.name: s for s in model.segments if s.mode != "direct"}
-        self.members: dict[str, list[Endpoint]] = defaultdict(list)
-        for ep in sorted(model.endpoints, key=lambda e: e.name):
-            if ep.segment in self.segments:
-                self.members[ep.segment].append(ep)
-        self.scope = {name: self._scope(name) for name in self.segments}
 
-    def _scope(self, segment: str) -> tuple[set[str], dict[str, list[str]]]:
-        """The sites a segment's flows go to (its own, its flood tree's, and unicast transit) and its tree."""
-        homes = {ep.site for ep in self.members[segment]}
-        tree = self.graph.flood_tree(homes)
-        sites = set(homes) | set(tree)
-        for a in homes:
-            for b in homes:
-                if a < b:
-                    sites.update(self.graph.path(a, b))
-        return sites, tree
+def segment_flows(site: str, seg: Segment, members: tuple[Endpoint, ...], hops: tuple[tuple[str, str | None], ...],
+                  neighbours: tuple[str, ...], tree_peers: tuple[str, ...]) -> list[Flow]:
+    """One segment's overlay flows at one site. `members`: the segment's endpoints by name; `hops`: the next
+    hop from this site toward each other site with members (None: unreachable); `neighbours`: the sites this
+    one has tunnels to; `tree_peers`: its neighbours on the segment's flood tree."""
+    ck = cookies.cookie
+    out: list[Flow] = []
+    next_hop = dict(hops)
+    local = [ep for ep in members if ep.site == site]
+    for ep in local:
+        out += local_endpoint_flows(ep, seg)
+    for ep in members:
+        if ep.site == site:
+            continue
+        hop = next_hop.get(ep.site)
+        if hop is not None:
+            out.append(flow(L2_FORWARD, 100, ck("l2_remote", ep.name), to_tunnel(seg.vni, hop),
+                            reg6=seg.vni, eth_dst=ep.mac))
+    for peer in neighbours:
+        out.append(flow(CLASSIFY, 100, ck("classify_tunnel", f"{seg.name}/{peer}"),
+                        (SetField(REG_SEGMENT, seg.vni), SetField(REG_FROM_TUNNEL, 1), Goto(CONNTRACK)),
+                        in_port=tunnel_port_name(peer), tunnel_id=seg.vni))
+    out += _flood_flows(seg, local, list(tree_peers))
+    return out
 
-    def site_flows(self, site: str) -> list[Flow]:
-        out = table_misses()
-        for seg_name, seg in sorted(self.segments.items()):
-            sites, tree = self.scope[seg_name]
-            if site not in sites:
-                continue
-            out += self._segment_flows(site, seg, tree)
-        return out
 
-    def _segment_flows(self, site: str, seg: Segment, tree: dict[str, list[str]]) -> list[Flow]:
-        ck = cookies.cookie
-        out: list[Flow] = []
-        local = [ep for ep in self.members[seg.name] if ep.site == site]
-        for ep in local:
-            out += local_endpoint_flows(ep, seg)
-        for ep in self.members[seg.name]:
-            if ep.site == site:
-                continue
-            hop = self.graph.next_hop(site, ep.site)
-            if hop is not None:
-                out.append(flow(L2_FORWARD, 100, ck("l2_remote", ep.name), to_tunnel(seg.vni, hop),
-                                reg6=seg.vni, eth_dst=ep.mac))
-        for peer in self.graph.neighbours(site):
-            out.append(flow(CLASSIFY, 100, ck("classify_tunnel", f"{seg.name}/{peer}"),
-                            (SetField(REG_SEGMENT, seg.vni), SetField(REG_FROM_TUNNEL, 1), Goto(CONNTRACK)),
-                            in_port=tunnel_port_name(peer), tunnel_id=seg.vni))
-        out += self._flood_flows(site, seg, local, tree)
-        return out
+def _flood_flows(seg: Segment, local: list[Endpoint], tree_peers: list[str]) -> list[Flow]:
+    ck = cookies.cookie("flood", seg.name)
+    to_locals = tuple(Output(ep.port) for ep in local)
 
-    def _flood_flows(self, site: str, seg: Segment, local: list[Endpoint], tree: dict[str, list[str]]) -> list[Flow]:
-        ck = cookies.cookie("flood", seg.name)
-        to_locals = tuple(Output(ep.port) for ep in local)
-        tree_peers = tree.get(site, [])
+    def to_peers(peers: list[str]) -> tuple:
+        if not peers:
+            return ()
+        return (SetField("tunnel_id", seg.vni),) + tuple(Output(tunnel_port_name(p)) for p in peers)
 
-        def to_peers(peers: list[str]) -> tuple:
-            if not peers:
-                return ()
-            return (SetField("tunnel_id", seg.vni),) + tuple(Output(tunnel_port_name(p)) for p in peers)
-
-        out = [
-            # From a local port: every other local port and every tree neighbour.
-            flow(FLOOD, 100, ck, to_locals + to_peers(tree_peers), reg6=seg.vni, reg7=0),
-            # From a tunnel that is not on the tree (never expected): local ports only, so nothing can loop.
-            flow(FLOOD, 90, ck, to_locals, reg6=seg.vni, reg7=1),
-        ]
-        for peer in tree_peers:
-            # From a tree neighbour: local ports and the rest of the tree (split horizon).
-            out.append(flow(FLOOD, 100, ck, to_locals + to_peers([p for p in tree_peers if p != peer]),
-                            reg6=seg.vni, reg7=1, in_port=tunnel_port_name(peer)))
-        return out
+    out = [
+        # From a local port: every other local port and every tree neighbour.
+        flow(FLOOD, 100, ck, to_locals + to_peers(tree_peers), reg6=seg.vni, reg7=0),
+        # From a tunnel that is not on the tree (never expected): local ports only, so nothing can loop.
+        flow(FLOOD, 90, ck, to_locals, reg6=seg.vni, reg7=1),
+    ]
+    for peer in tree_peers:
+        # From a tree neighbour: local ports and the rest of the tree (split horizon).
+        out.append(flow(FLOOD, 100, ck, to_locals + to_peers([p for p in tree_peers if p != peer]),
+                        reg6=seg.vni, reg7=1, in_port=tunnel_port_name(peer)))
+    return out

@@ -168,12 +168,12 @@ class RoutingCompiler:
         m: RouteMatch = r.match
         out = []
         for seg in self.model.route_segments(r):
-            dsts = [e for e in self.model.endpoints if e.segment == seg.name and e.site == dst_site
+            dsts = [e for e in self.model.endpoints_of_segment(seg.name) if e.site == dst_site
                     and (m.dst is None or m.dst_net is not None or m.dst in e.groups)]
             if not dsts:
                 continue
             if m.src is not None and m.src_net is None:
-                srcs = [str(e.ip) for e in self.model.endpoints if e.segment == seg.name and m.src in e.groups
+                srcs = [str(e.ip) for e in self.model.endpoints_of_segment(seg.name) if m.src in e.groups
                         and (src_site is None or e.site == src_site)]
                 if not srcs:
                     continue

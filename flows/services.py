@@ -41,7 +41,7 @@ def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow]
             continue
         svc = r.service
         seg = model.segment(svc.segment)
-        if not any(e.site == site and e.segment == seg.name for e in model.endpoints):
+        if not any(e.segment == seg.name for e in model.endpoints_at(site)):
             continue  # no clients here
         group = _group(model, r, site, graph)
         ck = cookies.cookie("service", f"{r.name}@{site}")
@@ -52,9 +52,8 @@ def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow]
                               ip_proto=svc.proto, **{PORT_FIELD[svc.proto]: svc.port}))
         flows.append(flow(NAT, 100, ck, arp_responder(svc.mac, svc.vip), reg6=seg.vni, eth_type=ETH_ARP,
                           arp_op=ARP_REQUEST, arp_tpa=str(svc.vip)))
-        eps = {e.name: e for e in model.endpoints}
         for name in sorted({n for n, _ in r.backends}):
-            ep = eps[name]
+            ep = model.endpoint(name)
             flows.append(flow(NAT, 100, ck, (SetField("eth_dst", ep.mac), Goto(ROUTE)), reg6=seg.vni,
                               eth_type=ETH_IPV4, eth_dst=svc.mac, ipv4_dst=str(ep.ip)))
         flows.append(flow(NAT, 90, ck, (), reg6=seg.vni, eth_dst=svc.mac))  # nothing else goes to the VIP's MAC
@@ -63,10 +62,9 @@ def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow]
 
 def _group(model: Model, r: Route, site: str, graph: SiteGraph) -> Group | None:
     svc = r.service
-    eps = {e.name: e for e in model.endpoints}
     live = []
     for bucket_id, (name, w) in enumerate(r.backends):
-        ep = eps[name]
+        ep = model.endpoint(name)
         if ep.site == site:
             watch = ep.port
         else:

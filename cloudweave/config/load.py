@@ -258,8 +258,12 @@ def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], seg
     graph = nx.Graph()
     graph.add_nodes_from(s.name for s in sites)
     graph.add_edges_from(link.sites for link in links if all(graph.has_node(s) for s in link.sites))
+    homes: dict[str, set[str]] = {}
+    for e in endpoints:
+        if graph.has_node(e.site):
+            homes.setdefault(e.segment, set()).add(e.site)
     for seg in segments:
-        seg_sites = sorted({e.site for e in endpoints if e.segment == seg.name and graph.has_node(e.site)})
+        seg_sites = sorted(homes.get(seg.name, ()))
         for other in seg_sites[1:]:
             if not nx.has_path(graph, seg_sites[0], other):
                 c.error(seg.loc, f"segment '{seg.name}' spans sites '{seg_sites[0]}' and '{other}' "

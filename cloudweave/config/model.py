@@ -260,6 +260,13 @@ class Model:
                 group.setdefault(g, []).append(e)
         return tuple({k: tuple(v) for k, v in d.items()} for d in (seg, site, group))  # type: ignore[return-value]
 
+    @cached_property
+    def _endpoints(self) -> dict[str, Endpoint]:
+        return {e.name: e for e in self.endpoints}
+
+    def endpoint(self, name: str) -> Endpoint:
+        return self._endpoints[name]
+
     def endpoints_of_segment(self, segment: str) -> tuple[Endpoint, ...]:
         """The segment's endpoints, by name."""
         return self._by[0].get(segment, ())

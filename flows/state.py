@@ -1,0 +1,41 @@
+"""What one site's switch must hold, as the compiler hands it over: tunnel ports, groups, and flows in units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from ipaddress import IPv4Address
+
+from flows.values import Flow, Group
+
+Unit = tuple[str, ...]  # what a part of a site's flows is of: ("overlay", "prod"), ("acl_rules",), ...
+
+
+@dataclass(frozen=True)
+class TunnelPort:
+    name: str
+    peer: str
+    remote_ip: IPv4Address
+    local_ip: IPv4Address
+
+
+def sort_key(f: Flow) -> tuple:
+    # Keys are unique per switch; values as text, since one field can hold a value or a value/mask pair.
+    return (f.table, -f.priority, tuple((k, str(v)) for k, v in f.match))
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    """What one site's bridge must hold: its tunnel ports (OVSDB), its groups and flows (OpenFlow). The flows
+    come in units (flows.incremental): a unit whose inputs did not change is the very tuple it was before."""
+
+    site: str
+    dpid: int
+    tunnels: tuple[TunnelPort, ...]
+    units: tuple[tuple[Unit, tuple[Flow, ...]], ...]
+    groups: tuple[Group, ...] = ()
+
+    @cached_property
+    def flows(self) -> tuple[Flow, ...]:
+        """Every flow, in the order `compile` prints them."""
+        return tuple(sorted((f for _, flows in self.units for f in flows), key=sort_key))
