@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.codec import CanonContent, CanonGroup, CanonKey, MissingPort, canonical_desired, canonical_group_desired
+from flows.state import SwitchState, Unit
 from flows.values import Flow, Group, ToGroup
 
 
@@ -77,6 +78,58 @@ def plan(desired: dict[CanonKey, CanonContent], actual: dict[CanonKey, CanonCont
             p.replace[key] = content
     p.delete = [key for key in actual if key not in desired]
     return p
+
+
+def plan_keys(desired: dict[CanonKey, CanonContent], actual: dict[CanonKey, CanonContent],
+              keys: set[CanonKey]) -> Plan:
+    """`plan`, looking only at `keys`: where the caller knows nothing else can differ."""
+    p = Plan()
+    for key in keys:
+        want, have = desired.get(key), actual.get(key)
+        if want is None:
+            if have is not None:
+                p.delete.append(key)
+        elif have is None:
+            p.add[key] = want
+        elif have != want:
+            p.replace[key] = want
+    return p
+
+
+class CanonicalDesired:
+    """A switch's desired flows and groups in canonical form, kept unit by unit (flows.incremental): a new
+    desired state costs only the units whose flows changed. `update` says which keys may now differ from
+    before, or None when everything may (other ports, or another set of groups that can be installed)."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, int] | None = None
+        self.flows: dict[CanonKey, CanonContent] = {}
+        self.groups: dict[int, CanonGroup] = {}
+        self.missing: set[str] = set()
+        self._units: dict[Unit, tuple[tuple[Flow, ...], dict[CanonKey, CanonContent], set[str]]] = {}
+        self._missing_groups: set[str] = set()
+
+    def update(self, desired: SwitchState, ports: dict[str, int]) -> set[CanonKey] | None:
+        groups, self._missing_groups = desired_groups(desired.groups, ports)
+        everything = ports is not self.ports or groups.keys() != self.groups.keys()
+        self.groups, self.ports = groups, ports
+        if everything:
+            self._units, self.flows = {}, {}
+        new = dict(desired.units)
+        gone = [u for u, (flows, _, _) in self._units.items() if new.get(u) is not flows]
+        touched: set[CanonKey] = set()
+        for unit in gone:  # first every old key out, then the new ones in: a key may move between units
+            for key in self._units.pop(unit)[1]:
+                self.flows.pop(key, None)
+                touched.add(key)
+        for unit, flows in desired.units:
+            if unit not in self._units:
+                canon, missing = desired_canonical(flows, ports, groups)
+                self._units[unit] = (flows, canon, missing)
+                self.flows.update(canon)
+                touched.update(canon)
+        self.missing = self._missing_groups.union(*(m for _, _, m in self._units.values()))
+        return None if everything else touched
 
 
 def plan_groups(p: Plan, desired: dict[int, CanonGroup], actual: dict[int, CanonGroup]) -> Plan:

@@ -43,7 +43,7 @@ from controller.codec import (
     flow_delete,
     group_mod,
 )
-from controller.reconcile import Plan, desired_canonical, desired_groups, plan, plan_groups
+from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys
 from flows.compile import SwitchState
 from flows.cookies import OWNER, OWNER_MASK, is_our_group
 
@@ -134,7 +134,7 @@ class SwitchSession:
         self._pending: dict[int, _Pending] = {}
         self._errors: OrderedDict[int, Any] = OrderedDict()
         self._bundle_ids = itertools.count(1)
-        self._canon: tuple[Any, ...] | None = None  # (desired, ports) it was made from, then its result
+        self._canon = CanonicalDesired()
         self._failures = 0
         self._failure_said: str | None = None
         self._retry_at = 0.0
@@ -295,15 +295,6 @@ class SwitchSession:
 
     # ---- reconcile -----------------------------------------------------------------------------------------
 
-    def _desired_canonical(self, desired: SwitchState) -> tuple[dict, dict, set[str]]:
-        """The desired flows and groups with port numbers; made again only when they or the ports change."""
-        ports = self.ports
-        if self._canon is None or self._canon[0] is not desired or self._canon[1] is not ports:
-            groups, missing_g = desired_groups(desired.groups, ports)
-            flows, missing = desired_canonical(desired.flows, ports, groups)
-            self._canon = (desired, ports, flows, groups, missing | missing_g)
-        return self._canon[2], self._canon[3], self._canon[4]
-
     def _step(self) -> None:
         with self._lock:
             desired = self._desired
@@ -317,8 +308,12 @@ class SwitchSession:
             self.installed = self._read_installed()
             self.metrics.reads.labels(self.site).inc()
         installed = self.installed
-        flows, groups, missing = self._desired_canonical(desired)
-        p = plan_groups(plan(flows, installed.flows), groups, installed.groups)
+        touched = self._canon.update(desired, self.ports)
+        flows, groups, missing = self._canon.flows, self._canon.groups, self._canon.missing
+        # After a read-back (or new ports) compare everything; else only the keys of the units that changed,
+        # since everything else is as it was installed.
+        p = plan(flows, installed.flows) if read_back or touched is None else plan_keys(flows, installed.flows, touched)
+        p = plan_groups(p, groups, installed.groups)
         p.missing_ports = missing
         if not p.size and not read_back:
             self._recovered()
@@ -339,7 +334,11 @@ class SwitchSession:
             for gid in list(p.group_add) + list(p.group_modify):
                 LOG.info("site %s: group %#x %s: %s", self.site, gid,
                          "added" if gid in p.group_add else "modified", names.get(gid, ""))
-            self.installed = Installed(dict(flows), dict(groups))
+            for key in p.delete:
+                installed.flows.pop(key, None)
+            installed.flows.update(p.add)
+            installed.flows.update(p.replace)
+            installed.groups = dict(groups)
         elapsed = time.monotonic() - started
         self.metrics.flows.labels(self.site).set(len(flows))
         self.metrics.groups.labels(self.site).set(len(groups))

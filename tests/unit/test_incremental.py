@@ -169,3 +169,42 @@ def test_one_mac_edit_recomputes_only_its_segment_where_it_reaches():
     assert homes <= changed and len(changed) < len(second) / 2, (len(changed), len(second))
     # The segment's overlay unit where it is, and the endpoint's own ACL segment unit: nothing else.
     assert inc.stats.recomputed <= 2 * len(changed), inc.stats
+
+
+@pytest.mark.parametrize("name,model", MODELS[:4] + MODELS[-1:], ids=[n for n, _ in MODELS[:4] + MODELS[-1:]])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_session_plans_only_what_changed_and_gets_what_a_full_compare_gets(name, model, data):
+    """controller.reconcile.CanonicalDesired (unit by unit) and plan_keys (only the touched keys) against the
+    canonical form of every flow and a plan over everything, with what was installed before as the switch."""
+    from controller.codec import canonical_desired
+    from controller.reconcile import CanonicalDesired, desired_groups, plan, plan_keys
+
+    w = World(model)
+    inc = IncrementalCompiler()
+    states = inc.compile(w.model)
+    ports = {p: i + 1 for i, p in enumerate(sorted({x for st_ in states.values() for f in st_.flows
+                                                    for x in f.ports()} | {e.port for e in model.endpoints}))}
+    canons = {site: CanonicalDesired() for site in states}
+    installed = {}
+    for site, state in states.items():
+        canons[site].update(state, ports)
+        installed[site] = dict(canons[site].flows)
+    for kind in data.draw(st.lists(st.sampled_from(EDITS), min_size=1, max_size=5)):
+        edit(w, kind, data.draw)
+        for site, state in inc.compile(w.model, w.down, w.hops, w.auto).items():
+            if site not in canons:
+                continue
+            for f in state.flows:  # new ports (moved or added endpoints) get numbers: the same dict object
+                for x in f.ports():
+                    ports.setdefault(x, len(ports) + 1)
+            touched = canons[site].update(state, ports)
+            groups, _ = desired_groups(state.groups, ports)
+            full = dict(canonical_desired(f, ports) for f in state.flows
+                        if not any(getattr(a, "group_id", None) not in (None, *groups) for a in f.actions))
+            assert canons[site].flows == full, (kind, site)
+            want = plan(full, installed[site])
+            if touched is not None:
+                got = plan_keys(full, installed[site], touched)
+                assert (got.add, got.replace, sorted(got.delete)) == (want.add, want.replace, sorted(want.delete))
+            installed[site] = full
