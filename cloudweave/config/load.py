@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
 from cloudweave.config import values as v
+from cloudweave.config.chunks import ChunkCache, load_chunked
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
@@ -54,6 +57,20 @@ NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
 LIST_SECTIONS = ("links", "routes")
 
 
+@dataclass
+class LoadCache:
+    """What a loader keeps between loads of the same files (the controller, across reloads): each file's text
+    and tree (an unchanged file is read, compared, and not parsed again), the chunks of every file (an edited
+    file parses only its edited chunks: cloudweave.config.chunks), and the model objects built from entries
+    whose tree did not change (the same object again, so the compiler sees them as unchanged at once)."""
+
+    chunks: ChunkCache = field(default_factory=ChunkCache)
+    files: dict[str, tuple[str, Any, list[Problem]]] = field(default_factory=dict)
+    records: dict[int, tuple[Any, str, Loc, Any]] = field(default_factory=dict)
+    next_records: dict[int, tuple[Any, str, Loc, Any]] = field(default_factory=dict)
+    result: tuple | None = None  # (path, ((file, text), ...), model, warnings) of the last load that succeeded
+
+
 class _Collector:
     """Accumulates problems; every check appends and carries on, so one run reports them all."""
 
@@ -88,7 +105,8 @@ class _Collector:
         return out if ok else None
 
 
-def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any]) -> None:
+def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any],
+                cache: LoadCache | None = None) -> None:
     """Read one file and, depth first, the files it includes; merge their sections."""
     real = os.path.realpath(path)
     if real in seen:
@@ -103,7 +121,13 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
     except UnicodeDecodeError as exc:
         c.error(Loc(path, 1, 1), f"not a UTF-8 text file (byte {exc.start})")
         return
-    doc, problems = load_located(path, text)
+    if cache is None:
+        doc, problems = load_located(path, text)
+    elif real in cache.files and cache.files[real][0] == text:
+        doc, problems = cache.files[real][1:]
+    else:
+        doc, problems = load_chunked(path, text, cache.chunks)
+        cache.files[real] = (text, doc, problems)
     c.problems.extend(problems)
     if doc is None:
         return
@@ -159,11 +183,14 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
             if not os.path.exists(inc_path):
                 c.error(loc, f"include: no such file '{inc}'")
                 continue
-            _read_files(inc_path, c, seen, merged)
+            _read_files(inc_path, c, seen, merged, cache)
 
 
 def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: Callable[[Any], str]) -> None:
     """Report every item whose key an earlier item already has; `what` words the key for the message."""
+    keys = [key(item) for item in items]
+    if len(set(keys)) == len(keys):
+        return  # the usual case, decided in C; the loop below only words the clashes
     first: dict[Any, Any] = {}
     for item in items:
         k = key(item)
@@ -173,22 +200,49 @@ def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: Ca
             first[k] = item
 
 
-def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...]) -> Model:
+def _built(cache: LoadCache | None, c: _Collector, raw: Any, nm: str, loc: Loc, make: Callable[[], Any]) -> Any:
+    """make(), or the object it made last time from this very tree, name and place (when it said nothing)."""
+    if cache is not None:
+        hit = cache.records.get(id(raw))
+        if hit is not None and hit[0] is raw and hit[1] == nm and hit[2] == loc:
+            cache.next_records[id(raw)] = hit
+            return hit[3]
+    said = len(c.problems)
+    obj = make()
+    if cache is not None and obj is not None and len(c.problems) == said:
+        cache.next_records[id(raw)] = (raw, nm, loc, obj)
+    return obj
+
+
+def _site(c: _Collector, raw: Any, nm: str, loc: Loc) -> Site | None:
+    rec = c.record(raw, loc, SITE, f"site '{nm}'")
+    return None if rec is None else Site(name=nm, loc=loc, **rec)
+
+
+def _segment(c: _Collector, raw: Any, nm: str, loc: Loc) -> Segment | None:
+    rec = c.record(raw, loc, SEGMENT, f"segment '{nm}'")
+    if rec is None:
+        return None
+    if "forwards" in rec:
+        rec["forwards"] = read_forwards(nm, rec["forwards"], c.error)
+    return with_default_gateway(Segment(name=nm, loc=loc, **rec))
+
+
+def _endpoint(c: _Collector, raw: Any, nm: str, loc: Loc) -> Endpoint | None:
+    rec = c.record(raw, loc, ENDPOINT, f"endpoint '{nm}'")
+    return None if rec is None else Endpoint(name=nm, loc=loc, **rec)
+
+
+def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache: LoadCache | None = None) -> Model:
     sites, segments, endpoints, links = [], [], [], []
-    for nm, (raw, loc) in merged.get("sites", {}).items():
-        rec = c.record(raw, loc, SITE, f"site '{nm}'")
-        if rec is not None:
-            sites.append(Site(name=nm, loc=loc, **rec))
-    for nm, (raw, loc) in merged.get("segments", {}).items():
-        rec = c.record(raw, loc, SEGMENT, f"segment '{nm}'")
-        if rec is not None:
-            if "forwards" in rec:
-                rec["forwards"] = read_forwards(nm, rec["forwards"], c.error)
-            segments.append(with_default_gateway(Segment(name=nm, loc=loc, **rec)))
-    for nm, (raw, loc) in merged.get("endpoints", {}).items():
-        rec = c.record(raw, loc, ENDPOINT, f"endpoint '{nm}'")
-        if rec is not None:
-            endpoints.append(Endpoint(name=nm, loc=loc, **rec))
+    for out, section, make in ((sites, "sites", _site), (segments, "segments", _segment),
+                               (endpoints, "endpoints", _endpoint)):
+        for nm, (raw, loc) in merged.get(section, {}).items():
+            obj = _built(cache, c, raw, nm, loc, lambda raw=raw, nm=nm, loc=loc, make=make: make(c, raw, nm, loc))
+            if obj is not None:
+                out.append(obj)
+    if cache is not None:
+        cache.records, cache.next_records = cache.next_records, {}
     for raw, loc in merged.get("links", []):
         rec = c.record(raw, loc, LINK, "link")
         if rec is None:
@@ -288,14 +342,43 @@ def _check_modes(c: _Collector, sites: list[Site], segments: list[Segment], endp
                            "(anti-spoofing only)")
 
 
-def load_model(path: str) -> tuple[Model, list[Problem]]:
-    """Load a configuration; return the model and its warnings, or raise ConfigError listing every error."""
+def load_model(path: str, cache: LoadCache | None = None) -> tuple[Model, list[Problem]]:
+    """Load a configuration; return the model and its warnings, or raise ConfigError listing every error.
+    `cache`: kept by a caller that loads the same files again (the same result, sooner)."""
     c = _Collector()
     merged: dict[str, Any] = {}
     seen: list[str] = []
-    _read_files(path, c, seen, merged)
-    model = _build(merged, c, tuple(seen))
+    _read_files(path, c, seen, merged, cache)
+    model = _build(merged, c, tuple(seen), cache)
     errors = [p for p in c.problems if p.severity == "error"]
     if errors:
         raise ConfigError(errors)
     return model, sorted(p for p in c.problems if p.severity == "warning")
+
+
+def load_model_cached(path: str, cache: LoadCache) -> tuple[Model, list[Problem]]:
+    """load_model(path, cache), answered at once when every file it read last time reads the same (loading
+    is a function of the files' texts), and with the cyclic collector paused (the cache holds millions of
+    objects that it would scan again and again)."""
+    last = cache.result
+    if last is not None and last[0] == os.path.realpath(path) and all(
+            _text_of(f) == text for f, text in last[1]):
+        return last[2], list(last[3])
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        model, warnings = load_model(path, cache)
+    finally:
+        if was:
+            gc.enable()
+    cache.result = (os.path.realpath(path), tuple((f, cache.files[f][0]) for f in model.files if f in cache.files),
+                    model, tuple(warnings))
+    return model, warnings
+
+
+def _text_of(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
