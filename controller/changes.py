@@ -5,6 +5,12 @@ from __future__ import annotations
 from cloudweave.config.model import Model
 
 
+def _by_name(model: Model, key: str) -> dict:
+    if key == "endpoints":
+        return model._endpoints  # the model's own index, built once
+    return {x.name: x for x in getattr(model, key)}
+
+
 def describe(old: Model | None, new: Model) -> str:
     if old is None:
         return (f"{len(new.sites)} sites, {len(new.links)} links, {len(new.segments)} segments, "
@@ -12,11 +18,10 @@ def describe(old: Model | None, new: Model) -> str:
     parts = []
     for what, key in (("site", "sites"), ("segment", "segments"), ("endpoint", "endpoints"), ("route", "routes"),
                       ("security group", "security_groups")):
-        before = {x.name: x for x in getattr(old, key)}
-        after = {x.name: x for x in getattr(new, key)}
+        before, after = _by_name(old, key), _by_name(new, key)
         added = sorted(after.keys() - before.keys())
         removed = sorted(before.keys() - after.keys())
-        changed = sorted(n for n in before.keys() & after.keys() if before[n] != after[n])
+        changed = sorted(n for n, x in after.items() if n in before and before[n] is not x and before[n] != x)
         for verb, names in (("added", added), ("removed", removed), ("changed", changed)):
             if names:
                 parts.append(f"{what}s {verb}: {', '.join(names)}")

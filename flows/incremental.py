@@ -30,6 +30,17 @@ from flows.topology import SiteGraph, tunnel_port_name
 from flows.values import Flow, Group, ToGroup
 
 UnitOut = tuple[tuple[Flow, ...], tuple[Group, ...]]
+SAME = object()  # a unit's inputs, known by the change handler to be what they were: reuse it as it is
+
+
+class _All:
+    def __contains__(self, _: object) -> bool:
+        return True
+
+
+def changed_or_all(changed: frozenset[str] | None) -> Any:
+    """The segments that may have changed: `changed`, or every one."""
+    return _All() if changed is None else changed
 UNITS = ("misses", "overlay", "acl_state", "acl_segment", "acl_rules", "direct", "nat", "conn_limit", "routes",
          "services")
 
@@ -60,6 +71,12 @@ class _Inputs:
     @cached_property
     def scopes(self) -> dict[str, tuple[frozenset[str], dict]]:
         return {s.name: self.scope_of(frozenset(e.site for e in self.model.endpoints_of_segment(s.name)))
+                for s in self.overlay_segments}
+
+    @cached_property
+    def member_sites(self) -> dict[str, tuple[str, ...]]:
+        """Each overlay segment's sites with endpoints, sorted."""
+        return {s.name: tuple(sorted({e.site for e in self.model.endpoints_of_segment(s.name)}))
                 for s in self.overlay_segments}
 
     @cached_property
@@ -98,6 +115,8 @@ class IncrementalCompiler:
         self._graph: tuple[Any, SiteGraph] | None = None
         self._scopes: dict[frozenset[str], tuple[frozenset[str], dict]] = {}
         self._scopes_graph: SiteGraph | None = None
+        self._prev: tuple[Model, Any, dict, dict] | None = None
+        self._keys: dict[str, dict[tuple, Unit]] = {}  # site -> every flow key -> its unit
         self.stats = CompileStats()
 
     def compile(self, model: Model, down: frozenset[tuple[str, str]] = frozenset(),
@@ -111,14 +130,48 @@ class IncrementalCompiler:
         graph = self._graph[1]
         if self._scopes_graph is not graph:
             self._scopes, self._scopes_graph = {}, graph
-        inputs = _Inputs(model, graph, graph_key, next_hops or {}, auto or {}, self._scope)
+        hops, auto = dict(next_hops or {}), dict(auto or {})
+        inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope)
         names = [s.name for s in model.sites] if sites is None else sites
-        out = {name: self._site(inputs, name) for name in names}
+        self._changed_segments = None  # which segments' units may differ (None: any), set by _affected
+        visit = self._affected(model, graph_key, hops, auto)
+        out = {name: self._site(inputs, name) if visit is None or name in visit or name not in self._states
+               else self._states[name] for name in names}
+        self._prev = (model, graph_key, hops, auto)
         if sites is None:
             for gone in set(self._memo) - set(out):
                 del self._memo[gone]
                 self._states.pop(gone, None)
+                self._keys.pop(gone, None)
         return out
+
+    def _affected(self, model: Model, graph_key: Any, hops: dict, auto: dict) -> set[str] | None:
+        """The sites whose units may differ from the last compile's (the change handlers), or None for every
+        site (the fallback; units are still reused where their inputs are equal). Handled: endpoints of some
+        segments changed (their old and new scopes), next hops learned (their sites)."""
+        if self._prev is None:
+            return None
+        old, old_graph, old_hops, old_auto = self._prev
+        if old_graph != graph_key or old_auto != auto or (model.segments, model.security_groups, model.routes) != (
+                old.segments, old.security_groups, old.routes):
+            return None
+        visit = {s for s in set(hops) | set(old_hops) if hops.get(s) != old_hops.get(s)}
+        if model.endpoints == old.endpoints:
+            self._changed_segments = frozenset()
+            return visit
+        if model.routes:  # path splits and services read endpoints at every site they reach
+            return None
+        names = {e.segment for e in model.endpoints} | {e.segment for e in old.endpoints}
+        changed = set()
+        for seg in names:
+            before, after = old.endpoints_of_segment(seg), model.endpoints_of_segment(seg)
+            if before != after:
+                changed.add(seg)
+                for members in (before, after):
+                    homes = frozenset(e.site for e in members)
+                    visit |= homes | self._scope(homes)[0]
+        self._changed_segments = frozenset(changed)
+        return visit
 
     def _scope(self, homes: frozenset[str]) -> tuple[frozenset[str], dict]:
         if homes not in self._scopes:
@@ -131,8 +184,16 @@ class IncrementalCompiler:
         memo = self._memo.get(site, {})
         fresh: dict[Unit, tuple[Any, UnitOut]] = {}
         parts: list[tuple[Unit, UnitOut]] = []
-        for unit, key, make in _units(x, site):
+        changed = self._changed_segments
+        for unit, key, make in _units(x, site, changed, memo):
             have = memo.get(unit)
+            if key is SAME and have is not None:  # a segment the change handler knows did not change
+                fresh[unit] = have
+                parts.append((unit, have[1]))
+                self.stats.reused += 1
+                continue
+            if key is SAME:
+                raise AssertionError(f"unit {unit} at {site}: no memo to reuse")  # cannot be: see _units
             if have is not None and have[0] == key:
                 out = have[1]
                 self.stats.reused += 1
@@ -151,10 +212,38 @@ class IncrementalCompiler:
                 and all(a[0] == b[0] and a[1] is b[1][0] for a, b in zip(prev.units, parts, strict=True))
                 and prev.groups == _groups(parts)):
             return prev
-        state = _assemble(site, me.dpid, tunnels, parts)
+        state = self._assemble(site, me.dpid, tunnels, parts, prev)
         self._states[site] = state
         self.stats.sites_changed += 1
         return state
+
+    def _assemble(self, site: str, dpid: int, tunnels: tuple[TunnelPort, ...], parts: list[tuple[Unit, UnitOut]],
+                  prev: SwitchState | None) -> SwitchState:
+        """The site's state from its units; no two flows may share a key (checked for the units that changed,
+        against an index of every key of the site)."""
+        groups = [g for _, (_, gs) in parts for g in gs]
+        units = [(unit, flows) for unit, (flows, _) in parts]
+        index = self._keys.pop(site, None)
+        if len({g.group_id for g in groups}) != len(groups):
+            units, groups = settle_group_ids(units, groups)
+            index = None  # re-pointed flows: index everything again
+        old = dict(prev.units) if prev is not None and index is not None else {}
+        if not old:
+            index = {}
+        new = dict(units)
+        for unit, flows in old.items():
+            if new.get(unit) is not flows:
+                for f in flows:
+                    if index.get(f.key) == unit:
+                        del index[f.key]
+        for unit, flows in units:
+            if old.get(unit) is not flows:
+                for f in flows:
+                    if f.key in index:
+                        raise TableViolation(f"two flows with the same table, priority and match: {f.key}")
+                    index[f.key] = unit
+        self._keys[site] = index  # only once it is whole: a failed assembly indexes everything next time
+        return SwitchState(site, dpid, tunnels, tuple(units), tuple(sorted(groups, key=lambda g: g.group_id)))
 
 
 def _checked(out: tuple[list[Flow], list[Group]]) -> UnitOut:
@@ -168,20 +257,6 @@ def _checked(out: tuple[list[Flow], list[Group]]) -> UnitOut:
 
 def _groups(parts: list[tuple[Unit, UnitOut]]) -> tuple[Group, ...]:
     return tuple(sorted((g for _, (_, gs) in parts for g in gs), key=lambda g: g.group_id))
-
-
-def _assemble(site: str, dpid: int, tunnels: tuple[TunnelPort, ...], parts: list[tuple[Unit, UnitOut]]) -> SwitchState:
-    groups = [g for _, (_, gs) in parts for g in gs]
-    units = [(unit, flows) for unit, (flows, _) in parts]
-    if len({g.group_id for g in groups}) != len(groups):
-        units, groups = settle_group_ids(units, groups)
-    keys: set[tuple] = set()
-    for _, flows in units:
-        for f in flows:
-            if f.key in keys:
-                raise TableViolation(f"two flows with the same table, priority and match: {f.key}")
-            keys.add(f.key)
-    return SwitchState(site, dpid, tunnels, tuple(units), tuple(sorted(groups, key=lambda g: g.group_id)))
 
 
 def settle_group_ids(units: list[tuple[Unit, tuple[Flow, ...]]], groups: list[Group]
@@ -204,31 +279,44 @@ def settle_group_ids(units: list[tuple[Unit, tuple[Flow, ...]]], groups: list[Gr
             [replace(g, group_id=new_id[g.purpose]) for g in groups])
 
 
-def _units(x: _Inputs, site: str) -> list[tuple[Unit, Any, Callable[[], tuple[list[Flow], list[Group]]]]]:
-    """The units of one site: (unit, its inputs, how to compute it from them)."""
+def _units(x: _Inputs, site: str, changed: frozenset[str] | None = None, memo: Mapping[Unit, Any] | None = None
+           ) -> list[tuple[Unit, Any, Callable[[], tuple[list[Flow], list[Group]]]]]:
+    """The units of one site: (unit, its inputs, how to compute it from them). With `changed` (the segments
+    whose endpoints changed, when nothing else did), a unit of another segment is (unit, SAME, ...): its
+    inputs are what they were, and the caller reuses it without building them."""
     model, graph = x.model, x.graph
     me = model.site(site)
     out: list[tuple[Unit, Any, Callable]] = [(("misses",), (), lambda: (table_misses(), []))]
     neighbours = tuple(graph.neighbours(site))
+    known = memo if changed is not None and memo is not None else {}
     for seg in x.overlay_segments:
         sites, tree = x.scopes[seg.name]
         if site not in sites:
             continue
+        if seg.name not in changed_or_all(changed) and ("overlay", seg.name) in known:
+            out.append((("overlay", seg.name), SAME, None))
+            continue
         members = model.endpoints_of_segment(seg.name)
-        hops = tuple((s, graph.next_hop(site, s)) for s in sorted({e.site for e in members}) if s != site)
+        hops = tuple((s, graph.next_hop(site, s)) for s in x.member_sites[seg.name] if s != site)
         key = (seg, members, hops, neighbours, tuple(tree.get(site, ())))
         out.append((("overlay", seg.name), key, lambda k=key: (segment_flows(site, *k), [])))
 
     scope = x.acl
     local = tuple(e for e in model.endpoints_at(site) if e.segment in scope.segments)
-    local_segs = sorted({e.segment for e in local}, key=lambda n: scope.segments[n].vni)
+    by_segment: dict[str, list] = {}
+    for e in local:
+        by_segment.setdefault(e.segment, []).append(e)
+    local_segs = sorted(by_segment, key=lambda n: scope.segments[n].vni)
     tracked = frozenset(s for s in local_segs if s in scope.with_policy)
     any_nat = any(scope.segments[s].mode == "nat" for s in local_segs)
     out.append((("acl_state",), (bool(tracked), any_nat),
                 lambda: (acl.state_flows(bool(tracked), any_nat), [])))
     for name in local_segs:
+        if name not in changed_or_all(changed) and ("acl_segment", name) in known:
+            out.append((("acl_segment", name), SAME, None))
+            continue
         seg = scope.segments[name]
-        key = (seg, name in tracked, name in scope.with_services, tuple(e for e in local if e.segment == name),
+        key = (seg, name in tracked, name in scope.with_services, tuple(by_segment[name]),
                model.endpoints_of_segment(name) if name in tracked else ())
         out.append((("acl_segment", name), key, lambda k=key: (acl.segment_acl_flows(*k), [])))
     if x.rules and tracked:
