@@ -127,9 +127,8 @@ def cmd_tm(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import run
 
-    model, rc = _load(args.file)
-    if model is None:
-        return rc
+    # The controller loads and checks the file itself (a bad one: the same messages, exit 1); loading it
+    # here first as well would double a large file's start-up.
     return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state)
 
 

@@ -57,6 +57,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)
+            LOG.error("%s: %d problem(s); not starting", self.settings.config, len(exc.problems))
             raise SystemExit(1) from None
         self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published)
         self.limits = ConnLimitService(self.metrics, lambda: self.core.published)

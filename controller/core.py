@@ -9,6 +9,7 @@ nothing. Services read `published` (an immutable snapshot) and post messages; th
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from os_ken.lib import hub
 
-from cloudweave.config import ConfigError, load_model
+from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Model, Site
 from controller import next_hop
 from controller.changes import describe
@@ -32,7 +33,7 @@ from flows.compile import SwitchState
 from flows.topology import TUNNEL_PREFIX
 
 LOG = logging.getLogger("cloudweave")
-TICK_S = 0.1
+TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,20 @@ class Core:
         self.metrics = metrics
         self.reloads = reloads
         self.use_inotify = use_inotify
-        model, warnings = load_model(settings.config)
+        self.load_cache = LoadCache()  # kept for good: a reload parses only what was edited
+        model, warnings = load_model_cached(settings.config, self.load_cache)
         for w in warnings:
             LOG.warning("%s", w)
         self.compiler = DesiredCompiler(metrics)
         self.state = State(model, auto=tuple(auto))
         self.desired: dict[str, SwitchState] = self.compiler.compile(self.state)
+        gc.freeze()  # see _change
         LOG.info("loaded %s: %s", settings.config, describe(None, model))
         self.queue: Any = hub.Queue()
         self.sessions: dict[int, SwitchSession] = {}
         self.links = LinkWatch()
         self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
+        self._asking: tuple[Any, set[str]] = (None, set())  # (model, the sites of it that NAT and must ask)
         self.unknown_dpids: set[int] = set()
         self.active = True
         self.published = self._publish()
@@ -119,6 +123,9 @@ class Core:
             return False
         before = self.desired
         self.state, self.desired = state, desired
+        # The state in force lives long and makes no cycles: out of the cyclic collector's way, whose full
+        # passes over millions of such objects would otherwise stall every thread now and then.
+        gc.freeze()
         changed = [site for site, st in desired.items() if before.get(site) is not st]
         by_site = {s.site: s for s in self.sessions.values()}
         for site in changed:
@@ -135,16 +142,26 @@ class Core:
         """Load the files again; apply the difference, or keep everything as it is if they are invalid."""
         started = time.monotonic()
         try:
-            model, warnings = load_model(self.settings.config)
+            model, warnings = load_model_cached(self.settings.config, self.load_cache)
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)
             LOG.error("reload rejected: %d problem(s); the running configuration stays in force", len(exc.problems))
             self.metrics.reloads.labels("rejected").inc()
             return False
+        old = self.state.model
+        if model is old:
+            LOG.info("reload: no change to the files")
+            LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
+            self.metrics.reloads.labels("applied").inc()
+            return True
+        if old.sites and not model.sites:
+            LOG.error("reload rejected: %s defines no sites (emptied, or still being written?); the running "
+                      "configuration stays in force", self.settings.config)
+            self.metrics.reloads.labels("rejected").inc()
+            return False
         for w in warnings:
             LOG.warning("%s", w)
-        old = self.state.model
         LOG.info("reload: %s", describe(old, model))
         if not self._change(replace(self.state, model=model), "reload"):
             self.metrics.reloads.labels("rejected").inc()
@@ -264,10 +281,12 @@ class Core:
         """ARP for each NAT site's uplink gateway: often while unknown, then now and then to notice a change."""
         now = time.monotonic()
         model = self.state.model
+        if self._asking[0] is not model:
+            self._asking = (model, {s.name for s in model.sites if next_hop.needs_next_hop(model, s)})
         hops = dict(self.state.next_hops)
         for session in list(self.sessions.values()):
             site: Site | None = model.site_by_dpid(session.dpid)
-            if site is None or self.ask_due.get(site.name, 0.0) > now or not next_hop.needs_next_hop(model, site):
+            if site is None or site.name not in self._asking[1] or self.ask_due.get(site.name, 0.0) > now:
                 continue
             port = session.ports.get(site.uplink)
             if port is None:

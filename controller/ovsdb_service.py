@@ -16,7 +16,7 @@ from controller.ovsdb import SiteOvsdb
 from controller.settings import Settings, switch_target_for
 
 LOG = logging.getLogger("cloudweave")
-RETRY_S = 3.0
+RETRY_S, RETRY_MAX_S = 3.0, 60.0  # an unreachable OVSDB is tried again with backoff, said once per change
 RESYNC_S = float(os.environ.get("CLOUDWEAVE_OVSDB_RESYNC_S", "10"))  # a port deleted by hand comes back
 TICK_S = 0.1
 
@@ -31,6 +31,7 @@ class OvsdbService:
         self.sites: dict[str, Site] = {}  # the Site each connection (and due time) was made for
         self.due: dict[str, float] = {}
         self.tunnels: dict[str, Any] = {}  # the tunnel ports each site was last synced for
+        self.failing: dict[str, tuple[int, str]] = {}  # site -> (failures in a row, what was said)
 
     def run(self) -> None:
         while self.active:
@@ -80,11 +81,18 @@ class OvsdbService:
             target = switch_target_for(self.settings.switch_target, site)
             report = self.conns[name].sync(site, tunnels, target, self.settings.bfd_ms)
         except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
-            LOG.warning("site %s: OVSDB %s: %s; retrying in %.0f s", name, site.ovsdb, exc, RETRY_S)
+            count, said = self.failing.get(name, (0, ""))
+            delay = min(RETRY_MAX_S, RETRY_S * 2 ** count)
+            if str(exc) != said:
+                LOG.warning("site %s: OVSDB %s: %s; retrying with backoff (next in %.0f s, at most every %.0f s)",
+                            name, site.ovsdb, exc, delay, RETRY_MAX_S)
+            self.failing[name] = (count + 1, str(exc))
             self._drop(name)
-            self.due[name] = time.monotonic() + RETRY_S
+            self.due[name] = time.monotonic() + delay
             self.metrics.ovsdb_syncs.labels(name, "failed").inc()
             return
+        if self.failing.pop(name, None) is not None:
+            LOG.info("site %s: OVSDB %s answers again", name, site.ovsdb)
         self.due[name] = time.monotonic() + RESYNC_S
         self.metrics.ovsdb_syncs.labels(name, "ok").inc()
         level = logging.INFO if report.changed else logging.DEBUG

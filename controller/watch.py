@@ -20,14 +20,19 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 LOG = logging.getLogger("cloudweave.watch")
+# A write is whole when the writer closes the file (or renames it into place; a touch is `attrib`): then the
+# reload follows within SETTLE_S, which only joins an editor's close-and-rename pair. A `modified` is a write
+# still going on (a writer may truncate the file and take seconds to fill it): never read then.
+SETTLE_S = float(os.environ.get("CLOUDWEAVE_RELOAD_SETTLE_S", "0.05"))
+IGNORED = ("opened", "closed_no_write", "modified")
 
 
 class ReloadRequests(FileSystemEventHandler):
     """A flag set by file events or SIGHUP; `due()` answers once edits have settled (editors write in bursts)."""
 
-    def __init__(self, settle_s: float = 0.3):
+    def __init__(self, settle_s: float = SETTLE_S):
         self.settle_s = settle_s
-        self._requested_at: float | None = None
+        self._due_at: float | None = None
         self._resync = False
         self._lock = threading.Lock()
         self._files: set[str] = set()
@@ -36,9 +41,10 @@ class ReloadRequests(FileSystemEventHandler):
         self._polled_at = 0.0
 
     def request(self, why: str, resync: bool = False) -> None:
+        """Reload once `settle_s` has passed without another request."""
         LOG.info("reload requested: %s", why)
         with self._lock:
-            self._requested_at = time.monotonic()
+            self._due_at = time.monotonic() + self.settle_s
             self._resync = self._resync or resync
 
     def take_resync(self) -> bool:
@@ -49,17 +55,16 @@ class ReloadRequests(FileSystemEventHandler):
 
     def due(self) -> bool:
         with self._lock:
-            if self._requested_at is None or time.monotonic() - self._requested_at < self.settle_s:
+            if self._due_at is None or time.monotonic() < self._due_at:
                 return False
-            self._requested_at = None
+            self._due_at = None
             return True
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = {os.path.realpath(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p}
-        if event.event_type in ("opened", "closed_no_write"):
+        if event.event_type in IGNORED or not paths & self._files:
             return
-        if paths & self._files:
-            self.request(f"{event.event_type} {sorted(paths & self._files)[0]}")
+        self.request(f"{event.event_type} {sorted(paths & self._files)[0]}")
 
     @property
     def files(self) -> set[str]:

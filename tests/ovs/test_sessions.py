@@ -156,5 +156,17 @@ def test_a_reload_that_changes_nothing_sends_nothing(fabric):
         assert {s: ctl.metric("cloudweave_flow_mods_total", site=s) for s in SITES} == sent
         assert {s: len(ctl.reconcile_lines(s)) for s in SITES} == lines
         assert ctl.metric("cloudweave_reloads_total", result="applied") == 1.0
+        # A file emptied (or caught half-written) would remove every site: refused, nothing changes.
+        flows = {s: fabric.instances[s].flows() for s in SITES}
+        with open(fabric.config, "w") as fh:
+            fh.write("")
+        wait_for(lambda: "defines no sites" in ctl.log(), 10.0, what="the empty file refused")
+        time.sleep(1.5)
+        assert {s: fabric.instances[s].flows() for s in SITES} == flows
+        assert ctl.metric("cloudweave_switches_connected") == 3.0
+        with open(fabric.config, "w") as fh:
+            fh.write(text)
+        wait_for(lambda: ctl.log().count("reload applied in") >= 2, 10.0, what="the file back")
+        assert "no longer a site" not in ctl.log()
     finally:
         ctl.stop()
