@@ -13,6 +13,18 @@ def site(i: int, rundir: str = "/run/cloudweave") -> Site:
                 bridge="br-int", datapath="netdev")
 
 
+def to_yaml_doc(model: Model, rundir: str) -> dict:
+    """The model as a document of the file format (what `cloudweave check` reads), sockets under `rundir`."""
+    return {
+        "version": 1,
+        "sites": {s.name: {"dpid": s.dpid, "vtep": str(s.vtep), "ovsdb": f"unix:{rundir}/{s.name}/db.sock",
+                           "datapath": s.datapath} for s in model.sites},
+        "links": [{"between": list(link.sites), "capacity": f"{int(link.capacity_mbps)}Mbit"} for link in model.links],
+        "segments": {g.name: {"vni": g.vni, "subnet": str(g.subnet)} for g in model.segments},
+        "endpoints": {e.name: {"site": e.site, "port": e.port, "segment": e.segment, "mac": e.mac, "ip": str(e.ip)}
+                      for e in model.endpoints},
+    }
+
 
 def mesh(n_sites: int, n_endpoints: int, n_segments: int, sites_per_segment: int = 8, seed: int = 1) -> Model:
     """A ring of sites with random chords (about 2 links per site), segments spread over a few sites each."""
