@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
-from flows import cookies
+from flows import cookies, ids
 from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, FROM_TUNNEL, FROM_UPLINK, REG_SEGMENT
 from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, Nat, flow
 
@@ -53,8 +53,9 @@ def net_match(net: IPv4Network) -> MatchValue:
     return str(net.network_address) if net.prefixlen == 32 else (str(net.network_address), str(net.netmask))
 
 
-def conj_id(rule: Rule) -> int:
-    digest = hashlib.blake2b(f"{rule.group}/{rule.direction}/{rule.index}".encode(), digest_size=4).digest()
+def conj_hash(rule: Rule) -> int:
+    """A rule's preferred conjunction id: a hash of what it says (probed past a clash at its site)."""
+    digest = hashlib.blake2b(rule.identity.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
@@ -150,14 +151,15 @@ def rule_flows(rules: tuple[Rule, ...], local: frozenset[str], local_segs: froze
                members: Mapping[str, tuple[Member, ...]], vnis: Mapping[str, int]) -> list[Flow]:
     """Every rule's flows at a site, merged where two rules share a flow. `local`: the names of the site's
     endpoints; `local_segs`: its tracked segments; `members`: each group's members; `vnis`: segment -> VNI."""
+    conj = ids.allocate({r.identity: conj_hash(r) for r in rules}, 1 << 31, valid=lambda v: v != 0)
     raw: list[Flow] = []
     for r in rules:
-        raw += _rule_flows(r, local, local_segs, members, vnis)
+        raw += _rule_flows(r, local, local_segs, members, vnis, conj[r.identity])
     return merge_conjunctions(raw)
 
 
 def _rule_flows(r: Rule, local: frozenset[str], local_segs: frozenset[str], members: Mapping[str, tuple[Member, ...]],
-                vnis: Mapping[str, int]) -> list[Flow]:
+                vnis: Mapping[str, int], cid: int) -> list[Flow]:
     """Egress rules: their group's local members as sources. Ingress rules: their group's members
     (anywhere) as destinations, for traffic of the segments that have a source here."""
     own_field, peer_field = ("ipv4_src", "ipv4_dst") if r.direction == "egress" else ("ipv4_dst", "ipv4_src")
@@ -184,7 +186,7 @@ def _rule_flows(r: Rule, local: frozenset[str], local_segs: frozenset[str], memb
         dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])
     table = ACL_EGRESS if r.direction == "egress" else ACL_INGRESS
     prio = rule_priority(r)
-    ck = cookies.cookie("acl_rule", f"{r.group}/{r.direction}/{r.index}")
+    ck = cookies.cookie("acl_rule", r.identity)
     if r.action == "deny":
         verdict: tuple = ()
     elif r.direction == "egress":
@@ -193,7 +195,6 @@ def _rule_flows(r: Rule, local: frozenset[str], local_segs: frozenset[str], memb
         verdict = COMMIT
     if len(dims) == 1:
         return [flow(table, prio, ck, verdict, ct_state=CT_NEW, **m) for m in dims[0]]
-    cid = conj_id(r)
     # eth_type: OVS refuses a ct action on a flow whose match does not imply IP.
     out = [flow(table, prio, ck, verdict, ct_state=CT_NEW, conj_id=cid, eth_type=ETH_IPV4)]
     for k, dim in enumerate(dims, start=1):

@@ -143,6 +143,13 @@ class Rule:
     def peer_kind(self) -> str:
         return "any" if self.peer == "any" else "cidr" if self.peer_net is not None else "group"
 
+    @property
+    def identity(self) -> str:
+        """What the rule says, not where it stands: its flows keep their cookies and conjunction ids when
+        rules are inserted above it or reordered."""
+        ports = ",".join(str(p) for p in self.ports)
+        return f"{self.group}/{self.direction}/{self.action}/{self.priority}/{self.peer}/{self.proto}/{ports}"
+
     def describe(self) -> str:
         proto = {None: "any", 1: "icmp", 6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
         ports = ",".join(str(p) for p in self.ports)

@@ -123,8 +123,9 @@ def test_reload_refuses_new_connections_the_new_policy_denies(matrix):
 
 
 def test_reloads_open_no_gap(matrix):
-    """api ingress: allow web tcp 9000-9010, and a priority-5 deny of 9005. Reordering the rules re-keys
-    their flows (conjunction ids follow rule positions); applied in one bundle, 9005 never opens."""
+    """api ingress: allow web tcp 9000-9010, and a priority-5 deny of 9005, reordered five times under
+    continuous probing: rule flows are keyed by what a rule says, so a reorder changes no flow, and whatever a
+    reload sends goes in one bundle: 9005 never opens."""
     workdir, _ = matrix
     denied, allowed = "tcp:10.41.0.21:9005", "tcp:10.41.0.21:9004"
     hits = []

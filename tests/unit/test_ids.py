@@ -104,3 +104,34 @@ def test_a_rejected_te_round_leaves_paths_and_shares_in_step():
             restored = TrafficEngineer.from_json(eng.to_json())
             assert restored.in_force() == eng.in_force()
     assert rejected_with_new_paths > 0  # the case that broke the engine did occur
+
+
+def test_a_rule_inserted_above_others_re_keys_none_of_their_flows():
+    """Rule cookies and conjunction ids come from what a rule says, not from its position."""
+    import dataclasses
+    import os
+    from ipaddress import IPv4Network
+
+    from flows import cookies
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    model, _ = load_model(os.path.join(root, "topologies", "matrix.yaml"))
+    groups = list(model.security_groups)
+    gi = next(i for i, g in enumerate(groups) if len([r for r in g.rules if r.direction == "ingress"]) >= 2)
+    g = groups[gi]
+    first = next(r for r in g.rules if r.direction == "ingress")
+    # Its own priority: no flow of it merges with another rule's (that would change them by merging, not
+    # by position, which is what this is about).
+    new = dataclasses.replace(first, peer="203.0.113.0/24", peer_net=IPv4Network("203.0.113.0/24"), proto=6,
+                              priority=7,
+                              ports=(dataclasses.replace(first.ports[0], lo=4711, hi=4711),) if first.ports else ())
+    shifted = tuple(dataclasses.replace(r, index=r.index + 1) if r.direction == "ingress" else r for r in g.rules)
+    groups[gi] = dataclasses.replace(g, rules=(dataclasses.replace(new, index=0),) + shifted)
+    edited = dataclasses.replace(model, security_groups=tuple(groups))
+    rule_kind = cookies.KINDS["acl_rule"]
+    for site, before in compile_model(model).items():
+        after = set(compile_model(edited)[site].flows)
+        kept = [f for f in before.flows if (f.cookie >> cookies.KIND_SHIFT) & 0xFF == rule_kind]
+        assert all(f in after for f in kept), site
+    assert any((f.cookie >> cookies.KIND_SHIFT) & 0xFF == rule_kind and f.cookie == cookies.cookie("acl_rule",
+               new.identity) for st in compile_model(edited).values() for f in st.flows)
