@@ -2,12 +2,14 @@
 inputs, recomputed only when those inputs change (OVN's engine, at the grain of (site, object)).
 
 A unit is (site, kind, object): the overlay flows of one segment at one site, one segment's ACL state at a
-site, a site's rule flows, its NAT flows, and so on (UNITS below). Its inputs are values (frozen model
-objects, tuples): the compiler keeps the inputs and the flows of every unit it computed and reuses the flows
-when the inputs of the next compile are equal. There is no change handler to forget: what a unit reads is
-what it is keyed by, so a compile with memoised units equals a compile from scratch (tests/unit/
-test_incremental.py checks it on random edit sequences). A site none of whose units changed keeps its
-SwitchState object, which is how the controller knows it has nothing to send there.
+site, a site's rule flows, its NAT flows, and so on (`_units` below; docs/controller.md has the table). Its
+inputs are values (frozen model objects, tuples): the compiler keeps the inputs and the flows of every unit
+and reuses the flows when the next compile's inputs are equal, so what a unit reads is what it is keyed by.
+In front of that, change handlers (`_affected`) skip what cannot have changed: the sites outside the scope
+of the segments whose endpoints changed, and there the other segments' units; anything they do not handle
+falls back to building every unit's inputs. A compile with memoised units equals a compile from scratch
+(tests/unit/test_incremental.py checks it on random edit sequences). A site none of whose units changed
+keeps its SwitchState object, which is how the controller knows it has nothing to send there.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ class _All:
 def changed_or_all(changed: frozenset[str] | None) -> Any:
     """The segments that may have changed: `changed`, or every one."""
     return _All() if changed is None else changed
-UNITS = ("misses", "overlay", "acl_state", "acl_segment", "acl_rules", "direct", "nat", "conn_limit", "routes",
-         "services")
 
 
 @dataclass
