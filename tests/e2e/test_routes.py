@@ -30,6 +30,7 @@ HELD_PORT = 7002  # in bulk-tcp's class; its server keeps connections open
 HOLD = """
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.recv(64)  # the server's greeting: read now, so that each round trip below gets its own answer alone
 print(s.getsockname()[1], s.getpeername()[0], flush=True)
 for line in sys.stdin:  # one line in -> one round trip on the same connection
     s.sendall(b"x"); print(s.recv(64).decode() or "closed", flush=True)
