@@ -20,7 +20,7 @@ from typing import Any
 from os_ken.lib import hub
 
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
-from cloudweave.config.model import Model, Site
+from cloudweave.config.model import Site
 from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
@@ -168,14 +168,14 @@ class Core:
             return False
         self.ask_due.clear()
         self.unknown_dpids.clear()
-        self._attach_sessions(old)
+        self._attach_sessions()
         if {os.path.realpath(f) for f in model.files} != self.reloads.files:
             self.reloads.watch(model.files, use_inotify=self.use_inotify)
         self.metrics.reloads.labels("applied").inc()
         LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
         return True
 
-    def _attach_sessions(self, old: Model) -> None:
+    def _attach_sessions(self) -> None:
         """After a reload: a switch whose dpid now names another site (or none) follows the file."""
         for dpid, session in list(self.sessions.items()):
             site = self.state.model.site_by_dpid(dpid)

@@ -37,15 +37,14 @@ class DesiredCompiler:
 
     def compile(self, state: State) -> dict[str, SwitchState]:
         started = time.monotonic()
-        kind = "incremental" if self.compiler.stats.recomputed or self.compiler.stats.reused else "full"
         try:
             out = self._run(state)
         except Exception:  # noqa: BLE001 - a memo gone wrong must not stop the controller: recompute
             LOG.exception("incremental compile failed; compiling everything from scratch")
             self.compiler = IncrementalCompiler()
-            kind = "full"
             out = self._run(state)  # raises on to the caller, which keeps the state in force
         stats = self.compiler.stats
+        kind = "incremental" if stats.handled else "full"  # full: every site visited (units still reused)
         elapsed = time.monotonic() - started
         if self.metrics is not None:
             self.metrics.compiles.labels(kind).inc()

@@ -236,8 +236,6 @@ class SwitchSession:
             LOG.error("site %s (dpid %#x): %s; retrying with backoff (next in %.2f s, at most every %.0f s)",
                       self.site, self.dpid, why, delay, RETRY_MAX_S)
             self._failure_said = why
-        if self.active:
-            hub.spawn_after(delay, self._wake.set)
 
     def _recovered(self) -> None:
         if self._failures:

@@ -50,6 +50,7 @@ class CompileStats:
     recomputed: int = 0
     reused: int = 0
     sites_changed: int = 0
+    handled: bool = False  # a change handler narrowed the compile (else every site was visited: the fallback)
 
 
 class _Inputs:
@@ -135,6 +136,7 @@ class IncrementalCompiler:
         names = [s.name for s in model.sites] if sites is None else sites
         self._changed_segments = None  # which segments' units may differ (None: any), set by _affected
         visit = self._affected(model, graph_key, hops, auto)
+        self.stats.handled = visit is not None
         out = {name: self._site(inputs, name) if visit is None or name in visit or name not in self._states
                else self._states[name] for name in names}
         self._prev = (model, graph_key, hops, auto)
