@@ -127,13 +127,23 @@ def measured_split(workdir: str, route: str, proto: str, ports: str, sport: int 
     return {b: n / total for b, n in delta.items()}
 
 
+def reloads_done(workdir: str) -> int:
+    """Reloads the controller has finished, applied or rejected (each logs exactly one of these lines)."""
+    log = open(State.load(workdir).controller["log"]).read()
+    return log.count("reload applied in") + log.count("reload rejected")
+
+
 def rewrite_routes(workdir: str, edit) -> None:
+    """Edit the routes in the file and wait until the controller has taken the edit (or refused it), so that
+    the next step, or the next test after a restore, starts from it."""
     path = State.load(workdir).topology
     doc = yaml.safe_load(open(path))
     edit(doc["routes"])
     with open(path + ".tmp", "w") as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
+    done = reloads_done(workdir)
     os.replace(path + ".tmp", path)
+    wait_for(lambda: reloads_done(workdir) > done, timeout_s=20, what="the controller to take the edited routes")
 
 
 def route(doc_routes: list, name: str) -> dict:
