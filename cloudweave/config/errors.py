@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
-@dataclass(frozen=True, order=True)
-class Loc:
-    """A place in a configuration file (1-based line and column)."""
+def escape(text: str) -> str:
+    """`text` with every character that could break or disguise a line written as an escape."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class Loc(NamedTuple):
+    """A place in a configuration file (1-based line and column). A tuple: a file of 100,000 entries has a
+    million of them, and a tuple is made several times faster than a frozen dataclass."""
 
     file: str
     line: int
@@ -25,7 +34,7 @@ class Problem:
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.loc}: {prefix}{self.message}"
+        return escape(f"{self.loc}: {prefix}{self.message}")  # one line per problem, whatever the user wrote
 
 
 class ConfigError(Exception):

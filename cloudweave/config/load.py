@@ -13,11 +13,12 @@ import networkx as nx
 from cloudweave.config import values as v
 from cloudweave.config.chunks import ChunkCache, load_chunked
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
+from cloudweave.config.files import MAX_FILES, Unreadable, read_text
 from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.routes import check_routes, read_routes
 from cloudweave.config.security import check_groups, read_groups
-from cloudweave.config.yamlpos import LDict, LList, known_keys, load_located
+from cloudweave.config.yamlpos import LDict, LList, known_keys, load_located, show
 
 Schema = dict[str, tuple[Callable[[Any], Any], bool]]  # key -> (converter, required)
 
@@ -113,13 +114,9 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
         return
     seen.append(real)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        c.error(Loc(path, 1, 1), f"cannot read file: {exc.strerror}")
-        return
-    except UnicodeDecodeError as exc:
-        c.error(Loc(path, 1, 1), f"not a UTF-8 text file (byte {exc.start})")
+        text = read_text(path)
+    except Unreadable as exc:
+        c.error(Loc(path, 1, 1), str(exc))
         return
     if cache is None:
         doc, problems = load_located(path, text)
@@ -136,9 +133,10 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
         return
     for key in doc:
         if key not in TOP_KEYS:
-            c.error(doc.key_locs[key], f"unknown section '{key}' (expected one of: {', '.join(TOP_KEYS)})")
-    if "version" in doc and doc["version"] != 1:
-        c.error(doc.val_locs["version"], f"unsupported version {doc['version']!r} (this cloudweave reads version 1)")
+            c.error(doc.key_locs[key], f"unknown section '{show(key)}' (expected one of: {', '.join(TOP_KEYS)})")
+    if "version" in doc and (type(doc["version"]) is not int or doc["version"] != 1):
+        c.error(doc.val_locs["version"], f"unsupported version {show(doc['version'])} (this cloudweave reads "
+                                         "version 1)")
     for section in NAMED_SECTIONS:
         if section not in doc or doc[section] is None:
             continue
@@ -176,14 +174,35 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
         locs = includes.item_locs if isinstance(includes, LList) else [doc.val_locs["include"]]
         includes = includes if isinstance(includes, list) else [includes]
         for inc, loc in zip(includes, locs, strict=False):
-            if not isinstance(inc, str):
-                c.error(loc, f"include: expected a file name, got {inc!r}")
-                continue
-            inc_path = os.path.join(os.path.dirname(path), inc)
-            if not os.path.exists(inc_path):
-                c.error(loc, f"include: no such file '{inc}'")
-                continue
-            _read_files(inc_path, c, seen, merged, cache)
+            inc_path = _include_path(c, inc, loc, path, seen)
+            if inc_path is not None:
+                _read_files(inc_path, c, seen, merged, cache)
+
+
+def _include_path(c: _Collector, inc: Any, loc: Loc, path: str, seen: list[str]) -> str | None:
+    """The file an include names, or None (said) when it may not be read: an include is a relative path that
+    stays in the directory of the file given on the command line (or below it), so that a policy file cannot
+    make the controller read /proc, /dev or another user's files."""
+    if not isinstance(inc, str) or not inc:
+        c.error(loc, f"include: expected a file name, got {show(inc)}")
+        return None
+    if os.path.isabs(inc):
+        c.error(loc, f"include: '{show(inc)}' is an absolute path; an include names a file relative to the "
+                     "including file, in the directory of the top file or below it")
+        return None
+    inc_path = os.path.join(os.path.dirname(path), inc)
+    top = os.path.dirname(seen[0])
+    if os.path.commonpath([top, os.path.realpath(inc_path)]) != top:
+        c.error(loc, f"include: '{show(inc)}' is outside {top}, the directory of the top file; an include "
+                     "must live in it or below it")
+        return None
+    if not os.path.lexists(inc_path):
+        c.error(loc, f"include: no such file '{show(inc)}'")
+        return None
+    if len(seen) >= MAX_FILES:
+        c.error(loc, f"include: more than {MAX_FILES} files in one configuration")
+        return None
+    return inc_path
 
 
 def _unique(c: _Collector, items: list[Any], key: Callable[[Any], Any], what: Callable[[Any], str]) -> None:
@@ -378,7 +397,6 @@ def load_model_cached(path: str, cache: LoadCache) -> tuple[Model, list[Problem]
 
 def _text_of(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except (OSError, UnicodeDecodeError):
+        return read_text(path)
+    except Unreadable:
         return None

@@ -1,15 +1,42 @@
-"""YAML loading that keeps the file, line and column of every key and value."""
+"""YAML loading that keeps the file, line and column of every key and value.
+
+The tree is built from libyaml's parser events by a small iterative composer (not PyYAML's recursive one, which
+crashes on deep nesting and copies every alias): nesting, alias expansion and document count are bounded, and a
+break of a bound is a located problem like a syntax error. Plain scalars are read by YAML 1.2's core schema
+(true/false, null, decimal, 0o and 0x integers, floats), not YAML 1.1's: `yes` stays a string, `010` and `1:30`
+are not silently read as 8 and 90 but stay strings that a number field refuses with a hint. Merge keys
+(`<<: *base`) work as YAML defines them: the mapping's own keys override the merged ones.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
-from cloudweave.config.errors import Loc, Problem
+from cloudweave.config.errors import Loc, Problem, escape
 
-# libyaml's parser when PyYAML has it: the same nodes and marks, several times faster on large files.
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml._yaml import CParser as _Parser  # libyaml: the same events and marks, many times faster
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    from yaml import Loader as _Parser  # type: ignore[assignment]
+
+MAX_DEPTH = 64  # mappings and sequences inside each other; the deepest shipped file uses 5
+MAX_ALIAS_VALUES = 100_000  # values that aliases may add to a document in all (a "billion laughs" adds 10**9)
+MAX_NUMBER_DIGITS = 40  # longer digit strings stay strings, so that no field meets a 5,000-digit number
+
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_INT_PREFIXED = re.compile(r"0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?")  # a '.' or an exponent
+_SPECIAL = {"~": None, "null": None, "Null": None, "NULL": None, "": None,
+            "true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False,
+            ".inf": float("inf"), ".Inf": float("inf"), ".INF": float("inf"),
+            "+.inf": float("inf"), "+.Inf": float("inf"), "+.INF": float("inf"),
+            "-.inf": float("-inf"), "-.Inf": float("-inf"), "-.INF": float("-inf"),
+            ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan")}
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE = "<<"
 
 
 class LDict(dict):
@@ -20,14 +47,6 @@ class LDict(dict):
     val_locs: dict[Any, Loc]
 
 
-def known_keys(raw: LDict, allowed: Any, what: str, error: Any) -> bool:
-    """Report every key of `raw` that is not in `allowed` at its own position; True when there was none."""
-    unknown = [k for k in raw if k not in allowed]
-    for k in unknown:
-        error(raw.key_locs[k], f"unknown key '{k}' in {what} (expected one of: {', '.join(allowed)})")
-    return not unknown
-
-
 class LList(list):
     """A sequence that remembers where each item stood."""
 
@@ -35,50 +54,197 @@ class LList(list):
     item_locs: list[Loc]
 
 
-def _loc(file: str, node: yaml.Node) -> Loc:
-    return Loc(file, node.start_mark.line + 1, node.start_mark.column + 1)
+def show(value: Any, limit: int = 60) -> str:
+    """A user's value as it may appear in a one-line message: control and line-break characters escaped,
+    long values shortened."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return escape(text)
 
 
-def _convert(loader: yaml.SafeLoader, file: str, node: yaml.Node, problems: list[Problem]) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out = LDict()
-        out.loc, out.key_locs, out.val_locs = _loc(file, node), {}, {}
-        for key_node, value_node in node.value:
-            key = _convert(loader, file, key_node, problems)
-            if isinstance(key, (LDict, LList)):
-                problems.append(Problem(_loc(file, key_node), "a key must be a plain value"))
+def known_keys(raw: LDict, allowed: Any, what: str, error: Any) -> bool:
+    """Report every key of `raw` that is not in `allowed` at its own position; True when there was none."""
+    unknown = [k for k in raw if k not in allowed]
+    for k in unknown:
+        error(raw.key_locs[k], f"unknown key '{show(k)}' in {what} (expected one of: {', '.join(allowed)})")
+    return not unknown
+
+
+def plain_scalar(text: str) -> Any:
+    """A plain (unquoted) scalar by YAML 1.2's core schema; anything else is the string itself."""
+    if text in _SPECIAL:
+        return _SPECIAL[text]
+    first = text[0]
+    if not (first.isascii() and (first.isdigit() or first in "+-.")):
+        return text  # the common case (names, addresses, MACs) decided by one look
+    if len(text) > MAX_NUMBER_DIGITS + 2:
+        return text
+    if _INT.fullmatch(text):
+        return int(text)
+    if _INT_PREFIXED.fullmatch(text):
+        return int(text, 0)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+class _Bound(Exception):
+    """A bound broken while composing: reported as a located problem."""
+
+    def __init__(self, mark: Any, message: str):
+        super().__init__(message)
+        self.mark, self.message = mark, message
+
+
+def _loc(file: str, mark: Any) -> Loc:
+    return Loc(file, mark.line + 1, mark.column + 1)
+
+
+class _Composer:
+    """Builds LDict/LList/scalars from parser events with an explicit stack."""
+
+    def __init__(self, file: str, problems: list[Problem]):
+        self.file, self.problems = file, problems
+        self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, how many values it holds)
+        self.alias_values = 0
+
+    def compose(self, parser: Any) -> Any:
+        file = self.file
+        # Each frame: [container, values inside it, anchor, pending key or _NO_KEY, the key's Loc, merge sources]
+        stack: list[list[Any]] = []
+        root: Any = None
+        documents = 0
+        get = parser.get_event
+        while True:
+            ev = get()
+            kind = type(ev)
+            if kind is yaml.ScalarEvent:
+                if ev.tag is not None and ev.tag not in ("!", _STR_TAG):
+                    raise _Bound(ev.start_mark, f"tag '{show(ev.tag)}' is not supported (quote a string instead)")
+                value = plain_scalar(ev.value) if ev.style == "" and ev.tag is None else ev.value
+                size = 1
+                if ev.anchor is not None:
+                    self.anchors[ev.anchor] = (value, 1)
+                done = value
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                if ev.tag is not None and ev.tag != "!" and not ev.tag.endswith((":map", ":seq")):
+                    raise _Bound(ev.start_mark, f"tag '{show(ev.tag)}' is not supported")
+                if len(stack) >= MAX_DEPTH:
+                    raise _Bound(ev.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+                if kind is yaml.MappingStartEvent:
+                    container: Any = LDict()
+                    container.key_locs, container.val_locs = {}, {}
+                else:
+                    container = LList()
+                    container.item_locs = []
+                container.loc = _loc(file, ev.start_mark)
+                stack.append([container, 1, ev.anchor, _NO_KEY, None, None])
                 continue
-            if key in out:
-                problems.append(Problem(_loc(file, key_node),
-                                        f"duplicate key '{key}' (first at line {out.key_locs[key].line})"))
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                frame = stack.pop()
+                done, size, anchor = frame[0], frame[1], frame[2]
+                if frame[5]:
+                    self._merge(done, frame[5])
+                if anchor is not None:
+                    self.anchors[anchor] = (done, size)
+            elif kind is yaml.AliasEvent:
+                if ev.anchor not in self.anchors:
+                    raise _Bound(ev.start_mark, f"alias '*{show(ev.anchor)}' names no anchor before it "
+                                                  "(an alias cannot refer to the value that contains it)")
+                done, size = self.anchors[ev.anchor]
+                self.alias_values += size
+                if self.alias_values > MAX_ALIAS_VALUES:
+                    raise _Bound(ev.start_mark, f"aliases expand to more than {MAX_ALIAS_VALUES} values")
+            elif kind is yaml.DocumentStartEvent:
+                if documents:
+                    raise _Bound(ev.start_mark, "the file holds more than one YAML document; keep one")
+                documents += 1
                 continue
-            out[key] = _convert(loader, file, value_node, problems)
-            out.key_locs[key] = _loc(file, key_node)
-            out.val_locs[key] = _loc(file, value_node)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        out_list = LList(_convert(loader, file, item, problems) for item in node.value)
-        out_list.loc = _loc(file, node)
-        out_list.item_locs = [_loc(file, item) for item in node.value]
-        return out_list
-    return loader.construct_object(node, deep=True)
+            elif kind is yaml.StreamEndEvent:
+                return root
+            else:  # StreamStart, DocumentEnd
+                continue
+            if not stack:
+                root = done
+                continue
+            frame = stack[-1]
+            frame[1] += size
+            parent = frame[0]
+            # A collection stands where it began; a scalar or an alias, where it is written.
+            ended = kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent
+            at = done.loc if ended else _loc(file, ev.start_mark)
+            if type(parent) is LList:
+                parent.append(done)
+                parent.item_locs.append(at)
+            elif frame[3] is _NO_KEY:
+                if isinstance(done, (LDict, LList)):
+                    raise _Bound(ev.start_mark, "a key must be a plain value")
+                frame[3], frame[4] = done, at
+            else:
+                key, key_at = frame[3], frame[4]
+                frame[3] = _NO_KEY
+                if key == _MERGE:
+                    if frame[5] is None:
+                        frame[5] = []
+                    frame[5].extend(self._merge_sources(done, ev.start_mark))
+                    continue
+                if key in parent:
+                    self.problems.append(Problem(key_at, f"duplicate key '{show(key)}' "
+                                                 f"(first at line {parent.key_locs[key].line})"))
+                    continue
+                parent[key] = done
+                parent.key_locs[key] = key_at
+                parent.val_locs[key] = at
+
+    def _merge_sources(self, value: Any, mark: Any) -> list[LDict]:
+        items = value if isinstance(value, LList) else [value]
+        if not items or not all(isinstance(m, LDict) for m in items):
+            raise _Bound(mark, "a merge key '<<' takes a mapping or a list of mappings")
+        return list(items)
+
+    @staticmethod
+    def _merge(out: LDict, sources: list[LDict]) -> None:
+        """YAML's merge: keys of the mapping itself win, then the sources in the order given."""
+        for src in sources:
+            for key, value in src.items():
+                if key not in out:
+                    out[key] = value
+                    out.key_locs[key] = src.key_locs[key]
+                    out.val_locs[key] = src.val_locs[key]
+
+
+_NO_KEY = object()
 
 
 def load_located(path: str, text: str) -> tuple[Any, list[Problem]]:
-    """Parse YAML text into LDict/LList/scalars; syntax errors become problems, never exceptions."""
+    """Parse YAML text into LDict/LList/scalars; syntax errors and broken bounds become problems, never
+    exceptions."""
     problems: list[Problem] = []
-    loader = LOADER(text)
+    parser = None
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return LDict(), problems
-        return _convert(loader, path, node, problems), problems
+        parser = _Parser(text)
+        root = _Composer(path, problems).compose(parser)
+        return (LDict() if root is None else root), problems
+    except _Bound as exc:
+        return None, [Problem(_loc(path, exc.mark), exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
-        return None, [Problem(where, f"YAML syntax: {exc.problem or exc.context}")]
+        where = _loc(path, mark) if mark else Loc(path, 1, 1)
+        return None, [Problem(where, f"YAML syntax: {escape(str(exc.problem or exc.context))}")]
+    except yaml.reader.ReaderError as exc:
+        return None, [Problem(_offset_loc(path, text, exc.position),
+                              f"YAML: {escape(str(exc.reason))} (character {exc.character!r})")]
     except (yaml.YAMLError, ValueError) as exc:
-        return None, [Problem(Loc(path, 1, 1), f"YAML: {exc}")]
+        return None, [Problem(Loc(path, 1, 1), f"YAML: {escape(' '.join(str(exc).split()))}")]
     finally:
-        loader.dispose()
+        if parser is not None and hasattr(parser, "dispose"):
+            parser.dispose()
+
+
+def _offset_loc(path: str, text: str, position: int) -> Loc:
+    """Where libyaml's reader stopped: it counts bytes of the UTF-8 text (PyYAML's own reader, characters)."""
+    before = text.encode("utf-8")[:position].decode("utf-8", errors="ignore") if _Parser.__module__ == \
+        "yaml._yaml" else text[:position]
+    line = before.count("\n") + 1
+    return Loc(path, line, len(before) - (before.rfind("\n") + 1) + 1)
