@@ -15,7 +15,7 @@ def _load(path: str) -> tuple[Model | None, int]:
     except ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"{path}: {exc.total} problem(s)", file=sys.stderr)
         return None, 1
     for w in warnings:
         print(w, file=sys.stderr)
@@ -35,11 +35,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'site':<12} {'dpid':>8} {'vtep':<16} {'bridge':<10} {'tunnels':>7} {'endpoints':>9} {'flows':>6}")
     for site in model.sites:
         st = states[site.name]
-        eps = sum(1 for e in model.endpoints if e.site == site.name)
+        eps = len(model.endpoints_at(site.name))
         print(f"{site.name:<12} {site.dpid:>#8x} {str(site.vtep):<16} {site.bridge:<10} {len(st.tunnels):>7} "
-              f"{eps:>9} {len(st.flows):>6}")
+              f"{eps:>9} {st.flow_count:>6}")
     for seg in model.segments:
-        sites = sorted({e.site for e in model.endpoints if e.segment == seg.name})
+        sites = sorted({e.site for e in model.endpoints_of_segment(seg.name)})
         print(f"segment {seg.name}: vni {seg.vni}, {seg.subnet}, mode {seg.mode}, sites {', '.join(sites) or '-'}")
     return 0
 
@@ -68,6 +68,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from cloudweave.config.errors import Invalid
     from cloudweave.config.security import proto as parse_proto
+    from cloudweave.config.yamlpos import show
     from flows.policy import Policy
 
     model, rc = _load(args.file)
@@ -81,7 +82,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         try:
             addr = ip_address(text)
         except ValueError:
-            raise LookupError(f"'{text}' is neither an endpoint nor an IP address") from None
+            raise LookupError(f"'{show(text)}' is neither an endpoint nor an IP address") from None
+        if addr.version != 4:
+            raise LookupError(f"{addr} is an IPv6 address; cloudweave's segments are IPv4")
         owners = [e for e in model.endpoints if e.ip == addr]
         if len(owners) > 1:
             names = " and ".join(f"{e.name} ({e.segment})" for e in owners)
@@ -95,7 +98,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     proto_name = args.proto or ("tcp" if args.port else "icmp")
     try:
-        proto = parse_proto(int(proto_name) if proto_name.isdigit() else proto_name)
+        proto = parse_proto(int(proto_name) if proto_name.isascii() and proto_name.isdigit() else proto_name)
         if proto is None:
             raise Invalid("a packet has one protocol: name it (tcp, udp, icmp, sctp or a number), not 'any'")
     except Invalid as exc:
@@ -144,6 +147,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(args.topology, args.workdir)
 
 
+def _port(text: str) -> int:
+    """--port: the same rule as a port in the file (ASCII digits, 1..65535)."""
+    from cloudweave.config.errors import Invalid
+    from cloudweave.config.values import integer
+
+    try:
+        return integer(1, 65535)(text)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudweave", description=(
         "SDN controller for Open vSwitch: VXLAN overlays between sites, stateful security groups, bridge/NAT/"
@@ -174,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("dst")
     s.add_argument("--proto", default=None, help="tcp, udp, icmp, sctp or a number")
-    s.add_argument("--port", type=int, default=None, help="destination port")
+    s.add_argument("--port", type=_port, default=None, help="destination port (1..65535)")
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("tm", help="the learned traffic matrix, predictions, weights and link utilisation",

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from cloudweave.te.predict import Predictor
+from cloudweave.te.statefile import BadState, load_state
 
 
 def _rate(bps: float | None) -> str:
@@ -98,14 +99,13 @@ def plot(doc: dict[str, Any], path: str) -> None:
 
 def main(state_path: str, as_json: bool, plot_path: str | None = None) -> int:
     try:
-        with open(state_path) as fh:
-            doc = json.load(fh)
+        doc = load_state(state_path)
     except FileNotFoundError:
         print(f"cloudweave: no traffic-engineering state at {state_path} (is the controller running with "
               "split: auto routes? --state names another file)", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
-        print(f"cloudweave: cannot read {state_path}: {exc}", file=sys.stderr)
+    except BadState as exc:
+        print(f"cloudweave: {state_path}: not a state file the controller wrote: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(json.dumps(doc, indent=1) + "\n" if as_json else render(doc))
     if plot_path:

@@ -19,6 +19,7 @@ from os_ken.lib import hub
 from cloudweave.config.model import Model
 from cloudweave.te.engine import Key, TrafficEngineer, capacities
 from cloudweave.te.rates import Outcome
+from cloudweave.te.statefile import BadState, load_state
 from controller.messages import WeightsAdopted
 from flows import cookies
 from flows.routing import route_cookie
@@ -46,12 +47,12 @@ class TeLoop:
         if not self.state_path or not os.path.exists(self.state_path):
             return TrafficEngineer()
         try:
-            with open(self.state_path) as fh:
-                engine = TrafficEngineer.from_json(json.load(fh))
+            engine = TrafficEngineer.from_json(load_state(self.state_path))
             LOG.info("traffic matrix restored from %s: %d keys", self.state_path, len(engine.predictors))
             return engine
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            LOG.warning("cannot read %s (%s); the traffic matrix starts empty", self.state_path, exc)
+        except (FileNotFoundError, BadState) as exc:
+            LOG.warning("%s is not a state file this controller wrote (%s); the traffic matrix starts empty",
+                        self.state_path, exc)
             return TrafficEngineer()
 
     def save(self, extra: dict) -> None:

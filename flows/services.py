@@ -36,6 +36,8 @@ def service_group_id(route: str, site: str) -> int:
 def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow], list[Group]]:
     flows: list[Flow] = []
     groups: list[Group] = []
+    answered: set[tuple[int, str]] = set()  # (VNI, VIP): one VIP may serve several ports, its ARP is one
+    rewritten: set[tuple[int, str, str]] = set()
     for r in model.routes:
         if r.service is None:
             continue
@@ -50,13 +52,18 @@ def service_flows(model: Model, site: str, graph: SiteGraph) -> tuple[list[Flow]
             flows.append(flow(ACL_EGRESS, PRIO_SERVICE, ck, (ToGroup(group.group_id, group.purpose),), ct_state=CT_NEW,
                               reg6=seg.vni, reg7=FROM_LOCAL, eth_type=ETH_IPV4, ipv4_dst=str(svc.vip),
                               ip_proto=svc.proto, **{PORT_FIELD[svc.proto]: svc.port}))
-        flows.append(flow(NAT, 100, ck, arp_responder(svc.mac, svc.vip), reg6=seg.vni, eth_type=ETH_ARP,
-                          arp_op=ARP_REQUEST, arp_tpa=str(svc.vip)))
+        if (seg.vni, str(svc.vip)) not in answered:
+            answered.add((seg.vni, str(svc.vip)))
+            flows.append(flow(NAT, 100, ck, arp_responder(svc.mac, svc.vip), reg6=seg.vni, eth_type=ETH_ARP,
+                              arp_op=ARP_REQUEST, arp_tpa=str(svc.vip)))
+            flows.append(flow(NAT, 90, ck, (), reg6=seg.vni, eth_dst=svc.mac))  # nothing else goes to the VIP's MAC
         for name in sorted({n for n, _ in r.backends}):
+            if (seg.vni, str(svc.vip), name) in rewritten:
+                continue
+            rewritten.add((seg.vni, str(svc.vip), name))
             ep = model.endpoint(name)
             flows.append(flow(NAT, 100, ck, (SetField("eth_dst", ep.mac), Goto(ROUTE)), reg6=seg.vni,
                               eth_type=ETH_IPV4, eth_dst=svc.mac, ipv4_dst=str(ep.ip)))
-        flows.append(flow(NAT, 90, ck, (), reg6=seg.vni, eth_dst=svc.mac))  # nothing else goes to the VIP's MAC
     return flows, groups
 
 
@@ -64,6 +71,8 @@ def _group(model: Model, r: Route, site: str, graph: SiteGraph) -> Group | None:
     svc = r.service
     live = []
     for bucket_id, (name, w) in enumerate(r.backends):
+        if w <= 0:
+            continue  # weight 0: a drained backend keeps its connections (conntrack) and takes no new one
         ep = model.endpoint(name)
         if ep.site == site:
             watch = ep.port

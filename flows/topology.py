@@ -8,9 +8,7 @@ from functools import cached_property
 
 import networkx as nx
 
-from cloudweave.config.model import Model
-
-TUNNEL_PREFIX = "vx-"
+from cloudweave.config.model import TUNNEL_PREFIX, Model
 
 
 def tunnel_port_name(peer: str) -> str:

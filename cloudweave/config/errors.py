@@ -40,8 +40,9 @@ class Problem:
 class ConfigError(Exception):
     """Raised when configuration files hold one or more errors; carries every problem."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], total: int | None = None):
         self.problems = sorted(problems)
+        self.total = len(self.problems) if total is None else total  # also those not kept (a last one says so)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -6,6 +6,7 @@ import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 import networkx as nx
@@ -14,7 +15,7 @@ from cloudweave.config import values as v
 from cloudweave.config.chunks import ChunkCache, load_chunked
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.files import MAX_FILES, Unreadable, read_text
-from cloudweave.config.model import Endpoint, Link, Model, Segment, Site
+from cloudweave.config.model import TUNNEL_PREFIX, Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.routes import check_routes, read_routes
 from cloudweave.config.security import check_groups, read_groups
@@ -24,13 +25,13 @@ Schema = dict[str, tuple[Callable[[Any], Any], bool]]  # key -> (converter, requ
 
 SITE: Schema = {
     "dpid": (v.integer(1, 2**64 - 1), True),
-    "vtep": (v.ipv4, True),
-    "ovsdb": (v.text, True),
+    "vtep": (v.unicast_ipv4, True),
+    "ovsdb": (v.ovsdb_remote, True),
     "bridge": (v.ifname, False),
     "datapath": (v.choice("system", "netdev"), False),
     "uplink": (v.ifname, False),
-    "nat_ip": (v.ipv4, False),
-    "uplink_gateway": (v.ipv4, False),
+    "nat_ip": (v.unicast_ipv4, False),
+    "uplink_gateway": (v.unicast_ipv4, False),
     "nat_ports": (port_range, False),
 }
 LINK: Schema = {"between": (v.name_list, True), "capacity": (v.rate_mbps, True)}
@@ -51,9 +52,11 @@ ENDPOINT: Schema = {
     "ip": (v.ipv4, True),
     "groups": (v.name_list, False),
 }
-TRAFFIC: Schema = {"poll_interval": (v.duration_s, False)}
+TRAFFIC: Schema = {"poll_interval": (v.between_s(0.5, 3600.0), False)}
+MIN_SUBNET_PREFIX = 8  # a segment wider than a /8 is a typo (a /0 would claim every address)
 TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
             "security_groups", "routes", "traffic")
+MAX_PROBLEMS = 1000  # kept and printed; the rest are counted
 NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
 LIST_SECTIONS = ("links", "routes")
 
@@ -77,12 +80,35 @@ class _Collector:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.said = 0  # problems found, also those not kept
+        self.errors_said = 0
+        self.unshown: list[Problem] = []  # the first problem not kept, and how many more there were
+        self.unshown_count = 0
+
+    def add(self, problem: Problem) -> None:
+        self.said += 1
+        self.errors_said += problem.severity == "error"
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        else:
+            # 10 MB of junk keys are a million problems: a million lines help no one and cost a gigabyte.
+            self.unshown_count += 1
+            if not self.unshown:
+                self.unshown.append(problem)
 
     def error(self, loc: Loc, message: str) -> None:
-        self.problems.append(Problem(loc, message))
+        self.add(Problem(loc, message))
 
     def warn(self, loc: Loc, message: str) -> None:
-        self.problems.append(Problem(loc, message, "warning"))
+        self.add(Problem(loc, message, "warning"))
+
+    def summary(self) -> list[Problem]:
+        """A last problem that says how many were found and not kept (none when all were)."""
+        if not self.unshown_count:
+            return []
+        first = self.unshown[0]
+        return [Problem(first.loc, f"and {self.unshown_count} more problems from here on, not shown (the first "
+                                   f"{MAX_PROBLEMS} are)", first.severity)]
 
     def record(self, raw: Any, loc: Loc, schema: Schema, what: str) -> dict[str, Any] | None:
         """Convert one mapping by its schema; None when it is not a mapping or a field is wrong."""
@@ -125,7 +151,8 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
     else:
         doc, problems = load_chunked(path, text, cache.chunks)
         cache.files[real] = (text, doc, problems)
-    c.problems.extend(problems)
+    for problem in problems:
+        c.add(problem)
     if doc is None:
         return
     if not isinstance(doc, LDict):
@@ -226,9 +253,9 @@ def _built(cache: LoadCache | None, c: _Collector, raw: Any, nm: str, loc: Loc, 
         if hit is not None and hit[0] is raw and hit[1] == nm and hit[2] == loc:
             cache.next_records[id(raw)] = hit
             return hit[3]
-    said = len(c.problems)
+    said = c.said
     obj = make()
-    if cache is not None and obj is not None and len(c.problems) == said:
+    if cache is not None and obj is not None and c.said == said:
         cache.next_records[id(raw)] = (raw, nm, loc, obj)
     return obj
 
@@ -248,6 +275,10 @@ def _segment(c: _Collector, raw: Any, nm: str, loc: Loc) -> Segment | None:
 
 
 def _endpoint(c: _Collector, raw: Any, nm: str, loc: Loc) -> Endpoint | None:
+    if _is_address(nm):
+        # explain and the CLI take an endpoint's name or an address: a name that is an address is both.
+        c.error(loc, f"endpoint '{nm}': a name that is an IP address would read as one; choose another")
+        return None
     rec = c.record(raw, loc, ENDPOINT, f"endpoint '{nm}'")
     return None if rec is None else Endpoint(name=nm, loc=loc, **rec)
 
@@ -283,6 +314,7 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     seg_names = set(merged.get("segments", {}))
     _unique(c, sites, lambda s: s.dpid, lambda s: f"dpid {s.dpid:#x}")
     _unique(c, sites, lambda s: s.vtep, lambda s: f"vtep address {s.vtep}")
+    _unique(c, sites, lambda s: s.ovsdb, lambda s: f"OVSDB {s.ovsdb}")
     _unique(c, segments, lambda s: s.vni, lambda s: f"VNI {s.vni}")
     distinct_vnis = list({s.vni: s for s in reversed(segments)}.values())[::-1]  # a VNI clash is said above
     _unique(c, distinct_vnis, lambda s: s.ct_zone,
@@ -290,9 +322,10 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     _unique(c, endpoints, lambda e: (e.site, e.port), lambda e: f"port {e.port} of site '{e.site}'")
     _unique(c, endpoints, lambda e: (e.segment, e.mac), lambda e: f"MAC {e.mac} in segment '{e.segment}'")
     _unique(c, endpoints, lambda e: (e.segment, e.ip), lambda e: f"IP {e.ip} in segment '{e.segment}'")
-    for site in sites:
-        if site.datapath == "system" and len(site.bridge) > 15:
-            c.error(site.loc, f"site '{site.name}': bridge name '{site.bridge}' is longer than 15 characters")
+    for seg in segments:
+        if seg.subnet.prefixlen < MIN_SUBNET_PREFIX:
+            c.error(seg.loc, f"segment '{seg.name}': subnet {seg.subnet} is wider than a /{MIN_SUBNET_PREFIX}")
+    site_by_name = {s.name: s for s in sites}
     seen_links: dict[tuple[str, str], Link] = {}
     for link in links:
         for s in link.sites:
@@ -305,6 +338,8 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     for ep in endpoints:
         if ep.site not in site_names:
             c.error(ep.loc, f"endpoint '{ep.name}': unknown site '{ep.site}'")
+        else:
+            _check_port(c, ep, site_by_name.get(ep.site))
         seg = seg_by_name.get(ep.segment)
         if ep.segment not in seg_names:
             c.error(ep.loc, f"endpoint '{ep.name}': unknown segment '{ep.segment}'")
@@ -324,6 +359,26 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
                           group_names, c.error, c.warn)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), files=files)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_port(c: _Collector, ep: Endpoint, site: Site | None) -> None:
+    """An endpoint's port is its own: not the site's bridge, uplink or a tunnel port the controller creates."""
+    if site is None:
+        return
+    for taken, what in ((site.bridge, "the bridge itself"), (site.uplink, "the site's uplink")):
+        if ep.port == taken:
+            c.error(ep.loc, f"endpoint '{ep.name}': port '{ep.port}' of site '{site.name}' is {what}")
+    if ep.port.startswith(TUNNEL_PREFIX):
+        c.error(ep.loc, f"endpoint '{ep.name}': port names starting '{TUNNEL_PREFIX}' are the controller's "
+                        "tunnel ports; choose another")
 
 
 def _check_reachability(c: _Collector, sites: list[Site], links: list[Link], segments: list[Segment],
@@ -367,29 +422,28 @@ def load_model(path: str, cache: LoadCache | None = None) -> tuple[Model, list[P
     c = _Collector()
     merged: dict[str, Any] = {}
     seen: list[str] = []
-    _read_files(path, c, seen, merged, cache)
-    model = _build(merged, c, tuple(seen), cache)
-    errors = [p for p in c.problems if p.severity == "error"]
+    was = gc.isenabled()
+    gc.disable()  # a large file is millions of acyclic objects: the cyclic collector would scan them again and again
+    try:
+        _read_files(path, c, seen, merged, cache)
+        model = _build(merged, c, tuple(seen), cache)
+    finally:
+        if was:
+            gc.enable()
+    errors = [p for p in c.problems + c.summary() if p.severity == "error"]
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, c.errors_said)
     return model, sorted(p for p in c.problems if p.severity == "warning")
 
 
 def load_model_cached(path: str, cache: LoadCache) -> tuple[Model, list[Problem]]:
     """load_model(path, cache), answered at once when every file it read last time reads the same (loading
-    is a function of the files' texts), and with the cyclic collector paused (the cache holds millions of
-    objects that it would scan again and again)."""
+    is a function of the files' texts)."""
     last = cache.result
     if last is not None and last[0] == os.path.realpath(path) and all(
             _text_of(f) == text for f, text in last[1]):
         return last[2], list(last[3])
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        model, warnings = load_model(path, cache)
-    finally:
-        if was:
-            gc.enable()
+    model, warnings = load_model(path, cache)
     cache.result = (os.path.realpath(path), tuple((f, cache.files[f][0]) for f in model.files if f in cache.files),
                     model, tuple(warnings))
     return model, warnings

@@ -12,6 +12,7 @@ from cloudweave.config.errors import Loc
 
 NOWHERE = Loc("<none>", 0, 0)
 NAT_CT_ZONE = 0xFFFF  # the conntrack zone of source NAT at every site; no segment may use it
+TUNNEL_PREFIX = "vx-"  # the controller's VXLAN ports toward peer sites: vx-PEER (flows.topology)
 ALIAS_BASE = int(IPv4Address("240.0.0.0"))  # class E: never on a wire, see Segment.nat_alias
 
 

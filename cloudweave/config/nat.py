@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from typing import Any
 
 from cloudweave.config import values as v
 from cloudweave.config.errors import Invalid, Loc
-from cloudweave.config.model import NAT_CT_ZONE, Endpoint, Forward, PortRange, Segment, Site
+from cloudweave.config.model import ALIAS_BASE, NAT_CT_ZONE, Endpoint, Forward, PortRange, Segment, Site
 from cloudweave.config.security import port_ranges, proto
 from cloudweave.config.yamlpos import LDict, LList, known_keys
 
 Report = Callable[[Loc, str], None]
 FORWARD_KEYS = ("proto", "port", "to", "to_port")
 MIN_NAT_PREFIX = 16  # the alias keeps 16 bits of the host part
+ALIAS_RANGE = IPv4Network((ALIAS_BASE, 4))  # Segment.nat_alias: class E
 
 
 def port_range(value: Any) -> PortRange:
@@ -61,7 +63,7 @@ def read_forwards(seg: str, raw: LList, error: Report) -> tuple[Forward, ...]:
 
 def with_default_gateway(seg: Segment) -> Segment:
     """A nat-mode segment's gateway defaults to the first host of its subnet."""
-    if seg.mode == "nat" and seg.gateway is None:
+    if seg.mode == "nat" and seg.gateway is None and seg.subnet.num_addresses >= 4:
         return dataclasses.replace(seg, gateway=seg.subnet.network_address + 1)
     return seg
 
@@ -71,6 +73,9 @@ def check_nat(sites: list[Site], segments: list[Segment], endpoints: list[Endpoi
     by_site = {s.name: s for s in sites}
     eps = {e.name: e for e in endpoints}
     slots: dict[int, Segment] = {}
+    by_segment: dict[str, list[Endpoint]] = {}
+    for e in endpoints:
+        by_segment.setdefault(e.segment, []).append(e)
     forwarded: dict[tuple[str, int, int], Forward] = {}
     for seg in segments:
         if seg.ct_zone == NAT_CT_ZONE:
@@ -82,6 +87,12 @@ def check_nat(sites: list[Site], segments: list[Segment], endpoints: list[Endpoi
             if seg.gateway is not None or seg.forwards:
                 error(seg.loc, f"segment '{seg.name}': gateway and forwards apply to mode 'nat' only")
             continue
+        if seg.gateway is None:
+            error(seg.loc, f"segment '{seg.name}': subnet {seg.subnet} has no room for a gateway and endpoints")
+            continue
+        if seg.subnet.overlaps(ALIAS_RANGE):
+            error(seg.loc, f"segment '{seg.name}': a nat-mode subnet may not overlap {ALIAS_RANGE}, where the "
+                           "controller keeps its NAT aliases")
         if seg.subnet.prefixlen < MIN_NAT_PREFIX:
             error(seg.loc, f"segment '{seg.name}': a nat-mode subnet must be /{MIN_NAT_PREFIX} or smaller, "
                            f"got {seg.subnet}")
@@ -94,7 +105,7 @@ def check_nat(sites: list[Site], segments: list[Segment], endpoints: list[Endpoi
                            f"({other.vni}, {seg.vni}) with the same low 12 bits, which tell their NAT mappings "
                            "apart; change one")
         slots.setdefault(seg.alias_slot, seg)
-        members = [e for e in endpoints if e.segment == seg.name]
+        members = by_segment.get(seg.name, [])
         for ep in members:
             if ep.ip == seg.gateway:
                 error(ep.loc, f"endpoint '{ep.name}': IP {ep.ip} is the gateway of segment '{seg.name}'")

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import math
+import re
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -21,12 +24,13 @@ from cloudweave.config import values as v
 from cloudweave.config.errors import Invalid, Loc
 from cloudweave.config.model import Endpoint, Link, PathChoice, PortRange, Route, RouteMatch, Segment, Service, Site
 from cloudweave.config.security import port_ranges, proto
-from cloudweave.config.yamlpos import LDict, known_keys
+from cloudweave.config.yamlpos import LDict, known_keys, show
 
 Report = Callable[[Loc, str], None]
 ROUTE_KEYS = ("name", "priority", "match", "service", "split")
 MATCH_KEYS = ("proto", "src", "dst", "src_port", "dst_port", "segment", "from_site", "to_site")
 SERVICE_KEYS = ("vip", "proto", "port", "segment")
+MAX_WEIGHT = 1e6
 AUTO_PATHS = 4  # candidate paths of `split: auto` to begin with (te/ may add more where they help)
 
 
@@ -41,17 +45,21 @@ def _peer(value: Any) -> tuple[str, IPv4Network | None]:
 def weight(value: Any) -> tuple[float, bool]:
     """A weight: a non-negative number, or a percentage such as '70%' (then True)."""
     if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            w = float(value.strip()[:-1])
-        except ValueError:
-            raise Invalid(f"'{value}' is not a weight (examples: 70, 70%)") from None
+        number = value.strip()[:-1].strip()
+        if not re.fullmatch(r"[0-9]{1,15}(\.[0-9]{1,15})?", number):
+            raise Invalid(f"'{show(value)}' is not a weight (examples: 70, 70%)")
+        w = float(number)
         percent = True
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        w, percent = float(value), False
+        w, percent = v.finite(value, "a weight"), False
     else:
-        raise Invalid(f"'{value}' is not a weight (examples: 70, 70%)")
+        raise Invalid(f"'{show(value)}' is not a weight (examples: 70, 70%)")
+    if not math.isfinite(w):
+        raise Invalid(f"weight {show(value)} is not a finite number")
     if w < 0:
-        raise Invalid(f"weight {value} is negative")
+        raise Invalid(f"weight {show(value)} is negative")
+    if w > MAX_WEIGHT:
+        raise Invalid(f"weight {show(value)} is more than {MAX_WEIGHT:g}; weights are relative, use smaller ones")
     return w, percent
 
 
@@ -132,11 +140,16 @@ def read_routes(items: list[tuple[Any, Loc]], error: Report) -> list[Route]:
             error(loc, "a route must be a mapping with keys name, match or service, and split")
             continue
         name = raw.get("name")
-        what = f"route '{name}'" if isinstance(name, str) else "route"
+        what = f"route '{show(name)}'" if isinstance(name, str) else "route"
         if not known_keys(raw, ROUTE_KEYS, what, error):
             continue
-        if not isinstance(name, str):
+        if name is None:
             error(loc, "route: missing required key 'name'")
+            continue
+        try:
+            v.name(name)
+        except Invalid as exc:
+            error(raw.val_locs["name"], f"route: name: {exc}")
             continue
         if ("match" in raw) == ("service" in raw):
             error(loc, f"{what}: give either 'match' (a path split) or 'service' (a service split)")
@@ -206,6 +219,11 @@ def check_routes(routes: list[Route], sites: list[Site], links: list[Link], segm
     graph.add_edges_from(link.sites for link in links)
     names: dict[str, Route] = {}
     out = []
+    by_address = {(e.segment, e.ip): e for e in endpoints}
+    at_site: dict[tuple[str, str], list[Endpoint]] = {}
+    for e in endpoints:
+        at_site.setdefault((e.site, e.segment), []).append(e)
+    served: dict[tuple, Route] = {}
     for r in routes:
         what = f"route '{r.name}'"
         if r.name in names:
@@ -213,7 +231,14 @@ def check_routes(routes: list[Route], sites: list[Site], links: list[Link], segm
             continue
         names[r.name] = r
         if r.service is not None:
-            resolved = _check_service(r, what, segs, eps, endpoints, site_names, error)
+            svc = r.service
+            key = (svc.segment, svc.vip, svc.proto, svc.port)
+            if key in served:
+                error(r.loc, f"{what}: service {svc.vip} port {svc.port} is also route '{served[key].name}' "
+                             f"({served[key].loc}); one service per VIP, protocol and port")
+                continue
+            served[key] = r
+            resolved = _check_service(r, what, segs, eps, by_address, at_site, site_names, error)
             if resolved is not None:
                 out.append(resolved)
             continue
@@ -239,6 +264,10 @@ def check_routes(routes: list[Route], sites: list[Site], links: list[Link], segm
             ok = False
         if ok and r.paths:
             ok = _check_paths(r, what, site_names, graph, error)
+        if ok and (r.auto or r.k_shortest) and m.from_site is not None and m.to_site is not None \
+                and not nx.has_path(graph, m.from_site, m.to_site):
+            error(r.loc, f"{what}: no chain of links joins {m.from_site} and {m.to_site}")
+            ok = False
         if ok:
             out.append(r)
     _check_overlaps([r for r in out if r.match is not None], error)
@@ -283,7 +312,8 @@ def relay_conflicts(paths: tuple[PathChoice, ...], what: str, loc: Loc, error: R
 
 
 def _check_service(r: Route, what: str, segs: dict[str, Segment], eps: dict[str, Endpoint],
-                   endpoints: list[Endpoint], site_names: set[str], error: Report) -> Route | None:
+                   by_address: dict[tuple[str, Any], Endpoint], at_site: dict[tuple[str, str], list[Endpoint]],
+                   site_names: set[str], error: Report) -> Route | None:
     svc = r.service
     seg = segs.get(svc.segment)
     if seg is None:
@@ -292,9 +322,12 @@ def _check_service(r: Route, what: str, segs: dict[str, Segment], eps: dict[str,
     if svc.vip not in seg.subnet or svc.vip in (seg.subnet.network_address, seg.subnet.broadcast_address):
         error(r.loc, f"{what}: service: VIP {svc.vip} is not a host address of segment '{seg.name}' ({seg.subnet})")
         return None
-    taken = next((e for e in endpoints if e.segment == seg.name and e.ip == svc.vip), None)
+    taken = by_address.get((seg.name, svc.vip))
     if taken is not None:
         error(r.loc, f"{what}: service: VIP {svc.vip} is endpoint '{taken.name}'s address")
+        return None
+    if seg.gateway is not None and svc.vip == seg.gateway:
+        error(r.loc, f"{what}: service: VIP {svc.vip} is the gateway of segment '{seg.name}'")
         return None
     if seg.mode == "direct":
         error(r.loc, f"{what}: service: segment '{seg.name}' is in direct mode, which has no service splits")
@@ -308,7 +341,7 @@ def _check_service(r: Route, what: str, segs: dict[str, Segment], eps: dict[str,
                 return None
             backends.append((name, w))
         elif name in site_names:
-            here = [e for e in endpoints if e.site == name and e.segment == seg.name]
+            here = at_site.get((name, seg.name), [])
             if not here:
                 error(r.loc, f"{what}: site '{name}' has no endpoint in segment '{seg.name}' to serve it")
                 return None
@@ -336,15 +369,60 @@ def _same_or_any(a: Any, b: Any) -> bool:
 
 
 def _check_overlaps(routes: list[Route], error: Report) -> None:
-    for i, a in enumerate(routes):
-        for b in routes[i + 1:]:
-            ma, mb = a.match, b.match
-            if a.priority != b.priority:
-                continue
-            if all((_same_or_any(ma.proto, mb.proto), _same_or_any(ma.segment, mb.segment),
-                    _same_or_any(ma.from_site, mb.from_site), _same_or_any(ma.to_site, mb.to_site),
-                    _ranges_meet(ma.src_ports, mb.src_ports), _ranges_meet(ma.dst_ports, mb.dst_ports),
-                    _peers_meet(ma.src, ma.src_net, mb.src, mb.src_net),
-                    _peers_meet(ma.dst, ma.dst_net, mb.dst, mb.dst_net))):
-                error(b.loc, f"route '{b.name}' and route '{a.name}' ({a.loc}) can match the same traffic at the "
-                             f"same priority ({a.priority}); give one a higher priority or narrow a match")
+    """Two routes of one priority that can match one packet: the second is reported (once, naming the first).
+    A route is compared only with routes of its priority and (from_site, to_site, proto), or ones that leave
+    one of these open, and among those only with routes whose destination ports can meet its own: close to
+    linear in a file whose routes name their sites or ports (10,000 routes: well under a second)."""
+    buckets: dict[tuple, _Bucket] = {}
+    for b in routes:
+        mb = b.match
+        own = (b.priority, mb.from_site, mb.to_site, mb.proto)
+        if None in own[1:]:
+            keys = [k for k in buckets if k[0] == b.priority and all(
+                x is None or y is None or x == y for x, y in zip(k[1:], own[1:], strict=True))]
+        else:
+            keys = [(b.priority, f, t, p) for f in (mb.from_site, None) for t in (mb.to_site, None)
+                    for p in (mb.proto, None)]
+        a = next((a for k in keys if k in buckets for a in buckets[k].candidates(mb.dst_ports) if _meet(a, b)),
+                 None)
+        if a is not None:
+            error(b.loc, f"route '{b.name}' and route '{a.name}' ({a.loc}) can match the same traffic at the "
+                         f"same priority ({a.priority}); give one a higher priority or narrow a match")
+        buckets.setdefault(own, _Bucket()).add(b)
+
+
+class _Bucket:
+    """Routes of one key, indexed by their destination port ranges."""
+
+    def __init__(self) -> None:
+        self.open: list[Route] = []  # no dst_port: meets every port
+        self.ranges: list[tuple[int, int, int, Route]] = []  # (lo, hi, order, route), sorted
+        self.widest = 0
+
+    def add(self, r: Route) -> None:
+        if not r.match.dst_ports:
+            self.open.append(r)
+            return
+        for pr in r.match.dst_ports:
+            bisect.insort(self.ranges, (pr.lo, pr.hi, len(self.ranges), r))
+            self.widest = max(self.widest, pr.hi - pr.lo)
+
+    def candidates(self, ports: tuple[PortRange, ...]) -> Iterator[Route]:
+        yield from self.open
+        if not ports:
+            yield from (r for _, _, _, r in self.ranges)
+            return
+        for pr in ports:
+            first = bisect.bisect_left(self.ranges, (pr.lo - self.widest,))
+            for _lo, hi, _, r in self.ranges[first:bisect.bisect_right(self.ranges, (pr.hi, 1 << 17))]:
+                if hi >= pr.lo:
+                    yield r
+
+
+def _meet(a: Route, b: Route) -> bool:
+    ma, mb = a.match, b.match
+    return a.priority == b.priority and all((
+        _same_or_any(ma.proto, mb.proto), _same_or_any(ma.segment, mb.segment),
+        _same_or_any(ma.from_site, mb.from_site), _same_or_any(ma.to_site, mb.to_site),
+        _ranges_meet(ma.src_ports, mb.src_ports), _ranges_meet(ma.dst_ports, mb.dst_ports),
+        _peers_meet(ma.src, ma.src_net, mb.src, mb.src_net), _peers_meet(ma.dst, ma.dst_net, mb.dst, mb.dst_net)))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from ipaddress import IPv4Network, ip_network
 from typing import Any
 
 from cloudweave.config.errors import Invalid, Loc
 from cloudweave.config.model import Endpoint, PortRange, Rule, SecurityGroup
-from cloudweave.config.yamlpos import LDict, LList
+from cloudweave.config.values import NAME_RE
+from cloudweave.config.yamlpos import LDict, LList, show
 
+PORT_RANGE_RE = re.compile(r"\s*[0-9]{1,5}\s*-\s*[0-9]{1,5}\s*")  # ASCII digits: '²' is a digit to str.isdigit
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132}
 WITH_PORTS = {6, 17, 132}
 # Ports where a rule open to any peer deserves a second look.
@@ -24,53 +27,57 @@ def proto(value: Any) -> int | None:
         return PROTOCOLS[value.lower()]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return value
-    raise Invalid(f"'{value}' is not a protocol (tcp, udp, icmp, sctp, any, or a number 0..255)")
+    raise Invalid(f"'{show(value)}' is not a protocol (tcp, udp, icmp, sctp, any, or a number 0..255)")
 
 
 def port_ranges(value: Any) -> tuple[PortRange, ...]:
     items = value if isinstance(value, list) else [value]
+    if not items:
+        raise Invalid("an empty list of ports would match no port; leave the key out to match every port")
     out = []
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
             lo = hi = item
-        elif isinstance(item, str) and item.count("-") == 1 and all(p.strip().isdigit() for p in item.split("-")):
+        elif isinstance(item, str) and PORT_RANGE_RE.fullmatch(item):
             lo, hi = (int(p) for p in item.split("-"))
             if lo > hi:
                 raise Invalid(f"port range {item} is reversed (write {hi}-{lo})")
         else:
-            raise Invalid(f"'{item}' is not a port or a port range (examples: 80, [80, 443], 5000-6000)")
+            raise Invalid(f"'{show(item)}' is not a port or a port range (examples: 80, [80, 443], 5000-6000)")
         if not (1 <= lo and hi <= 65535):
-            raise Invalid(f"port {item} is out of range 1..65535")
+            raise Invalid(f"port {show(item)} is out of range 1..65535")
         out.append(PortRange(lo, hi))
     return tuple(sorted(set(out), key=lambda r: (r.lo, r.hi)))
 
 
 def action(value: Any) -> str:
     if value not in ("allow", "deny"):
-        raise Invalid(f"'{value}' is not an action (allow or deny)")
+        raise Invalid(f"'{show(value)}' is not an action (allow or deny)")
     return value
 
 
 def priority(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
-        raise Invalid(f"priority must be an integer 0..1000, got {value!r}")
+        raise Invalid(f"priority must be an integer 0..1000, got {show(value)}")
     return value
 
 
 def peer(value: Any) -> tuple[str, IPv4Network | None]:
     if value == "any":
         return "any", None
-    text = str(value)
-    if "/" in text or text.replace(".", "").isdigit():
+    if not isinstance(value, str):
+        raise Invalid(f"expected a group name, a CIDR or 'any', got {show(value)}")
+    text = value
+    if "/" in text or text.replace(".", "").isascii() and text.replace(".", "").isdigit():
         try:
             net = ip_network(text, strict=True)
         except ValueError as exc:
-            raise Invalid(f"'{text}' is not a valid CIDR ({exc})") from None
+            raise Invalid(f"'{show(text)}' is not a valid CIDR ({exc})") from None
         if not isinstance(net, IPv4Network):
             raise Invalid(f"'{text}' is not an IPv4 CIDR")
         return str(net), net
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"expected a group name, a CIDR or 'any', got {value!r}")
+    if not NAME_RE.fullmatch(value):
+        raise Invalid(f"expected a group name, a CIDR or 'any', got '{show(value)}'")
     return value, None
 
 
@@ -78,6 +85,9 @@ def read_groups(body: dict[str, tuple[Any, Loc]], error: Callable[[Loc, str], No
     """Parse the merged `security_groups` section; every problem goes to `error`."""
     groups = []
     for name, (raw, loc) in body.items():
+        if name == "any":
+            error(loc, "security group 'any': 'any' means every peer in a rule; name the group otherwise")
+            continue
         if not isinstance(raw, LDict):
             error(loc, f"security group '{name}' must be a mapping with 'ingress' and/or 'egress'")
             continue
@@ -156,16 +166,65 @@ def check_groups(groups: list[SecurityGroup], endpoints: list[Endpoint], error: 
         for r in g.rules:
             if r.peer_kind == "group" and r.peer not in defined:
                 error(r.loc, f"{r.describe()}: unknown group '{r.peer}'")
+        denies = _DenyIndex([d for d in g.rules if d.action == "deny"], members, ips)
         for r in g.rules:
             if r.action != "allow":
                 continue
-            for d in g.rules:
-                if d.action == "deny" and d.direction == r.direction and d.priority >= r.priority \
-                        and _covers(d, r, members, ips):
-                    error(r.loc, f"{r.describe()}: can never match: the deny rule at {d.loc} covers it")
-                    break
+            d = denies.covering(r)
+            if d is not None:
+                # A warning, not an error: whether a deny covers an allow can depend on group membership, and
+                # the meaning is defined (deny wins); a running policy must not turn invalid as a group shrinks.
+                warn(r.loc, f"{r.describe()}: can never match: the deny rule at {d.loc} covers it")
             else:
                 _warn_wide(r, warn)
+
+
+class _DenyIndex:
+    """A group's deny rules, found by what they could cover: by direction and protocol, then by peer (any; a
+    CIDR containing the allow's peer, found by its supernets; a group, found by name), so that a group of
+    thousands of rules is checked in about linear time."""
+
+    def __init__(self, denies: list[Rule], members: dict[str, set[str]], ips: dict[str, Any]):
+        self.members, self.ips = members, ips
+        self.by: dict[tuple, list[Rule]] = {}
+        self.group_peers: dict[tuple[str, int | None], set[str]] = {}
+        for d in denies:
+            peer_key = {"any": "any", "cidr": d.peer_net}.get(d.peer_kind, ("group", d.peer))
+            self.by.setdefault((d.direction, d.proto, peer_key), []).append(d)
+            if d.peer_kind == "group":
+                self.group_peers.setdefault((d.direction, d.proto), set()).add(d.peer)
+        self.spans: dict[str, IPv4Network | None] = {}
+
+    def _span(self, group: str) -> IPv4Network | None:
+        """The smallest network holding every member of `group` (None when it has none)."""
+        if group not in self.spans:
+            addrs = [self.ips[m] for m in self.members.get(group, ())]
+            net = None
+            if addrs:
+                lo, hi = int(min(addrs)), int(max(addrs))
+                prefix = 32 - (lo ^ hi).bit_length()
+                net = IPv4Network((lo >> (32 - prefix) << (32 - prefix), prefix))
+            self.spans[group] = net
+        return self.spans[group]
+
+    def covering(self, r: Rule) -> Rule | None:
+        for pr in {None, r.proto}:
+            for d in self._candidates(r, pr):
+                if d.priority >= r.priority and _covers(d, r, self.members, self.ips):
+                    return d
+        return None
+
+    def _candidates(self, r: Rule, pr: int | None) -> Any:
+        yield from self.by.get((r.direction, pr, "any"), ())
+        net = r.peer_net if r.peer_kind == "cidr" else self._span(r.peer) if r.peer_kind == "group" else None
+        if net is not None:
+            for prefix in range(net.prefixlen, -1, -1):
+                yield from self.by.get((r.direction, pr, net.supernet(new_prefix=prefix)), ())
+        if r.peer_kind == "group":
+            inner = self.members.get(r.peer, set())
+            for peer in self.group_peers.get((r.direction, pr), ()):
+                if peer == r.peer or inner and inner <= self.members.get(peer, set()):
+                    yield from self.by[(r.direction, pr, ("group", peer))]
 
 
 def _peer_covers(outer: Rule, inner: Rule, members: dict[str, set[str]], ips: dict[str, Any]) -> bool:

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
 
 MAX_DEPTH = 64  # mappings and sequences inside each other; the deepest shipped file uses 5
 MAX_ALIAS_VALUES = 100_000  # values that aliases may add to a document in all (a "billion laughs" adds 10**9)
+MAX_PROBLEMS = 1000  # duplicate keys reported by one parse
 MAX_NUMBER_DIGITS = 40  # longer digit strings stay strings, so that no field meets a 5,000-digit number
 
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
@@ -36,6 +37,7 @@ _SPECIAL = {"~": None, "null": None, "Null": None, "NULL": None, "": None,
             "-.inf": float("-inf"), "-.Inf": float("-inf"), "-.INF": float("-inf"),
             ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan")}
 _STR_TAG = "tag:yaml.org,2002:str"
+_NUMBERISH = frozenset("0123456789+-.")
 _MERGE = "<<"
 
 
@@ -116,13 +118,16 @@ class _Composer:
         root: Any = None
         documents = 0
         get = parser.get_event
+        ScalarEvent = yaml.ScalarEvent  # noqa: N806 - a local name: this loop runs once per event
         while True:
             ev = get()
             kind = type(ev)
-            if kind is yaml.ScalarEvent:
+            if kind is ScalarEvent:
                 if ev.tag is not None and ev.tag not in ("!", _STR_TAG):
                     raise _Bound(ev.start_mark, f"tag '{show(ev.tag)}' is not supported (quote a string instead)")
-                value = plain_scalar(ev.value) if ev.style == "" and ev.tag is None else ev.value
+                value = ev.value
+                if ev.style == "" and ev.tag is None and (value[:1] in _NUMBERISH or value in _SPECIAL):
+                    value = plain_scalar(value)
                 size = 1
                 if ev.anchor is not None:
                     self.anchors[ev.anchor] = (value, 1)
@@ -172,8 +177,11 @@ class _Composer:
             frame[1] += size
             parent = frame[0]
             # A collection stands where it began; a scalar or an alias, where it is written.
-            ended = kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent
-            at = done.loc if ended else _loc(file, ev.start_mark)
+            if kind is ScalarEvent or kind is yaml.AliasEvent:
+                mark = ev.start_mark
+                at = Loc(file, mark.line + 1, mark.column + 1)
+            else:
+                at = done.loc
             if type(parent) is LList:
                 parent.append(done)
                 parent.item_locs.append(at)
@@ -190,8 +198,9 @@ class _Composer:
                     frame[5].extend(self._merge_sources(done, ev.start_mark))
                     continue
                 if key in parent:
-                    self.problems.append(Problem(key_at, f"duplicate key '{show(key)}' "
-                                                 f"(first at line {parent.key_locs[key].line})"))
+                    if len(self.problems) < MAX_PROBLEMS:  # a file of a million duplicates: the first ones
+                        self.problems.append(Problem(key_at, f"duplicate key '{show(key)}' "
+                                                     f"(first at line {parent.key_locs[key].line})"))
                     continue
                 parent[key] = done
                 parent.key_locs[key] = key_at
@@ -234,12 +243,16 @@ def load_located(path: str, text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(where, f"YAML syntax: {escape(str(exc.problem or exc.context))}")]
     except yaml.reader.ReaderError as exc:
         return None, [Problem(_offset_loc(path, text, exc.position),
-                              f"YAML: {escape(str(exc.reason))} (character {exc.character!r})")]
+                              f"YAML: {escape(str(exc.reason))} (character #x{_code(exc.character):02x})")]
     except (yaml.YAMLError, ValueError) as exc:
         return None, [Problem(Loc(path, 1, 1), f"YAML: {escape(' '.join(str(exc).split()))}")]
     finally:
         if parser is not None and hasattr(parser, "dispose"):
             parser.dispose()
+
+
+def _code(character: Any) -> int:
+    return character if isinstance(character, int) else ord(character) if character else 0
 
 
 def _offset_loc(path: str, text: str, position: int) -> Loc:

@@ -77,19 +77,46 @@ def test_peer_key_must_fit_the_direction(tmp_path):
     ]
 
 
-def test_shadowed_rule_can_never_match(tmp_path):
-    text = with_groups("""\
+def test_shadowed_rule_is_a_warning_with_both_places(tmp_path):
+    """Deny wins, so the policy means something; the file is accepted and the shadowed allow is pointed out."""
+    path = tmp_path / "t.yaml"
+    path.write_text(with_groups("""\
   web:
     ingress:
       - {from: 10.0.0.0/16, proto: tcp, ports: 1000-2000, action: deny}
       - {from: db, proto: tcp, ports: [1500, 1600]}
       - {from: db, proto: tcp, ports: 1500, priority: 10}
   db: {}
-""")
-    assert problems(tmp_path, text) == [
-        "t.yaml:16:9: web ingress rule 2: allow from db tcp/1500,1600: can never match: the deny rule at "
+"""))
+    _, warnings = load_model(str(path))
+    assert [str(w).replace(str(tmp_path) + "/", "") for w in warnings if "never" in str(w)] == [
+        "t.yaml:16:9: warning: web ingress rule 2: allow from db tcp/1500,1600: can never match: the deny rule at "
         "t.yaml:15:9 covers it",
     ]
+
+
+def test_a_group_that_shrinks_under_a_deny_keeps_the_file_valid(tmp_path):
+    """The members of 'ops' shrink to the one address a deny names: the allow is shadowed, the file valid."""
+    text = with_groups("""\
+  web:
+    ingress:
+      - {from: 10.0.0.2/32, action: deny}
+      - {from: db, proto: tcp, ports: 22}
+  db: {}
+""")
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    _, warnings = load_model(str(path))
+    assert any("can never match: the deny rule at" in str(w) for w in warnings), warnings
+
+
+def test_many_rules_in_one_group_check_in_linear_time(tmp_path):
+    rules = "".join(f"      - {{from: 10.{i // 250}.{i % 250}.0/24, proto: tcp, ports: {1000 + i}, "
+                    f"action: {'deny' if i % 2 else 'allow'}}}\n" for i in range(4000))
+    path = tmp_path / "t.yaml"
+    path.write_text(with_groups("  web:\n    ingress:\n" + rules + "  db: {}\n"))
+    model, _ = load_model(str(path))
+    assert len(model.security_groups[0].rules) == 4000
 
 
 def test_wide_rules_warn(tmp_path):
