@@ -146,7 +146,7 @@ class Core:
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)
-            LOG.error("reload rejected: %d problem(s); the running configuration stays in force", len(exc.problems))
+            LOG.error("reload rejected: %d problem(s); the running configuration stays in force", exc.total)
             self.metrics.reloads.labels("rejected").inc()
             return False
         old = self.state.model

@@ -207,13 +207,19 @@ def merge_conjunctions(flows: list[Flow]) -> list[Flow]:
     """Flows with the same table, priority and match from different rules become one flow that carries every
     rule's conjunction clause (OVS keys flows by match and priority)."""
     merged: dict[tuple, Flow] = {}
+    clauses: dict[tuple, set] = {}  # key -> every rule's conjunction clause, sorted once at the end (not per merge)
     for f in flows:
         have = merged.get(f.key)
         if have is None:
             merged[f.key] = f
-        elif all(isinstance(a, Conjunction) for a in have.actions + f.actions):
-            actions = tuple(sorted(set(have.actions) | set(f.actions)))
-            merged[f.key] = Flow(f.table, f.priority, f.match, actions, min(have.cookie, f.cookie))
+        elif all(isinstance(a, Conjunction) for a in f.actions) and (
+                f.key in clauses or all(isinstance(a, Conjunction) for a in have.actions)):
+            clauses.setdefault(f.key, set(have.actions)).update(f.actions)
+            if f.cookie < have.cookie:
+                merged[f.key] = Flow(have.table, have.priority, have.match, have.actions, f.cookie)
         elif have.actions != f.actions:
             raise ValueError(f"two rules compile to one flow with different actions: {have} / {f}")
+    for key, actions in clauses.items():
+        have = merged[key]
+        merged[key] = Flow(have.table, have.priority, have.match, tuple(sorted(actions)), have.cookie)
     return list(merged.values())

@@ -26,6 +26,7 @@ PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*:(?:[ \n]|$)")
 HEADER_ONLY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*:[ ]*(?:#.*)?$")
 FIRST_BODY_LINE = re.compile(r"^( *)(?=[^\s#])", re.M)
 BLOCK = 1 << 16
+MAX_SECTIONS = 16  # the format has 9 top-level sections
 
 Parsed = tuple[str, Any, Loc, Loc]  # a section or an entry: key, value, and their positions
 
@@ -64,12 +65,12 @@ class ChunkCache:
         return _only(_shift(tree, line - 1))
 
 
-def load_chunked(path: str, text: str, cache: ChunkCache) -> tuple[Any, list[Problem]]:
-    """yamlpos.load_located(path, text), from cached chunks where it can be."""
+def load_chunked(path: str, text: str, cache: ChunkCache, sections: Any = None) -> tuple[Any, list[Problem]]:
+    """yamlpos.load_located(path, text, sections), from cached chunks where it can be."""
     doc = _try_chunked(path, text, cache)
     if doc is None:
         cache._files.pop(path, None)
-        return load_located(path, text)
+        return load_located(path, text, sections)
     return doc, []
 
 
@@ -80,6 +81,8 @@ def _try_chunked(path: str, text: str, cache: ChunkCache) -> LDict | None:
     first = FIRST_BODY_LINE.search(text)
     if not starts or first is None or first.start() != starts[0]:
         return None  # empty, or the document starts with something other than a key at column 1
+    if len(starts) > MAX_SECTIONS:
+        return None  # more sections than the format has: unknown ones, which the whole-file reader reports
     before = cache._files.get(path, {})
     after: dict[str, _Section] = {}
     root = LDict()

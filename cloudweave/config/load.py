@@ -96,6 +96,11 @@ class _Collector:
             if not self.unshown:
                 self.unshown.append(problem)
 
+    @property
+    def full(self) -> bool:
+        """No more problems will be kept (the next ones are only counted)."""
+        return len(self.problems) >= MAX_PROBLEMS
+
     def error(self, loc: Loc, message: str) -> None:
         self.add(Problem(loc, message))
 
@@ -145,11 +150,11 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
         c.error(Loc(path, 1, 1), str(exc))
         return
     if cache is None:
-        doc, problems = load_located(path, text)
+        doc, problems = load_located(path, text, TOP_KEYS)
     elif real in cache.files and cache.files[real][0] == text:
         doc, problems = cache.files[real][1:]
     else:
-        doc, problems = load_chunked(path, text, cache.chunks)
+        doc, problems = load_chunked(path, text, cache.chunks, TOP_KEYS)
         cache.files[real] = (text, doc, problems)
     for problem in problems:
         c.add(problem)
@@ -160,7 +165,10 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
         return
     for key in doc:
         if key not in TOP_KEYS:
-            c.error(doc.key_locs[key], f"unknown section '{show(key)}' (expected one of: {', '.join(TOP_KEYS)})")
+            if c.full:  # counted, not worded: 10 MB of junk keys are a million of these
+                c.add(Problem(doc.key_locs[key], "unknown section"))
+            else:
+                c.error(doc.key_locs[key], f"unknown section '{show(key)}' (expected one of: {', '.join(TOP_KEYS)})")
     if "version" in doc and (type(doc["version"]) is not int or doc["version"] != 1):
         c.error(doc.val_locs["version"], f"unsupported version {show(doc['version'])} (this cloudweave reads "
                                          "version 1)")

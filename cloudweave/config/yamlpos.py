@@ -111,56 +111,84 @@ class _Composer:
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, how many values it holds)
         self.alias_values = 0
 
-    def compose(self, parser: Any) -> Any:
-        file = self.file
-        # Each frame: [container, values inside it, anchor, pending key or _NO_KEY, the key's Loc, merge sources]
-        stack: list[list[Any]] = []
+    def compose(self, parser: Any, drop: Any = None) -> Any:
+        """The document's tree. One pass over the events; the container being filled and its pending key are
+        locals (a million entries run through this loop), pushed on `stack` when a child container opens."""
+        file, problems, anchors = self.file, self.problems, self.anchors
+        new_loc = tuple.__new__  # Loc(...) without NamedTuple's Python-level __new__
+        scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
+        mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+        mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+        numberish, special = _NUMBERISH, _SPECIAL
+        # The open container: itself, whether it is a list, its anchor, the value count when it opened (for the
+        # size an alias of it adds), its pending key (_NO_KEY: none) and that key's Loc, its merge sources.
+        parent: Any = None
+        is_list = False
+        anchor: str | None = None
+        opened = 0
+        key: Any = _NO_KEY
+        key_at: Any = None
+        merges: list | None = None
+        stack: list[tuple] = []
+        count = 0  # values composed so far, aliases counted by what they add
         root: Any = None
         documents = 0
         get = parser.get_event
-        ScalarEvent = yaml.ScalarEvent  # noqa: N806 - a local name: this loop runs once per event
         while True:
             ev = get()
             kind = type(ev)
-            if kind is ScalarEvent:
-                if ev.tag is not None and ev.tag not in ("!", _STR_TAG):
-                    raise _Bound(ev.start_mark, f"tag '{show(ev.tag)}' is not supported (quote a string instead)")
+            if kind is scalar_event:
+                tag = ev.tag
                 value = ev.value
-                if ev.style == "" and ev.tag is None and (value[:1] in _NUMBERISH or value in _SPECIAL):
-                    value = plain_scalar(value)
-                size = 1
+                if tag is None:
+                    if ev.style == "" and (value[:1] in numberish or value in special):
+                        value = plain_scalar(value)
+                elif tag != "!" and tag != _STR_TAG:
+                    raise _Bound(ev.start_mark, f"tag '{show(tag)}' is not supported (quote a string instead)")
+                count += 1
                 if ev.anchor is not None:
-                    self.anchors[ev.anchor] = (value, 1)
+                    anchors[ev.anchor] = (value, 1)
+                mark = ev.start_mark
+                at = new_loc(Loc, (file, mark.line + 1, mark.column + 1))
                 done = value
-            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-                if ev.tag is not None and ev.tag != "!" and not ev.tag.endswith((":map", ":seq")):
-                    raise _Bound(ev.start_mark, f"tag '{show(ev.tag)}' is not supported")
+            elif kind is mapping_start or kind is sequence_start:
+                tag = ev.tag
+                if tag is not None and tag != "!" and not tag.endswith((":map", ":seq")):
+                    raise _Bound(ev.start_mark, f"tag '{show(tag)}' is not supported")
                 if len(stack) >= MAX_DEPTH:
                     raise _Bound(ev.start_mark, f"nested more than {MAX_DEPTH} levels deep")
-                if kind is yaml.MappingStartEvent:
-                    container: Any = LDict()
-                    container.key_locs, container.val_locs = {}, {}
+                stack.append((parent, is_list, anchor, opened, key, key_at, merges))
+                mark = ev.start_mark
+                if kind is mapping_start:
+                    parent = LDict()
+                    parent.key_locs, parent.val_locs = {}, {}
+                    is_list = False
                 else:
-                    container = LList()
-                    container.item_locs = []
-                container.loc = _loc(file, ev.start_mark)
-                stack.append([container, 1, ev.anchor, _NO_KEY, None, None])
+                    parent = LList()
+                    parent.item_locs = []
+                    is_list = True
+                parent.loc = new_loc(Loc, (file, mark.line + 1, mark.column + 1))
+                anchor, opened, key, key_at, merges = ev.anchor, count, _NO_KEY, None, None
+                count += 1
                 continue
-            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
-                frame = stack.pop()
-                done, size, anchor = frame[0], frame[1], frame[2]
-                if frame[5]:
-                    self._merge(done, frame[5])
+            elif kind is mapping_end or kind is sequence_end:
+                done, at = parent, parent.loc
+                if merges:
+                    self._merge(done, merges)
                 if anchor is not None:
-                    self.anchors[anchor] = (done, size)
-            elif kind is yaml.AliasEvent:
-                if ev.anchor not in self.anchors:
+                    anchors[anchor] = (done, count - opened)
+                parent, is_list, anchor, opened, key, key_at, merges = stack.pop()
+            elif kind is alias_event:
+                if ev.anchor not in anchors:
                     raise _Bound(ev.start_mark, f"alias '*{show(ev.anchor)}' names no anchor before it "
-                                                  "(an alias cannot refer to the value that contains it)")
-                done, size = self.anchors[ev.anchor]
+                                                "(an alias cannot refer to the value that contains it)")
+                done, size = anchors[ev.anchor]
+                count += size
                 self.alias_values += size
                 if self.alias_values > MAX_ALIAS_VALUES:
                     raise _Bound(ev.start_mark, f"aliases expand to more than {MAX_ALIAS_VALUES} values")
+                mark = ev.start_mark
+                at = new_loc(Loc, (file, mark.line + 1, mark.column + 1))
             elif kind is yaml.DocumentStartEvent:
                 if documents:
                     raise _Bound(ev.start_mark, "the file holds more than one YAML document; keep one")
@@ -170,41 +198,36 @@ class _Composer:
                 return root
             else:  # StreamStart, DocumentEnd
                 continue
-            if not stack:
+            # `done` stands at `at`: a collection where it began, a scalar or an alias where it is written.
+            if parent is None:
                 root = done
-                continue
-            frame = stack[-1]
-            frame[1] += size
-            parent = frame[0]
-            # A collection stands where it began; a scalar or an alias, where it is written.
-            if kind is ScalarEvent or kind is yaml.AliasEvent:
-                mark = ev.start_mark
-                at = Loc(file, mark.line + 1, mark.column + 1)
-            else:
-                at = done.loc
-            if type(parent) is LList:
+            elif is_list:
                 parent.append(done)
                 parent.item_locs.append(at)
-            elif frame[3] is _NO_KEY:
+            elif key is _NO_KEY:
                 if isinstance(done, (LDict, LList)):
                     raise _Bound(ev.start_mark, "a key must be a plain value")
-                frame[3], frame[4] = done, at
+                key, key_at = done, at
             else:
-                key, key_at = frame[3], frame[4]
-                frame[3] = _NO_KEY
                 if key == _MERGE:
-                    if frame[5] is None:
-                        frame[5] = []
-                    frame[5].extend(self._merge_sources(done, ev.start_mark))
-                    continue
-                if key in parent:
-                    if len(self.problems) < MAX_PROBLEMS:  # a file of a million duplicates: the first ones
-                        self.problems.append(Problem(key_at, f"duplicate key '{show(key)}' "
-                                                     f"(first at line {parent.key_locs[key].line})"))
-                    continue
-                parent[key] = done
-                parent.key_locs[key] = key_at
-                parent.val_locs[key] = at
+                    if merges is None:
+                        merges = []
+                    merges.extend(self._merge_sources(done, ev.start_mark))
+                elif key in parent:
+                    if len(problems) >= MAX_PROBLEMS:  # a file of a million duplicates: the first ones do
+                        raise _Bound(ev.start_mark, f"more than {MAX_PROBLEMS} duplicate keys; stopped reading here")
+                    problems.append(Problem(key_at, f"duplicate key '{show(key)}' "
+                                            f"(first at line {parent.key_locs[key].line})"))
+                elif drop is not None and len(stack) == 1 and key not in drop:
+                    # A section the reader does not know: only reported, so its content is not kept (10 MB of
+                    # junk keys would otherwise be a tree of a million values).
+                    parent[key] = None
+                    parent.key_locs[key] = parent.val_locs[key] = key_at
+                else:
+                    parent[key] = done
+                    parent.key_locs[key] = key_at
+                    parent.val_locs[key] = at
+                key = _NO_KEY
 
     def _merge_sources(self, value: Any, mark: Any) -> list[LDict]:
         items = value if isinstance(value, LList) else [value]
@@ -226,17 +249,17 @@ class _Composer:
 _NO_KEY = object()
 
 
-def load_located(path: str, text: str) -> tuple[Any, list[Problem]]:
+def load_located(path: str, text: str, sections: Any = None) -> tuple[Any, list[Problem]]:
     """Parse YAML text into LDict/LList/scalars; syntax errors and broken bounds become problems, never
-    exceptions."""
+    exceptions. `sections`: the top-level keys whose values to keep (others are kept as None)."""
     problems: list[Problem] = []
     parser = None
     try:
         parser = _Parser(text)
-        root = _Composer(path, problems).compose(parser)
+        root = _Composer(path, problems).compose(parser, sections)
         return (LDict() if root is None else root), problems
     except _Bound as exc:
-        return None, [Problem(_loc(path, exc.mark), exc.message)]
+        return None, problems + [Problem(_loc(path, exc.mark), exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _loc(path, mark) if mark else Loc(path, 1, 1)

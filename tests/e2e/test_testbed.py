@@ -18,7 +18,7 @@ from cloudweave.testbed.traffic import iperf, ns_argv, probe
 from cloudweave.config import load_model
 from flows.policy import Policy
 from flows.tables import FLOOD, PORT_SECURITY
-from tests.harness import ROOT, free_port, rewrite_topology
+from tests.harness import ROOT, free_port, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.testbed
 # The userspace datapath's revalidators push flow statistics about twice a second; counters read sooner lag.
@@ -248,3 +248,84 @@ def test_flows_deleted_by_hand_come_back_and_traffic_recovers_within_2s(three):
     assert restored == want
     log = open(state.controller["log"]).read()
     assert "site cloud2 (dpid 0x3): the switch holds 0 of our flows" in log
+
+
+def _switches(state: State) -> dict[str, tuple[list[str], list[str]]]:
+    """Every site's flows (without counters) and groups, sorted: byte for byte what the switches hold."""
+    out = {}
+    for site, info in state.sites.items():
+        mgmt = f"unix:{info['rundir']}/br-int.mgmt"
+        flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", mgmt, "--no-stats"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        groups = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-groups", mgmt],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        out[site] = (sorted(flows), sorted(groups))
+    return out
+
+
+def _reloads(state: State) -> int:
+    log = open(state.controller["log"]).read()
+    return log.count("reload applied in") + log.count("reload rejected")
+
+
+def test_bad_files_leave_the_controller_up_and_the_switches_as_they_were(three):
+    """Issue #13 against the running controller: the file it serves is replaced by one input of each class
+    that used to hang or crash (an include of a FIFO, an alias bomb, nesting 100,000 deep, a value that crashed
+    compile); each time the controller answers within its usual time, logs the same located lines as `check`,
+    and every switch's flows and groups stay byte-identical; then a good edit applies."""
+    workdir, _ = three
+    state = State.load(workdir)
+    path = state.topology
+    good = open(path).read()
+    os.mkfifo(os.path.join(os.path.dirname(path), "pipe.yaml"))
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['x'] * 9)}]\n" for i in range(9))
+    bad = {
+        "an include of a FIFO": good + "include: pipe.yaml\n",
+        "an alias bomb": good + bomb,
+        "nesting 100,000 deep": good + "deep: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "an infinite split weight": good.replace("routes:\n", "routes:\n- {name: fz, match: {proto: tcp, dst_port: "
+                                                 "9999, from_site: onprem, to_site: cloud1}, split: {direct: .inf, "
+                                                 "via cloud2: 1}}\n", 1),
+    }
+    before = _switches(state)
+    try:
+        for what, text in bad.items():
+            assert text != good, what
+            with open(path + ".tmp", "w") as fh:
+                fh.write(text)
+            check = subprocess.run([sys.executable, "-m", "cloudweave", "check", path + ".tmp"], capture_output=True,
+                                   text=True, timeout=30, cwd=ROOT)
+            assert check.returncode == 1 and "Traceback" not in check.stderr, (what, check.stderr)
+            located = [ln.replace(path + ".tmp", path) for ln in check.stderr.splitlines()[:-1]]
+            done = _reloads(state)
+            t0 = time.monotonic()
+            os.replace(path + ".tmp", path)
+            while _reloads(state) == done and time.monotonic() - t0 < 10:
+                time.sleep(0.02)
+            answered = time.monotonic() - t0
+            assert answered < 2.0, (what, answered)
+            assert alive(state.controller["pid"]), what
+            log = open(state.controller["log"]).read()
+            assert "Traceback" not in log, what
+            for line in located:
+                assert line in log, (what, line)
+            assert _switches(state) == before, what
+        # The next good edit applies: one endpoint more (its port is not plugged; its flows are still compiled).
+        edited = good.replace("endpoints:\n", "endpoints:\n  fz1: {site: cloud1, port: fz1, segment: prod, mac: "
+                                              "'02:00:00:00:0f:01', ip: 10.10.0.99}\n", 1)
+        assert edited != good
+        done = _reloads(state)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(edited)
+        os.replace(path + ".tmp", path)
+        wait_for(lambda: _reloads(state) > done, timeout_s=10, what="the good edit")
+        assert open(state.controller["log"]).read().count("reload applied in") >= 1
+        wait_for(lambda: _switches(state) != before, timeout_s=5, what="the good edit's flows")
+    finally:
+        done = _reloads(state)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(good)
+        os.replace(path + ".tmp", path)
+        wait_for(lambda: _reloads(state) > done, timeout_s=10, what="the file restored")
+        os.unlink(os.path.join(os.path.dirname(path), "pipe.yaml"))
+    wait_for(lambda: _switches(state) == before, timeout_s=5, what="the switches as they were")
