@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
@@ -64,7 +65,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ipaddress import ip_address
+    from ipaddress import IPv4Address, ip_address
 
     from cloudweave.config.errors import Invalid
     from cloudweave.config.security import proto as parse_proto
@@ -110,6 +111,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"  {args.src} -> {args.dst} {what}")
     if decision.reason:
         print(f"  {decision.reason}")
+    if decision.allowed and not isinstance(src, IPv4Address) and not isinstance(dst, IPv4Address):
+        _explain_route(model, src, dst, proto, args.port)
     for v in decision.verdicts:
         groups = ",".join(v.endpoint.groups) or "no groups"
         head = f"  {v.direction:<7} of {v.endpoint.name} [{groups}]: {'allow' if v.allowed else 'deny'}"
@@ -118,6 +121,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for r in v.rules:
             print(f"{head} by {r.describe()} ({r.loc})")
     return 0
+
+
+def _explain_route(model: Model, src: Any, dst: Any, proto: int, port: int | None) -> None:
+    """The route (from `routes` or `cloud_policy`) that carries the packet between sites, and its split."""
+    from flows.routing import route_of
+
+    r = route_of(model, src, dst, proto, port)
+    if r is None:
+        return
+    if r.auto:
+        how = "split: auto (traffic engineering)"
+    elif r.k_shortest:
+        how = f"equal split over the {r.k_shortest} shortest paths"
+    else:
+        total = sum(p.weight for p in r.paths)
+        how = ", ".join(f"{' -> '.join(p.sites)} {p.weight / total:.0%}" for p in r.paths)
+    print(f"  route {r.name} ({r.loc}): {how}")
 
 
 def cmd_tm(args: argparse.Namespace) -> int:

@@ -50,6 +50,16 @@ class CloudweaveApp(app_manager.OSKenApp):
         conf = cfg.CONF
         self.settings = Settings.from_env(conf.ofp_listen_host, conf.ofp_tcp_listen_port)
         self.metrics = Metrics()
+        if self.settings.metrics:
+            # Bound first: a port taken (another controller?) ends the process at once with the reason, before
+            # any thread starts, instead of a controller that runs without its metrics.
+            try:
+                self.metrics.serve(*self.settings.metrics)
+            except OSError as exc:
+                LOG.error("metrics: cannot listen on %s:%d: %s; not starting (--metrics HOST:PORT or off)",
+                          *self.settings.metrics, exc.strerror or exc)
+                raise SystemExit(1) from None
+            LOG.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
         self.reloads = ReloadRequests()
         self.te = TeLoop(self.settings.state, self.metrics)
         try:
@@ -68,9 +78,6 @@ class CloudweaveApp(app_manager.OSKenApp):
         published = lambda: self.core.published  # noqa: E731 - read the snapshot in force at each call
         self.threads += [hub.spawn(self.core.run), hub.spawn(self.ovsdb.run), hub.spawn(self.limits.run),
                          hub.spawn(self.te.run, published, self.core.post)]
-        if self.settings.metrics:
-            self.metrics.serve(*self.settings.metrics)
-            LOG.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
         self.reloads.watch(self.core.state.model.files, use_inotify=INOTIFY)
         return thread
 

@@ -19,6 +19,8 @@ def run(config: str, listen: str, metrics: str, switch_target: str | None, log_l
     if switch_target:
         os.environ["CLOUDWEAVE_SWITCH_TARGET"] = switch_target
     args = listen_args(listen)
+    # os-ken warns at import that its native hub is "incomplete"; we run on it by choice (docs/design.md).
+    logging.getLogger("os_ken.lib.hub").setLevel(logging.ERROR)
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
 

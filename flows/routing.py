@@ -56,6 +56,39 @@ def path_mark(bucket_id: int) -> int:
 
 
 
+def route_of(model: Model, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Route | None:
+    """The path split that carries a packet from `src` to `dst` (another site), or None: the shortest path.
+    The same reading of a match as the flows compiled below: the highest priority wins (check refuses two
+    routes of one priority that can match one packet)."""
+    if src.site == dst.site:
+        return None
+    best: Route | None = None
+    for r in model.routes:
+        m = r.match
+        if m is None or (best is not None and r.priority <= best.priority):
+            continue
+        if (src.site, dst.site) not in model.route_pairs(r):
+            continue
+        if m.proto is not None and m.proto != proto or m.segment is not None and m.segment != src.segment:
+            continue
+        if not _peer_has(m.src, m.src_net, src) or not _peer_has(m.dst, m.dst_net, dst):
+            continue
+        if m.dst_ports and (port is None or not any(p.lo <= port <= p.hi for p in m.dst_ports)):
+            continue
+        if m.src_ports:
+            continue  # explain has no source port: a route on source ports is not said to carry it
+        best = r
+    return best
+
+
+def _peer_has(peer: str | None, net: object, ep: Endpoint) -> bool:
+    if peer is None:
+        return True
+    if net is not None:
+        return ep.ip in net
+    return peer in ep.groups
+
+
 @dataclass(frozen=True)
 class PairPlan:
     """The paths one route uses from `src` to `dst`, with the share each should take."""

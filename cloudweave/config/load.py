@@ -13,6 +13,7 @@ import networkx as nx
 
 from cloudweave.config import values as v
 from cloudweave.config.chunks import ChunkCache, load_chunked
+from cloudweave.config.cloud_policy import read_cloud_policy
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.files import MAX_FILES, Unreadable, read_text
 from cloudweave.config.model import TUNNEL_PREFIX, Endpoint, Link, Model, Segment, Site
@@ -55,10 +56,10 @@ ENDPOINT: Schema = {
 TRAFFIC: Schema = {"poll_interval": (v.between_s(0.5, 3600.0), False)}
 MIN_SUBNET_PREFIX = 8  # a segment wider than a /8 is a typo (a /0 would claim every address)
 TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
-            "security_groups", "routes", "traffic")
+            "security_groups", "routes", "cloud_policy", "traffic")
 MAX_PROBLEMS = 1000  # kept and printed; the rest are counted
 NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
-LIST_SECTIONS = ("links", "routes")
+LIST_SECTIONS = ("links", "routes", "cloud_policy")
 
 
 @dataclass
@@ -363,8 +364,9 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     _check_modes(c, sites, segments, endpoints)
     check_nat(sites, segments, endpoints, c.error, c.warn)
     group_names = {g.name for g in groups} | {g for e in endpoints for g in e.groups}
-    routes = check_routes(read_routes(merged.get("routes", []), c.error), sites, links, segments, endpoints,
-                          group_names, c.error, c.warn)
+    routes = check_routes(read_routes(merged.get("routes", []), c.error) + read_cloud_policy(
+        merged.get("cloud_policy", []), sites, links, endpoints, c.error, c.warn), sites, links, segments, endpoints,
+        group_names, c.error, c.warn)
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), files=files)
 

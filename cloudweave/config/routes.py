@@ -34,7 +34,7 @@ MAX_WEIGHT = 1e6
 AUTO_PATHS = 4  # candidate paths of `split: auto` to begin with (te/ may add more where they help)
 
 
-def _peer(value: Any) -> tuple[str, IPv4Network | None]:
+def route_peer(value: Any) -> tuple[str, IPv4Network | None]:
     """A group name or a CIDR."""
     text = str(value)
     if "/" in text or text[:1].isdigit():
@@ -99,7 +99,7 @@ def _match(raw: Any, loc: Loc, what: str, error: Report) -> RouteMatch | None:
             if key == "proto":
                 out["proto"] = proto(value)
             elif key in ("src", "dst"):
-                out[key], out[f"{key}_net"] = _peer(value)
+                out[key], out[f"{key}_net"] = route_peer(value)
             elif key in ("src_port", "dst_port"):
                 out[f"{key}s"] = port_ranges(value)
             else:

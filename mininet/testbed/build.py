@@ -36,6 +36,17 @@ INTERNET_SERVER = "198.51.100.100"  # documentation range (RFC 5737), as the ref
 INTERNET_PREFIX = 24  # Mininet's htb helper refuses more; faster links run unshaped
 
 
+def _last_error(log: str) -> str:
+    """The last line of the controller's log that says why it stopped (its own error, not the traceback)."""
+    try:
+        with open(log, errors="replace") as fh:
+            lines = fh.read().splitlines()[-200:]
+    except OSError:
+        return ""
+    said = [ln for ln in lines if " ERROR " in ln or "Error:" in ln or "error:" in ln]
+    return said[-1].strip() if said else ""
+
+
 class TestbedError(RuntimeError):
     pass
 
@@ -201,8 +212,9 @@ class Testbed:
         have: dict[str, int] = {}
         while time.monotonic() < deadline:
             if self.controller is not None and self.controller.poll() is not None:
-                raise TestbedError(f"the controller exited ({self.controller.returncode}); "
-                                   f"see {self.state.controller['log']}")
+                said = _last_error(self.state.controller["log"])
+                raise TestbedError(f"the controller exited ({self.controller.returncode})"
+                                   f"{': ' + said if said else ''}; see {self.state.controller['log']}")
             have = {s: self.flow_count(s) for s in want}
             if have == want:
                 return

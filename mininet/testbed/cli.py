@@ -42,17 +42,40 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
         state = State.load(workdir)
         if state is not None and state.keeper_pid == keeper.pid and state.status in ("ready", "failed"):
             if state.status == "failed":
-                print(f"cloudweave: test bed failed: {state.error} (log: {log})", file=sys.stderr)
+                _tear_down_failed(keeper, workdir)
+                print(f"cloudweave: test bed failed: {state.error}\n  everything it started is torn down; "
+                      f"the log stays: {log}", file=sys.stderr)
                 return 1
             print(f"test bed up: {len(state.sites)} sites, {len(state.hosts)} endpoints, controller "
                   f"{state.controller.get('target')}; logs in {workdir}")
             return 0
         if keeper.poll() is not None:
-            print(f"cloudweave: test bed keeper exited ({keeper.returncode}); see {log}", file=sys.stderr)
+            _tear_down_failed(keeper, workdir)
+            print(f"cloudweave: test bed keeper exited ({keeper.returncode}); everything it started is torn "
+                  f"down; see {log}", file=sys.stderr)
             return 1
         time.sleep(0.2)
-    print(f"cloudweave: test bed not ready after {UP_TIMEOUT_S:.0f} s; see {log}", file=sys.stderr)
+    _tear_down_failed(keeper, workdir)
+    print(f"cloudweave: test bed not ready after {UP_TIMEOUT_S:.0f} s; everything it started is torn down; "
+          f"see {log}", file=sys.stderr)
     return 1
+
+
+def _tear_down_failed(keeper: subprocess.Popen, workdir: str) -> None:
+    """After a failed bring-up nothing stays: the keeper tears down what it built (it is given 60 s, then
+    stopped), and whatever its state file still lists is removed, so that the next `up` or demo starts clean."""
+    try:
+        keeper.wait(60)
+    except subprocess.TimeoutExpired:
+        keeper.terminate()
+        try:
+            keeper.wait(10)
+        except subprocess.TimeoutExpired:
+            keeper.kill()
+            keeper.wait()
+    leftover = State.load(workdir)
+    if leftover is not None:
+        force_cleanup(leftover)
 
 
 def exec_in(workdir: str, name: str, cmd: list[str], **popen: object) -> subprocess.CompletedProcess:

@@ -68,7 +68,7 @@ class OvsInstance:
             try:
                 return self._check(argv)
             except OvsError as exc:
-                if "Broken pipe" not in str(exc) and "Connection refused" not in str(exc):
+                if not any(m in str(exc) for m in ("Broken pipe", "Connection refused", "connection dropped")):
                     raise
                 time.sleep(0.2)
         return self._check(argv)

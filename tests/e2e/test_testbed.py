@@ -329,3 +329,37 @@ def test_bad_files_leave_the_controller_up_and_the_switches_as_they_were(three):
         wait_for(lambda: _reloads(state) > done, timeout_s=10, what="the file restored")
         os.unlink(os.path.join(os.path.dirname(path), "pipe.yaml"))
     wait_for(lambda: _switches(state) == before, timeout_s=5, what="the switches as they were")
+
+
+def test_a_failed_bring_up_says_why_at_once_and_leaves_nothing(tmp_path_factory, capsys):
+    """The controller cannot start (its metrics port is taken): `testbed up` reports the controller's own error
+    as soon as it exits, not a timeout, and tears down everything it started; the next `up` works."""
+    import socket
+
+    workdir = tmp_path_factory.mktemp("failed")
+    src = os.path.join(ROOT, "topologies", "two-sites.yaml")
+    model = load_model(src)[0]
+    topo = str(workdir / "two-sites.yaml")
+    rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites})
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        rc = up(topo, str(workdir), metrics=f"127.0.0.1:{port}")
+        elapsed = time.monotonic() - t0
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    try:
+        assert rc == 1 and elapsed < 45, (rc, elapsed)  # it waited 90 s for flows before
+        assert f"cannot listen on 127.0.0.1:{port}" in err and "Address already in use" in err, err
+        assert "torn down" in err
+        assert State.load(str(workdir)) is None  # no keeper, controller, OVS or namespace left to list
+        pids = [int(p) for p in subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True,
+                                               text=True).stdout.split()]
+        assert pids == [], pids
+        assert up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}") == 0  # nothing refuses the next one
+    finally:
+        down(str(workdir), force=True)

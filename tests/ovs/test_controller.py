@@ -249,23 +249,28 @@ def test_tunnel_port_removed_by_hand_comes_back(fabric):
         ctl.stop()
 
 
-def test_osken_manager_runs_the_app(fabric):
-    """`osken-manager controller.app` (the ryu-manager drop-in, eventlet hub) runs the same application,
-    reloads included."""
+@pytest.mark.parametrize("command", ["osken-manager", "ryu-manager"])
+def test_osken_manager_runs_the_app(fabric, command):
+    """`osken-manager controller.app` (eventlet hub) runs the same application, reloads included; so does
+    `ryu-manager controller.app`, as the operator types it (installed with cloudweave)."""
     instances, config, tmp_path = fabric
     sock = str(tmp_path / "ctl.sock")
-    manager = os.path.join(os.path.dirname(sys.executable), "osken-manager")
+    manager = os.path.join(os.path.dirname(sys.executable), command)
+    if command == "ryu-manager":
+        out = subprocess.run([manager, "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.startswith("usage: ryu-manager") and "--ofp-listen-host" in \
+            out.stdout, out.stdout[:300] + out.stderr[-300:]
     argv = [manager, "--ofp-listen-host", sock, "--ofp-tcp-listen-port", "6653", "controller.app"]
     ctl = Controller(config, str(tmp_path), [o.rundir for o in instances.values()], argv=argv,
                      env={"CLOUDWEAVE_CONFIG": config, "CLOUDWEAVE_METRICS": "off",
                           "CLOUDWEAVE_SWITCH_TARGET": "unix:{ovsdb_dir}/controller.sock"}).start()
     try:
         wait_for(lambda: all(len(instances[s].flows()) == expected_count(config, s) for s in SITES),
-                 what="flows from osken-manager")
+                 what=f"flows from {command}")
         rewrite_topology(REFERENCE, config, {s: str(tmp_path / s) for s in SITES},
                          edit=lambda doc: doc["endpoints"].pop("cdn1"))
         wait_for(lambda: len(instances["cloud1"].flows()) == expected_count(config, "cloud1"),
-                 what="flows after an edit under osken-manager")
+                 what=f"flows after an edit under {command}")
         assert "reload: endpoints removed: cdn1" in ctl.log()
         assert "Traceback" not in ctl.log()
     finally:
