@@ -47,6 +47,11 @@ class OvsInstance:
         self.run(f"ovsdb-server {db} --remote=punix:{self.db_sock} --pidfile={r}/ovsdb-server.pid "
                  f"--unixctl={r}/ovsdb-server.ctl --log-file={r}/ovsdb-server.log --detach")
         self.vsctl("--no-wait", "init")
+        self.start_vswitchd()
+
+    def start_vswitchd(self) -> None:
+        """ovs-vswitchd on this instance's database (also again, after it stopped: an upgrade's restart)."""
+        r = self.rundir
         self.run(f"OVS_RUNDIR={r} ovs-vswitchd {self.db} --pidfile={r}/ovs-vswitchd.pid "
                  f"--unixctl={r}/ovs-vswitchd.ctl --log-file={r}/ovs-vswitchd.log --detach")
         if not os.path.exists(f"{r}/ovs-vswitchd.pid"):

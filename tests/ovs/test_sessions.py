@@ -170,3 +170,29 @@ def test_a_reload_that_changes_nothing_sends_nothing(fabric):
         assert "no longer a site" not in ctl.log()
     finally:
         ctl.stop()
+
+
+def test_a_switch_killed_mid_reconcile_logs_one_line_and_is_reprogrammed(fabric):
+    """ovs-vswitchd killed while the controller reads it back (SIGHUP: every switch reconciled in full), at
+    several moments of the reconcile: each time one line says so, never a traceback, and the restarted switch
+    is programmed again."""
+    ctl = fabric.controller().start()
+    try:
+        programmed(fabric, ctl)
+        cloud1 = fabric.instances["cloud1"]
+        want = expected(fabric.config, "cloud1")
+        for delay in (0.0, 0.005, 0.01, 0.02, 0.04):
+            pid = cloud1.vswitchd_pid()
+            gone = ctl.log().count("switch 0x2 disconnected")
+            os.kill(ctl.proc.pid, signal.SIGHUP)
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda n=gone: ctl.log().count("switch 0x2 disconnected") > n, 10, what="the disconnect noticed")
+            cloud1.start_vswitchd()
+            wait_for(lambda: len(cloud1.flows()) == want, 15, what="cloud1 programmed again")
+        log = ctl.log()
+        assert "Traceback" not in log
+        lines = [ln for ln in log.splitlines() if "the switch disconnected" in ln]
+        assert len(lines) <= 5 and all("retrying" not in ln for ln in lines), lines
+    finally:
+        ctl.stop()
