@@ -258,6 +258,15 @@ def parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("down", help="remove every namespace, process and socket the test bed made")
     t.add_argument("--workdir", default="/run/cloudweave")
     t.add_argument("--force", action="store_true", help="clean up from the state file even after a crash")
+    t = tsub.add_parser("restart-ovs", help="restart one site's ovs-vswitchd as an upgrade would (ovs-ctl restart)",
+                        description="Save every bridge's groups and flows, set flow-restore-wait, stop and start "
+                                    "ovs-vswitchd on the same database, put the flows back and clear the flag (as "
+                                    "`ovs-ctl restart` does); restore what the host owns (br-phy's address, flows and "
+                                    "tunnel neighbours). --no-flow-restore-wait: start with empty tables, and let the "
+                                    "controller reprogram br-int when it reconnects.")
+    t.add_argument("site")
+    t.add_argument("--no-flow-restore-wait", action="store_true", help="restart without saving and restoring flows")
+    t.add_argument("--workdir", default="/run/cloudweave")
     t = tsub.add_parser("status", help="show what the test bed runs")
     t.add_argument("--workdir", default="/run/cloudweave")
     s.set_defaults(func=cmd_testbed)

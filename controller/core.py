@@ -203,6 +203,7 @@ class Core:
                 LOG.warning("switch %#x is not a site of %s; leaving it alone", dp.id, self.settings.config)
                 self.unknown_dpids.add(dp.id)
         else:
+            self.links.reconnected(site.name)
             session = SwitchSession(dp, site.name, self.metrics,
                                     lambda ports, dpid=dp.id: self.post(PortsSeen(dpid, ports, complete=True)))
             session.set_desired(self.desired.get(site.name))

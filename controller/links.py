@@ -27,6 +27,14 @@ class LinkWatch:
         else:
             have.live, have.ever_live = live, have.ever_live or live
 
+    def reconnected(self, site: str) -> None:
+        """The site's switch connected again, perhaps a new ovs-vswitchd (an upgrade's restart) whose BFD
+        sessions start afresh: its tunnels count as down only once they have been live on this connection.
+        A link that is truly down is still reported by its other end."""
+        for (s, _), p in self.ports.items():
+            if s == site:
+                p.ever_live = False
+
     def forget(self, site: str, port: str) -> None:
         """The port was deleted: a new one of that name starts afresh."""
         self.ports.pop((site, port), None)

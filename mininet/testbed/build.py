@@ -70,6 +70,26 @@ def underlay_prefixlen(model: Model) -> int:
     return plen
 
 
+def vtep_address_command(model: Model, site: str) -> str:
+    """The shell command that puts the site's tunnel endpoint address on br-phy (the host's own network
+    configuration: also after an OVS restart, which recreates br-phy's device without it)."""
+    plen = underlay_prefixlen(model)
+    return f"ip addr replace {model.site(site).vtep}/{plen} dev {UNDERLAY_BRIDGE}; ip link set {UNDERLAY_BRIDGE} up"
+
+
+def plug_underlay(ovs: OvsInstance, peer: str, peer_vtep: str) -> None:
+    """br-phy's flows toward one peer and its tunnel neighbour entry (the host's, not the controller's)."""
+    port = underlay_port(peer)
+    # Point-to-point underlay without a learning switch, so that a ring of sites cannot loop: everything
+    # from the wire goes up to the tunnel endpoint; what it sends goes to the peer's wire.
+    flows = (f"priority=100,in_port={port},actions=LOCAL\n"
+             f"priority=100,in_port=LOCAL,ip,nw_dst={peer_vtep},actions=output:{port}\n"
+             f"priority=100,in_port=LOCAL,arp,arp_tpa={peer_vtep},actions=output:{port}\n")
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "add-flows", ovs.mgmt(UNDERLAY_BRIDGE), "-"],
+                   input=flows, text=True, check=True, capture_output=True)
+    ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, peer_vtep, underlay_mac(peer))
+
+
 def site_rundir(model: Model, site: str) -> str:
     rundir = model.site(site).ovsdb_dir
     if rundir is None:
@@ -119,8 +139,7 @@ class Testbed:
                   "fail_mode=secure", f"other-config:hwaddr={underlay_mac(name)}")
         # One prefix that covers every tunnel endpoint: the kernel (and OVS's route table, which copies it)
         # then has a route to each peer through br-phy, with this site's address as the source.
-        plen = underlay_prefixlen(self.model)
-        node.cmd(f"ip addr add {site.vtep}/{plen} dev {UNDERLAY_BRIDGE}; ip link set {UNDERLAY_BRIDGE} up")
+        node.cmd(vtep_address_command(self.model, name))
         # The integration bridge is the hypervisor's, as on a real host: we plug endpoints into it; the
         # controller owns its flows, controller target and tunnel ports.
         ovs.vsctl("--may-exist", "add-br", site.bridge, "--", "set", "bridge", site.bridge,
@@ -137,14 +156,7 @@ class Testbed:
             rate = int(capacity_mbps * 1e6)
             ovs.vsctl("add-port", UNDERLAY_BRIDGE, port, "--", "set", "port", port, "qos=@q", "--",
                       "--id=@q", "create", "qos", "type=linux-htb", f"other-config:max-rate={rate}")
-            # Point-to-point underlay without a learning switch, so that a ring of sites cannot loop:
-            # everything from the wire goes up to the tunnel endpoint; what it sends goes to the peer's wire.
-            flows = (f"priority=100,in_port={port},actions=LOCAL\n"
-                     f"priority=100,in_port=LOCAL,ip,nw_dst={peer_vtep},actions=output:{port}\n"
-                     f"priority=100,in_port=LOCAL,arp,arp_tpa={peer_vtep},actions=output:{port}\n")
-            subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "add-flows", ovs.mgmt(UNDERLAY_BRIDGE), "-"],
-                           input=flows, text=True, check=True, capture_output=True)
-            ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, str(peer_vtep), underlay_mac(peer))
+            plug_underlay(ovs, peer, str(peer_vtep))
 
     def _internet(self) -> None:
         """A shared namespace with a bridge that each site's uplink port plugs into, and a server address on

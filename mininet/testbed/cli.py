@@ -124,6 +124,19 @@ def main(args: argparse.Namespace) -> int:
         return down(workdir, args.force)
     if args.action == "status":
         return status(workdir)
+    if args.action == "restart-ovs":
+        from cloudweave.testbed.restart import restart_ovs
+
+        try:
+            done = restart_ovs(workdir, args.site, not args.no_flow_restore_wait)
+        except (LookupError, RuntimeError) as exc:
+            print(f"cloudweave: {exc}", file=sys.stderr)
+            return 1
+        how = (f"with flow-restore-wait, {done.saved_flows} flows saved and restored" if done.flow_restore_wait
+               else "without flow-restore-wait (empty tables; the controller reprograms br-int)")
+        print(f"site {done.site}: ovs-vswitchd restarted {how}; down {done.down_s * 1000:.0f} ms, "
+              f"{done.total_s * 1000:.0f} ms in all")
+        return 0
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         print("cloudweave: testbed exec HOST -- COMMAND [ARGS...]", file=sys.stderr)

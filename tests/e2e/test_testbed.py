@@ -16,6 +16,7 @@ from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import iperf, ns_argv, probe
 
 from cloudweave.config import load_model
+from flows.compile import compile_site
 from flows.policy import Policy
 from flows.tables import FLOOD, PORT_SECURITY
 from tests.harness import ROOT, free_port, rewrite_topology, wait_for
@@ -363,3 +364,49 @@ def test_a_failed_bring_up_says_why_at_once_and_leaves_nothing(tmp_path_factory,
         assert up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}") == 0  # nothing refuses the next one
     finally:
         down(str(workdir), force=True)
+
+
+def _lost_pings(workdir: str, src: str, ip: str, seconds: float, during) -> tuple[int, int, object]:
+    """10 ms pings from src to ip for `seconds`, with `during()` run one second in: (sent, lost, its result)."""
+    ping = subprocess.Popen(ns_argv(workdir, src, "ping", "-i", "0.01", "-W", "1", "-w", str(seconds), ip),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    result = during()
+    out, _ = ping.communicate(timeout=seconds + 10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    sent, got = int(m.group(1)), int(m.group(2))
+    return sent, sent - got, result
+
+
+def test_restart_ovs_as_an_upgrade_restores_the_site(three):
+    """`testbed restart-ovs SITE` (issue #12), under 10 ms pings across the site, both ways (with
+    flow-restore-wait the new ovs-vswitchd starts with the saved flows; without it the controller reprograms
+    br-int): the site answers again and holds all its flows; without flow-restore-wait within 1 s."""
+    from cloudweave.testbed.restart import restart_ovs
+
+    workdir, _ = three
+    state = State.load(workdir)
+    assert ping(workdir, "lab1", "10.10.0.12")  # lab1 at onprem, lab2 at cloud2
+    mgmt = f"unix:{state.sites['cloud2']['rundir']}/br-int.mgmt"
+
+    def ours() -> int:
+        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", mgmt,
+                              "cookie=0xc10d000000000000/0xffff000000000000"], capture_output=True, text=True)
+        return sum(1 for line in out.stdout.splitlines() if "cookie=" in line)
+
+    want = len(compile_site(load_model(state.topology)[0], "cloud2").flows)
+    for frw in (True, False):
+        log_before = open(state.controller["log"]).read()
+        sent, lost, done = _lost_pings(workdir, "lab1", "10.10.0.12", 4,
+                                       lambda f=frw: restart_ovs(workdir, "cloud2", flow_restore_wait=f))
+        print(f"restart-ovs cloud2 {'with' if frw else 'without'} flow-restore-wait: {lost} of {sent} pings "
+              f"lost ({lost * 10} ms), ovs-vswitchd down {done.down_s * 1000:.0f} ms")
+        assert sent > 250, sent
+        # Without flow-restore-wait the issue's goal holds: under 1 s. With it, OVS 3.1's userspace datapath
+        # forwards nothing while the flag is set (the datapath lives in ovs-vswitchd), so it cannot be 0 here;
+        # bench/ovs_restart.py measures both. Both must come back within 2 s.
+        assert lost * 0.01 < (2.0 if frw else 1.0), (frw, sent, lost)
+        assert ping(workdir, "lab1", "10.10.0.12")
+        wait_for(lambda: ours() == want, timeout_s=10, what="cloud2's flows all back")
+        assert "Traceback" not in open(state.controller["log"]).read()[len(log_before):]
