@@ -59,6 +59,18 @@ def run_case(path: str, max_seconds: float) -> tuple[list[str], float, float]:
     return broken, elapsed, usage.ru_maxrss / 1024
 
 
+def judge(path: str, case: str, args: argparse.Namespace) -> tuple[list[str], float, float]:
+    """The case written to `path` and run: what broke the promise (also its time and memory bounds)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(case)
+    broken, elapsed, mb = run_case(path, args.max_seconds)
+    if elapsed > args.max_seconds:
+        broken.append(f"took {elapsed:.1f} s")
+    if mb > args.max_mb:
+        broken.append(f"used {mb:.0f} MB")
+    return broken, elapsed, mb
+
+
 def heavy_cases(work: str) -> dict[str, str]:
     """The inputs of the issue's classes that cost the most, at the size the promise names (up to 10 MB)."""
     from tests.unit.test_config import GOOD
@@ -114,14 +126,7 @@ def main() -> int:
     try:
         print(f"{'heavy input':<36} {'bytes':>10} {'seconds':>8} {'MB':>6}  promise")
         for what, case in heavy_cases(work).items():
-            path = os.path.join(work, "heavy.yaml")
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(case)
-            broken, elapsed, mb = run_case(path, args.max_seconds)
-            if elapsed > args.max_seconds:
-                broken.append(f"took {elapsed:.1f} s")
-            if mb > args.max_mb:
-                broken.append(f"used {mb:.0f} MB")
+            broken, elapsed, mb = judge(os.path.join(work, "heavy.yaml"), case, args)
             for b in broken:
                 kinds[f"{what}: {b.strip().splitlines()[-1][:100]}"] += 1
             print(f"{what:<36} {len(case.encode()):>10} {elapsed:>8.2f} {mb:>6.0f}  {'broken' if broken else 'kept'}")
@@ -135,13 +140,7 @@ def main() -> int:
             else:
                 case = text + rng.choice(MAX_NASTY_LINES)
             path = os.path.join(work, "case.yaml")
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(case)
-            broken, elapsed, mb = run_case(path, args.max_seconds)
-            if elapsed > args.max_seconds:
-                broken.append(f"took {elapsed:.1f} s")
-            if mb > args.max_mb:
-                broken.append(f"used {mb:.0f} MB")
+            broken, elapsed, mb = judge(path, case, args)
             slowest = max(slowest, (elapsed, path))
             biggest = max(biggest, (mb, path))
             for b in broken:
