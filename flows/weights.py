@@ -17,6 +17,7 @@ and quantises shares to 1/16; `dp_hash` with the L4 hash splits UDP but still in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weights are 16 bits
@@ -50,6 +51,17 @@ def shares(weights: Sequence[float]) -> list[float]:
 
 def weights_for(targets: Sequence[float]) -> list[int]:
     """Integer bucket weights (1..65535, or 0 for a zero target) whose OVS shares are the targets."""
+    return list(_weights_for(tuple(targets)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _weights_for(targets: tuple[float, ...]) -> tuple[int, ...]:
+    # A pure function of the targets, and thousands of routes share the same few splits (10,000 routes of
+    # {direct: 1, via X: 1}: one solve instead of 10,000).
+    return tuple(_solve(targets))
+
+
+def _solve(targets: Sequence[float]) -> list[int]:
     total = sum(targets)
     if total <= 0:
         raise ValueError("targets sum to zero")
