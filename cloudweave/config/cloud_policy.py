@@ -42,6 +42,8 @@ def read_cloud_policy(items: list[tuple[Any, Loc]], sites: list[Site], links: li
                       error: Report, warn: Report) -> list[Route]:
     """The routes the section's entries (merged from every file, with their places) stand for; checked further
     by routes.check_routes, like any route."""
+    if not items:
+        return []
     members: dict[str, set[str]] = {}
     for e in endpoints:
         for g in e.groups:

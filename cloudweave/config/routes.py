@@ -219,9 +219,11 @@ def check_routes(routes: list[Route], sites: list[Site], links: list[Link], segm
     graph.add_edges_from(link.sites for link in links)
     names: dict[str, Route] = {}
     out = []
-    by_address = {(e.segment, e.ip): e for e in endpoints}
+    # Indexes for service routes only: a reload of a file without them pays nothing per endpoint.
+    services = any(r.service is not None for r in routes)
+    by_address = {(e.segment, e.ip): e for e in endpoints} if services else {}
     at_site: dict[tuple[str, str], list[Endpoint]] = {}
-    for e in endpoints:
+    for e in endpoints if services else ():
         at_site.setdefault((e.site, e.segment), []).append(e)
     served: dict[tuple, Route] = {}
     for r in routes:
