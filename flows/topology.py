@@ -61,11 +61,19 @@ class SiteGraph:
     def _next_hops(self) -> dict[str, dict[str, str]]:
         return {}
 
+    @cached_property
+    def _declared_distances(self) -> dict[str, dict[str, int]]:
+        return dict(nx.all_pairs_shortest_path_length(self.declared))
+
     def next_hop(self, src: str, dst: str) -> str | None:
         """The neighbour of src on a shortest path to dst (ties: the smallest name), or None if unreachable.
 
         Every hop strictly lowers the distance to dst, so hop-by-hop relaying cannot loop
-        whatever tie each site picks.
+        whatever tie each site picks. A site that no live link reaches (its links all down: a restarting
+        ovs-vswitchd, whose BFD comes back up a second after it does) keeps its declared shortest path: sending
+        there loses nothing that dropping would save, and traffic flows again the moment it can. That cannot
+        loop either: a site on the fallback has no live path, so neither has any site its declared hop leads
+        to (else it would have one through it), and declared distances fall hop by hop.
         """
         table = self._next_hops.get(src)
         if table is None:
@@ -78,6 +86,11 @@ class SiteGraph:
         for dst, d in dist[src].items():
             if dst != src:
                 table[dst] = min(n for n in self.live_neighbours(src) if dist[n].get(dst, -1) == d - 1)
+        if self.down:
+            declared = self._declared_distances
+            for dst, d in declared[src].items():
+                if dst != src and dst not in table:
+                    table[dst] = min(n for n in self.neighbours(src) if declared[n].get(dst, -1) == d - 1)
         return table
 
     def path(self, src: str, dst: str) -> list[str]:

@@ -51,14 +51,25 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
             return 0
         if keeper.poll() is not None:
             _tear_down_failed(keeper, workdir)
-            print(f"cloudweave: test bed keeper exited ({keeper.returncode}); everything it started is torn "
-                  f"down; see {log}", file=sys.stderr)
+            why = _failure_in(log)
+            print(f"cloudweave: {why or f'test bed keeper exited ({keeper.returncode})'}\n  everything it started "
+                  f"is torn down; the log stays: {log}", file=sys.stderr)
             return 1
         time.sleep(0.2)
     _tear_down_failed(keeper, workdir)
     print(f"cloudweave: test bed not ready after {UP_TIMEOUT_S:.0f} s; everything it started is torn down; "
           f"see {log}", file=sys.stderr)
     return 1
+
+
+def _failure_in(log: str) -> str:
+    """The keeper's last 'test bed failed: ...' line, if it wrote one (it may finish before `up` looks)."""
+    try:
+        with open(log, errors="replace") as fh:
+            lines = [ln for ln in fh.read().splitlines() if "test bed failed: " in ln]
+    except OSError:
+        return ""
+    return "test bed failed: " + lines[-1].split("test bed failed: ", 1)[1] if lines else ""
 
 
 def _tear_down_failed(keeper: subprocess.Popen, workdir: str) -> None:

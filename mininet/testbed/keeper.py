@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         bed.wait_for_flows()
     except (ConfigError, Exception) as exc:  # noqa: BLE001 - report any failure through the state file
         traceback.print_exc()
+        logging.error("test bed failed: %s", exc)  # `up` quotes this line (the state file goes with the teardown)
         state.status, state.error = "failed", str(exc)
         state.save()
         if bed is not None:

@@ -382,7 +382,7 @@ def _lost_pings(workdir: str, src: str, ip: str, seconds: float, during) -> tupl
 def test_restart_ovs_as_an_upgrade_restores_the_site(three):
     """`testbed restart-ovs SITE` (issue #12), under 10 ms pings across the site, both ways (with
     flow-restore-wait the new ovs-vswitchd starts with the saved flows; without it the controller reprograms
-    br-int): the site answers again and holds all its flows; without flow-restore-wait within 1 s."""
+    br-int): the outage stays under 1 s, the site answers again and holds all its flows."""
     from cloudweave.testbed.restart import restart_ovs
 
     workdir, _ = three
@@ -403,10 +403,9 @@ def test_restart_ovs_as_an_upgrade_restores_the_site(three):
         print(f"restart-ovs cloud2 {'with' if frw else 'without'} flow-restore-wait: {lost} of {sent} pings "
               f"lost ({lost * 10} ms), ovs-vswitchd down {done.down_s * 1000:.0f} ms")
         assert sent > 250, sent
-        # Without flow-restore-wait the issue's goal holds: under 1 s. With it, OVS 3.1's userspace datapath
-        # forwards nothing while the flag is set (the datapath lives in ovs-vswitchd), so it cannot be 0 here;
-        # bench/ovs_restart.py measures both. Both must come back within 2 s.
-        assert lost * 0.01 < (2.0 if frw else 1.0), (frw, sent, lost)
+        # Under 1 s both ways (the issue's goal without flow-restore-wait). Not 0 with it: the userspace
+        # datapath lives in ovs-vswitchd, so nothing forwards while the process is gone (bench/ovs_restart.py).
+        assert lost * 0.01 < 1.0, (frw, sent, lost)
         assert ping(workdir, "lab1", "10.10.0.12")
         wait_for(lambda: ours() == want, timeout_s=10, what="cloud2's flows all back")
         assert "Traceback" not in open(state.controller["log"]).read()[len(log_before):]
