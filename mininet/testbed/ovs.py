@@ -23,6 +23,10 @@ def local_run(cmd: str) -> str:
     return out.stdout + out.stderr
 
 
+# What ovs-ofctl says when a bridge being reconfigured (protocols, controller) drops its management connection.
+RECONFIGURING = ("Broken pipe", "Connection refused", "connection dropped", "receive failed (End of file)")
+
+
 class OvsError(RuntimeError):
     pass
 
@@ -73,7 +77,7 @@ class OvsInstance:
             try:
                 return self._check(argv)
             except OvsError as exc:
-                if not any(m in str(exc) for m in ("Broken pipe", "Connection refused", "connection dropped")):
+                if not any(m in str(exc) for m in RECONFIGURING):
                     raise
                 time.sleep(0.2)
         return self._check(argv)
