@@ -223,14 +223,14 @@ class SwitchSession:
                 if not self.active:
                     # The switch went away mid-reconcile: nothing to retry on this connection; the next one is
                     # read back in full. One line, not an error and not a traceback.
-                    LOG.warning("site %s (dpid %#x): the switch disconnected during a reconcile (%s); it is read "
-                                "back when it reconnects", self.site, self.dpid, exc)
+                    LOG.warning("site %s (dpid %#x): the switch disconnected mid-request (%s); it is read back "
+                                "when it reconnects", self.site, self.dpid, exc)
                     break
                 self._failed(str(exc))
             except Exception as exc:  # noqa: BLE001 - one bad round must not end the session
                 if not self.active:
-                    LOG.warning("site %s (dpid %#x): the switch disconnected during a reconcile (%s: %s); it is "
-                                "read back when it reconnects", self.site, self.dpid, type(exc).__name__, exc)
+                    LOG.warning("site %s (dpid %#x): the switch disconnected mid-request (%s: %s); it is read "
+                                "back when it reconnects", self.site, self.dpid, type(exc).__name__, exc)
                     break
                 LOG.exception("site %s: session", self.site)
                 self._failed(f"{type(exc).__name__}: {exc}")

@@ -208,11 +208,10 @@ class _DenyIndex:
         return self.spans[group]
 
     def covering(self, r: Rule) -> Rule | None:
-        for pr in {None, r.proto}:
-            for d in self._candidates(r, pr):
-                if d.priority >= r.priority and _covers(d, r, self.members, self.ips):
-                    return d
-        return None
+        """The first deny (in the file's order) that covers `r`, as a scan of every rule would find it."""
+        found = [d for pr in dict.fromkeys((None, r.proto)) for d in self._candidates(r, pr)
+                 if d.priority >= r.priority and _covers(d, r, self.members, self.ips)]
+        return min(found, key=lambda d: d.index) if found else None
 
     def _candidates(self, r: Rule, pr: int | None) -> Any:
         yield from self.by.get((r.direction, pr, "any"), ())

@@ -61,11 +61,10 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         if isinstance(value, str):
             text = value.strip()
-            if not ASCII_INT_RE.fullmatch(text) or len(text) > 40:
+            # A leading zero is refused, not guessed: YAML 1.1 would read it as octal.
+            if not ASCII_INT_RE.fullmatch(text) or len(text) > 40 or re.fullmatch(r"[-+]?0[0-9]+", text):
                 raise Invalid(f"expected an integer, got '{show(value)}'{_number_hint(text)}")
-            value = int(text, 0) if not re.fullmatch(r"[-+]?0[0-9]+", text) else None
-            if value is None:
-                raise Invalid(f"expected an integer, got '{show(text)}'{_number_hint(text)}")
+            value = int(text, 0)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"expected an integer, got {show(value)}")
         if not lo <= value <= hi:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudweave.testbed.build import UNDERLAY_BRIDGE, plug_underlay, site_rundir, underlay_mac, vtep_address_command
@@ -24,6 +25,7 @@ from cloudweave.testbed.ovs import OvsError, OvsInstance, alive
 from cloudweave.testbed.state import State
 
 from cloudweave.config import load_model
+from cloudweave.config.model import Model
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,59 @@ def _restore(ovs: OvsInstance, saved: dict[str, tuple[str, str]], tmp: str, grou
         ovs.ofctl("add-flows", b, "--bundle", flows_file)
 
 
+def _restart(ovs: OvsInstance, bridges: list[str]) -> float:
+    """Stop ovs-vswitchd and start it again on the same database; how long the old one was gone."""
+    old = ovs.vswitchd_pid()
+    stopping = time.monotonic()
+    try:
+        ovs.appctl("exit")
+    except OvsError:
+        os.kill(old, 15)
+    while alive(old) and time.monotonic() - stopping < 10:
+        time.sleep(0.005)
+    ovs.start_vswitchd()
+    _wait_bridges(ovs, bridges)
+    return time.monotonic() - stopping
+
+
+def _restore_host(ovs: OvsInstance, model: Model, site: str, run: Callable[[str], str],
+                  saved: dict[str, tuple[str, str]], tmp: str) -> None:
+    """What the host owns and the new process lacks: br-phy's address, the saved flows (if any), the
+    underlay's flows (when not saved) and the tunnel neighbours."""
+    run(vtep_address_command(model, site))
+    if saved:
+        _restore(ovs, saved, tmp)
+    for link in model.links:
+        if site in link.sites:
+            peer = link.sites[0] if link.sites[1] == site else link.sites[1]
+            if not saved:
+                plug_underlay(ovs, peer, str(model.site(peer).vtep))
+            else:  # its flows came back with the saved ones; the neighbour entry is the process's memory
+                ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, str(model.site(peer).vtep), underlay_mac(peer))
+
+
+def _refill_flushed(ovs: OvsInstance, saved: dict[str, tuple[str, str]]) -> None:
+    """OVS 3.1 ignores a bridge's controllers while flow-restore-wait is set, and flushes its flows when they
+    come back with the flag cleared (bridge_configure_remotes: "had a primary controller" changed). Put them
+    back at once, before the controller reconnects (it then finds what it left)."""
+    controlled = [b for b in saved if ovs.vsctl("get-controller", b).strip()]
+    tmp = tempfile.mkdtemp(prefix="cw-refill-")
+    try:
+        deadline = time.monotonic() + 0.5
+        while controlled and time.monotonic() < deadline:
+            flushed = [b for b in controlled if _count(ovs, b) < _count_saved(saved[b][1])]
+            if flushed:
+                try:
+                    _restore(ovs, {b: saved[b] for b in flushed}, tmp, groups_too=False)  # the flush keeps groups
+                except OvsError:
+                    pass  # the controller got there first (its reconcile owns br-int from here)
+                controlled = [b for b in controlled if b not in flushed]
+            else:
+                time.sleep(0.002)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def restart_ovs(workdir: str, site: str, flow_restore_wait: bool = True) -> Restarted:
     state = State.load(workdir)
     if state is None:
@@ -99,46 +154,17 @@ def restart_ovs(workdir: str, site: str, flow_restore_wait: bool = True) -> Rest
         for b in bridges:
             saved[b] = (ovs.ofctl("dump-groups", b), ovs.ofctl("dump-flows", b, "--no-stats", "--no-names"))
         ovs.vsctl("set", "open_vswitch", ".", "other_config:flow-restore-wait=true")
-    old = ovs.vswitchd_pid()
-    stopping = time.monotonic()
-    try:
-        ovs.appctl("exit")
-    except OvsError:
-        os.kill(old, 15)
-    while alive(old) and time.monotonic() - stopping < 10:
-        time.sleep(0.005)
-    ovs.start_vswitchd()
-    _wait_bridges(ovs, bridges)
-    down = time.monotonic() - stopping
-    run(vtep_address_command(model, site))
     tmp = tempfile.mkdtemp(prefix="cw-restart-")
+    try:
+        down = _restart(ovs, bridges)
+        _restore_host(ovs, model, site, run, saved, tmp)
+    finally:
+        if flow_restore_wait:
+            # Also after a failure: left set, the flag would keep the site from forwarding and from its controller.
+            ovs.vsctl("remove", "open_vswitch", ".", "other_config", "flow-restore-wait")
+        shutil.rmtree(tmp, ignore_errors=True)
     if flow_restore_wait:
-        _restore(ovs, saved, tmp)
-    for link in model.links:
-        if site in link.sites:
-            peer = link.sites[0] if link.sites[1] == site else link.sites[1]
-            if not flow_restore_wait:
-                plug_underlay(ovs, peer, str(model.site(peer).vtep))
-            else:  # its flows came back with the saved ones; the neighbour entry is the process's memory
-                ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, str(model.site(peer).vtep), underlay_mac(peer))
-    if flow_restore_wait:
-        ovs.vsctl("remove", "open_vswitch", ".", "other_config", "flow-restore-wait")
-        # OVS 3.1 ignores a bridge's controllers while flow-restore-wait is set, and flushes its flows when they
-        # come back with the flag cleared (bridge_configure_remotes: "had a primary controller" changed). Put
-        # them back at once, before the controller reconnects (it then finds what it left).
-        controlled = [b for b in saved if ovs.vsctl("get-controller", b).strip()]
-        deadline = time.monotonic() + 0.5
-        while controlled and time.monotonic() < deadline:
-            flushed = [b for b in controlled if _count(ovs, b) < _count_saved(saved[b][1])]
-            if flushed:
-                try:
-                    _restore(ovs, {b: saved[b] for b in flushed}, tmp, groups_too=False)
-                except OvsError:
-                    pass  # the controller got there first (its reconcile owns br-int from here)
-                controlled = [b for b in controlled if b not in flushed]
-            else:
-                time.sleep(0.002)
-    shutil.rmtree(tmp, ignore_errors=True)
+        _refill_flushed(ovs, saved)
     n = sum(_count_saved(f) for _, f in saved.values())
     return Restarted(site, flow_restore_wait, n, down, time.monotonic() - started)
 
