@@ -105,10 +105,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except Invalid as exc:
         print(f"cloudweave: --proto: {exc}", file=sys.stderr)
         return 2
+    from flows.filters import deciding_filter
+
     decision = Policy(model).decide(src, dst, proto, args.port)
-    print("allow" if decision.allowed else "deny")
+    by_filter = deciding_filter(model, src, dst, proto, args.port)
+    dropped = by_filter is not None and by_filter[0].action == "drop"
+    print("allow" if decision.allowed and not dropped else "deny")
     what = f"{proto_name}{'/' + str(args.port) if args.port else ''}"
     print(f"  {args.src} -> {args.dst} {what}")
+    if by_filter is not None:
+        f, site = by_filter
+        verb = "dropped" if dropped else f"rate-limited to {f.rate}"
+        print(f"  {verb} by filter '{f.name}' at site {site} ({f.loc}), before the security groups")
     if decision.reason:
         print(f"  {decision.reason}")
     if decision.allowed and not isinstance(src, IPv4Address) and not isinstance(dst, IPv4Address):
@@ -147,12 +155,67 @@ def cmd_tm(args: argparse.Namespace) -> int:
     return tm_main(args.state or default_state_path(args.file), args.json, args.plot)
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from cloudweave import quarantine as q
+    from cloudweave.config.errors import Invalid
+    from cloudweave.config.values import duration_s
+
+    path = args.state or q.default_quarantine_path(args.file)
+    try:
+        if args.action == "list":
+            entries = q.load(path)
+            now = time.time()
+            if args.json:
+                print(json.dumps([{**e.__dict__, "active": e.active(now)} for e in entries], indent=1))
+                return 0
+            shown = [e for e in entries if e.active(now)]
+            if not shown:
+                print(f"no endpoint is quarantined ({path})")
+            for e in shown:
+                until = "until released" if e.until is None else f"{e.until - now:.0f} s left"
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.since))
+                print(f"{e.endpoint}: since {since}, {until}, by {e.source}: {e.reason or 'no reason given'}")
+                for key, value in sorted(e.evidence.items()):
+                    print(f"    {key}: {value}")
+            return 0
+        model, rc = _load(args.file)
+        if model is None:
+            return rc
+        if args.endpoint not in {e.name for e in model.endpoints}:
+            print(f"cloudweave: '{args.endpoint}' is not an endpoint of {args.file}", file=sys.stderr)
+            return 2
+        if args.action == "release":
+            if not q.release(path, args.endpoint):
+                print(f"cloudweave: {args.endpoint} is not quarantined", file=sys.stderr)
+                return 2
+            print(f"{args.endpoint} released; the controller restores its traffic")
+            return 0
+        hold = None
+        if args.hold is not None:
+            try:
+                hold = duration_s(args.hold)
+            except Invalid as exc:
+                print(f"cloudweave: --for: {exc}", file=sys.stderr)
+                return 2
+        q.add(path, args.endpoint, args.reason or "", "cli", hold)
+        site = model.endpoint(args.endpoint).site
+        print(f"{args.endpoint} quarantined at site {site}" + (f" for {hold:g} s" if hold else " until released"))
+        return 0
+    except (q.QuarantineFileError, OSError) as exc:
+        print(f"cloudweave: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import run
 
     # The controller loads and checks the file itself (a bad one: the same messages, exit 1); loading it
     # here first as well would double a large file's start-up.
-    return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state)
+    return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state,
+               args.quarantine)
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
@@ -241,7 +304,32 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None,
                    help="traffic-engineering state file: the learned matrix and the weights in force, kept across "
                         "restarts (default: .FILE.te-state.json beside FILE)")
+    s.add_argument("--quarantine", default=None,
+                   help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("quarantine", help="cut an endpoint off at its site, release it, or list who is cut off",
+                       description="Quarantine: everything the endpoint sends or is sent is dropped at its site, "
+                                   "whatever the policy says, until it is released or its hold time is over. The "
+                                   "running controller follows the list at once; it survives restarts. Open "
+                                   "connections resume on release (conntrack is kept).")
+    qsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = qsub.add_parser("list", help="the endpoints quarantined now, with why and since when")
+    q.add_argument("file")
+    q.add_argument("--json", action="store_true", help="every entry, also ended ones, as JSON")
+    q = qsub.add_parser("add", help="quarantine an endpoint")
+    q.add_argument("file")
+    q.add_argument("endpoint")
+    q.add_argument("--for", dest="hold", default=None, metavar="DURATION",
+                   help="release it after this long (examples: 90s, 15m); default: until released")
+    q.add_argument("--reason", default=None, help="why, for the log and the list")
+    q = qsub.add_parser("release", help="end an endpoint's quarantine")
+    q.add_argument("file")
+    q.add_argument("endpoint")
+    for q in qsub.choices.values():
+        q.add_argument("--state", default=None, help="the quarantine list (default: .FILE.quarantine.json "
+                                                     "beside FILE)")
+    s.set_defaults(func=cmd_quarantine)
 
     s = sub.add_parser("testbed", help="build, use and remove the emulated test bed (Mininet)")
     tsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")

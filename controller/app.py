@@ -22,6 +22,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError
+from cloudweave.quarantine import QuarantineFileError
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
 from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
@@ -68,6 +69,10 @@ class CloudweaveApp(app_manager.OSKenApp):
             for p in exc.problems:
                 LOG.error("%s", p)
             LOG.error("%s: %d problem(s); not starting", self.settings.config, len(exc.problems))
+            raise SystemExit(1) from None
+        except QuarantineFileError as exc:
+            # Starting without it would release every quarantined endpoint at once.
+            LOG.error("%s; not starting (repair or remove the file)", exc)
             raise SystemExit(1) from None
         self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published)
         self.limits = ConnLimitService(self.metrics, lambda: self.core.published)

@@ -19,8 +19,10 @@ from flows.values import (
     Flow,
     Goto,
     Group,
+    Meter,
     Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
 )
@@ -28,10 +30,12 @@ from flows.values import (
 CT_ZONE_FIELD, CT_ZONE_OFS_NBITS, NO_TABLE = "reg6", 15, 0xFF  # zone = reg6[0..15]
 RESERVED_PORT_NUMBERS = {IN_PORT: 0xFFFFFFF8, CONTROLLER: 0xFFFFFFFD}  # OFPP_IN_PORT, OFPP_CONTROLLER (OF1.3+)
 NO_BUFFER_LEN = 0xFFFF  # OFPCML_NO_BUFFER: the whole packet to the controller
+NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16 bits of a Nicira resubmit: look up as the packet came in
 NX_CT_F_COMMIT, NX_NAT_F_SRC, NX_NAT_F_DST = 1, 1, 2
 MOVE_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48, "arp_spa": 32, "arp_tpa": 32}
 
 CanonKey = tuple[int, int, tuple[tuple[str, Any], ...]]
+CanonMeter = tuple[str, int, int]  # unit (pktps, kbps), rate, burst (0: the switch's default)
 CanonContent = tuple[int, tuple[tuple[Any, ...], ...]]
 
 
@@ -84,6 +88,10 @@ def _canonical_action_list(actions: tuple[Action, ...], ports: dict[str, int]) -
             out.append(("move", a.src, a.dst))
         elif isinstance(a, ToGroup):
             out.append(("group", a.group_id))
+        elif isinstance(a, Meter):
+            out.append(("meter", a.meter_id))
+        elif isinstance(a, Resubmit):
+            out.append(("resubmit", a.table))
     return tuple(out)
 
 
@@ -166,6 +174,10 @@ def _actual_actions(actions: list[Any], ofp: Any) -> list[tuple[Any, ...]]:
             out.append(("move", a.oxm_ids[0].type, a.oxm_ids[1].type))
         elif type(a).__name__ == "NXActionConjunction":
             out.append(("conjunction", a.id, a.clause + 1, a.n_clauses))
+        elif a.type == ofp.OFPAT_METER:
+            out.append(("meter", a.meter_id))
+        elif type(a).__name__ == "NXActionResubmitTable" and a.in_port == NX_IN_PORT:
+            out.append(("resubmit", a.table_id))
         else:
             out.append(("other", repr(a)))
     return out
@@ -202,6 +214,10 @@ def _apply_actions(ofp: Any, parser: Any, actions: tuple[tuple[Any, ...], ...]) 
             apply.append(parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1]))
         elif a[0] == "group":
             apply.append(parser.OFPActionGroup(a[1]))
+        elif a[0] == "meter":
+            apply.append(parser.OFPActionMeter(a[1]))
+        elif a[0] == "resubmit":
+            apply.append(parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=a[1]))
     return apply
 
 
@@ -313,3 +329,31 @@ def group_mod(dp: Any, command: str, group_id: int, content: CanonGroup | None) 
                                            data=list(struct.unpack(f"!{len(body) // 4}I", body)))
     command_id = ofp.OFPGC_ADD if command == "add" else ofp.OFPGC_MODIFY
     return parser.OFPGroupMod(dp, command_id, ofp.OFPGT_SELECT, group_id, buckets=out, properties=[prop])
+
+
+# ---- meters -------------------------------------------------------------------------------------------------
+
+def canonical_meter_desired(m: Meter) -> tuple[int, CanonMeter]:
+    return m.meter_id, (m.unit, m.rate, m.burst)
+
+
+def canonical_meter_actual(desc: Any, ofp: Any) -> tuple[int, CanonMeter]:
+    """One meter (OFPMeterDescStats) from the switch; a meter that is not one drop band compares unequal."""
+    unit = "pktps" if desc.flags & ofp.OFPMF_PKTPS else "kbps"
+    bands = [b for b in desc.bands if getattr(b, "type", None) == ofp.OFPMBT_DROP]
+    if len(bands) != 1 or len(desc.bands) != 1:
+        return desc.meter_id, ("other", len(desc.bands), 0)
+    burst = bands[0].burst_size if desc.flags & ofp.OFPMF_BURST else 0
+    return desc.meter_id, (unit, bands[0].rate, burst)
+
+
+def meter_mod(dp: Any, command: str, meter_id: int, content: CanonMeter | None) -> Any:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    cmd = {"add": ofp.OFPMC_ADD, "modify": ofp.OFPMC_MODIFY, "delete": ofp.OFPMC_DELETE}[command]
+    if content is None:
+        return parser.OFPMeterMod(dp, command=cmd, flags=0, meter_id=meter_id, bands=[])
+    unit, rate, burst = content
+    flags = ofp.OFPMF_STATS | (ofp.OFPMF_PKTPS if unit == "pktps" else ofp.OFPMF_KBPS)
+    flags |= ofp.OFPMF_BURST if burst else 0
+    return parser.OFPMeterMod(dp, command=cmd, flags=flags, meter_id=meter_id,
+                              bands=[parser.OFPMeterBandDrop(rate=rate, burst_size=burst)])

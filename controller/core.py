@@ -19,6 +19,7 @@ from typing import Any
 
 from os_ken.lib import hub
 
+from cloudweave import quarantine
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Site
 from controller import next_hop
@@ -58,7 +59,12 @@ class Core:
         for w in warnings:
             LOG.warning("%s", w)
         self.compiler = DesiredCompiler(metrics)
-        self.state = State(model, auto=tuple(auto))
+        self._quarantine_version = quarantine.file_version(settings.quarantine) if settings.quarantine else None
+        self._quarantine_entries = quarantine.load(settings.quarantine) if settings.quarantine else ()
+        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
+        cut_off = quarantine.active(self._quarantine_entries)
+        self.state = State(model, auto=tuple(auto), quarantined=cut_off)
+        self._log_quarantine(frozenset(), cut_off, model)
         self.desired: dict[str, SwitchState] = self.compiler.compile(self.state)
         gc.freeze()  # see _change
         LOG.info("loaded %s: %s", settings.config, describe(None, model))
@@ -267,7 +273,54 @@ class Core:
         if self._change(replace(self.state, next_hops=tuple(sorted(hops.items()))), f"next hop of {site.name}"):
             self.metrics.next_hops_learned.labels(site.name).inc()
 
+    def _check_quarantine(self) -> None:
+        """Follow the quarantine file (a stat per tick), and end entries whose hold time is over."""
+        path = self.settings.quarantine
+        if not path:
+            return
+        now = time.time()
+        version = quarantine.file_version(path)
+        expired = self._quarantine_expiry is not None and now >= self._quarantine_expiry
+        if version == self._quarantine_version and not expired:
+            return
+        if version != self._quarantine_version:
+            try:
+                entries = quarantine.load(path)
+            except quarantine.QuarantineFileError as exc:
+                LOG.error("%s; the quarantine in force stays", exc)
+                self._quarantine_version = version
+                return
+            self._quarantine_version, self._quarantine_entries = version, entries
+        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, now)
+        cut_off = quarantine.active(self._quarantine_entries, now)
+        before = self.state.quarantined
+        if cut_off == before:
+            return
+        if self._change(replace(self.state, quarantined=cut_off), "a quarantine change"):
+            self._log_quarantine(before, cut_off, self.state.model, now)
+
+    def _log_quarantine(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:
+        entries = {e.endpoint: e for e in self._quarantine_entries}
+        known = {e.name for e in model.endpoints}
+        for name in sorted(after - before):
+            e = entries[name]
+            until = "until released" if e.until is None else f"for {e.until - e.since:.0f} s"
+            if name not in known:
+                LOG.warning("quarantine: '%s' is not an endpoint of %s; nothing to cut off", name, self.settings.config)
+                continue
+            site = model.endpoint(name).site
+            LOG.warning("quarantine: endpoint %s at site %s cut off, %s (%s: %s)", name, site, until, e.source,
+                        e.reason or "no reason given")
+            self.metrics.quarantine_changes.labels("quarantined", e.source).inc()
+        for name in sorted(before - after):
+            ended = name in entries and not entries[name].active(now)
+            LOG.warning("quarantine: endpoint %s released (%s)", name, "its hold time is over" if ended else
+                        "its entry was removed")
+            self.metrics.quarantine_changes.labels("released", "expiry" if ended else "removed").inc()
+        self.metrics.quarantined.set(len(after & known))
+
     def _tick(self) -> None:
+        self._check_quarantine()
         if not self.use_inotify:
             self.reloads.poll_mtimes()
         if self.reloads.due():

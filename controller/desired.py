@@ -28,6 +28,7 @@ class State:
     down: frozenset[tuple[str, str]] = frozenset()  # links seen dead (sorted site pairs)
     next_hops: tuple[tuple[str, str], ...] = ()  # (site, uplink gateway MAC), sorted
     auto: tuple = ()  # the traffic engineer's (key, (paths, shares)), sorted
+    quarantined: frozenset[str] = frozenset()  # endpoints cut off (cloudweave.quarantine)
 
 
 class DesiredCompiler:
@@ -58,4 +59,5 @@ class DesiredCompiler:
 
     def _run(self, state: State) -> dict[str, SwitchState]:
         with gc_paused():
-            return self.compiler.compile(state.model, state.down, dict(state.next_hops), dict(state.auto))
+            return self.compiler.compile(state.model, state.down, dict(state.next_hops), dict(state.auto),
+                                         quarantined=state.quarantined)

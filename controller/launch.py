@@ -10,10 +10,12 @@ import threading
 
 
 def run(config: str, listen: str, metrics: str, switch_target: str | None, log_level: str,
-        state: str | None = None) -> int:
+        state: str | None = None, quarantine: str | None = None) -> int:
     os.environ.setdefault("OSKEN_HUB_TYPE", "native")
     if state:
         os.environ["CLOUDWEAVE_STATE"] = os.path.abspath(state)
+    if quarantine:
+        os.environ["CLOUDWEAVE_QUARANTINE"] = os.path.abspath(quarantine)
     os.environ["CLOUDWEAVE_CONFIG"] = os.path.abspath(config)
     os.environ["CLOUDWEAVE_METRICS"] = metrics
     if switch_target:

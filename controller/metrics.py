@@ -62,5 +62,10 @@ class Metrics:
         self.te_stale = Gauge("cloudweave_te_site_stale", "1 when a site did not answer the traffic counters",
                               ["site"], registry=r)
 
+        self.quarantined = Gauge("cloudweave_quarantined_endpoints", "Endpoints cut off by quarantine",
+                                 registry=r)
+        self.quarantine_changes = Counter("cloudweave_quarantine_changes", "Endpoints quarantined or released, "
+                                          "by whom (cli, auto, expiry)", ["change", "source"], registry=r)
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

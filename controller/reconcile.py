@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.codec import CanonContent, CanonGroup, CanonKey, MissingPort, canonical_desired, canonical_group_desired
+from controller.codec import (
+    CanonContent,
+    CanonGroup,
+    CanonKey,
+    CanonMeter,
+    MissingPort,
+    canonical_desired,
+    canonical_group_desired,
+)
 from flows.state import SwitchState, Unit
 from flows.values import Flow, Group, ToGroup
 
@@ -20,10 +28,17 @@ class Plan:
     group_add: dict[int, CanonGroup] = field(default_factory=dict)
     group_modify: dict[int, CanonGroup] = field(default_factory=dict)
     group_delete: list[int] = field(default_factory=list)
+    meter_add: dict[int, CanonMeter] = field(default_factory=dict)
+    meter_modify: dict[int, CanonMeter] = field(default_factory=dict)
+    meter_delete: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.add) + len(self.replace) + len(self.delete) + self.group_size
+        return len(self.add) + len(self.replace) + len(self.delete) + self.group_size + self.meter_size
+
+    @property
+    def meter_size(self) -> int:
+        return len(self.meter_add) + len(self.meter_modify) + len(self.meter_delete)
 
     @property
     def group_size(self) -> int:
@@ -32,7 +47,9 @@ class Plan:
     def summary(self) -> str:
         groups = (f"; groups {len(self.group_add)} added, {len(self.group_modify)} modified, "
                   f"{len(self.group_delete)} deleted" if self.group_size else "")
-        return f"{len(self.add)} added, {len(self.replace)} replaced, {len(self.delete)} deleted{groups}"
+        meters = (f"; meters {len(self.meter_add)} added, {len(self.meter_modify)} modified, "
+                  f"{len(self.meter_delete)} deleted" if self.meter_size else "")
+        return f"{len(self.add)} added, {len(self.replace)} replaced, {len(self.delete)} deleted{groups}{meters}"
 
 
 def desired_groups(groups: tuple[Group, ...], ports: dict[str, int]) -> tuple[dict[int, CanonGroup], set[str]]:
@@ -130,6 +147,18 @@ class CanonicalDesired:
                 touched.update(canon)
         self.missing = self._missing_groups.union(*(m for _, _, m in self._units.values()))
         return None if everything else touched
+
+
+def plan_meters(p: Plan, desired: dict[int, CanonMeter], actual: dict[int, CanonMeter]) -> Plan:
+    """Add the meter changes to a plan: only meters with our ids are in `actual`."""
+    for mid, content in desired.items():
+        have = actual.get(mid)
+        if have is None:
+            p.meter_add[mid] = content
+        elif have != content:
+            p.meter_modify[mid] = content
+    p.meter_delete = [mid for mid in actual if mid not in desired]
+    return p
 
 
 def plan_groups(p: Plan, desired: dict[int, CanonGroup], actual: dict[int, CanonGroup]) -> Plan:

@@ -37,15 +37,19 @@ from controller.codec import (
     CanonContent,
     CanonGroup,
     CanonKey,
+    CanonMeter,
     canonical_actual,
     canonical_group_actual,
+    canonical_meter_actual,
+    canonical_meter_desired,
     flow_add,
     flow_delete,
     group_mod,
+    meter_mod,
 )
-from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys
+from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys, plan_meters
 from flows.compile import SwitchState
-from flows.cookies import OWNER, OWNER_MASK, is_our_group
+from flows.cookies import OWNER, OWNER_MASK, is_our_group, is_our_meter
 
 LOG = logging.getLogger("cloudweave")
 
@@ -108,10 +112,11 @@ class _Pending:
 
 @dataclass
 class Installed:
-    """What the session knows is on the switch: canonical flows and groups (ours only)."""
+    """What the session knows is on the switch: canonical flows, groups and meters (ours only)."""
 
     flows: dict[CanonKey, CanonContent]
     groups: dict[int, CanonGroup]
+    meters: dict[int, CanonMeter] = field(default_factory=dict)
 
 
 class SwitchSession:
@@ -297,9 +302,12 @@ class SwitchSession:
         flows = self._request(parser.OFPFlowDescStatsRequest(
             self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()), multi=True)
         groups = self._request(parser.OFPGroupDescStatsRequest(self.dp, 0), multi=True)
+        meters = self._request(parser.OFPMeterDescStatsRequest(self.dp, 0, ofp.OFPM_ALL), multi=True)
         return Installed(dict(canonical_actual(s, ofp) for r in flows for s in r.body),
                          dict(canonical_group_actual(g, ofp) for r in groups for g in r.body
-                              if is_our_group(g.group_id)))
+                              if is_our_group(g.group_id)),
+                         dict(canonical_meter_actual(m, ofp) for r in meters for m in r.body
+                              if is_our_meter(m.meter_id)))
 
     # ---- reconcile -----------------------------------------------------------------------------------------
 
@@ -322,6 +330,7 @@ class SwitchSession:
         # since everything else is as it was installed.
         p = plan(flows, installed.flows) if read_back or touched is None else plan_keys(flows, installed.flows, touched)
         p = plan_groups(p, groups, installed.groups)
+        p = plan_meters(p, dict(canonical_meter_desired(m) for m in desired.meters), installed.meters)
         p.missing_ports = missing
         if not p.size and not read_back:
             self._recovered()
@@ -335,8 +344,12 @@ class SwitchSession:
                 LOG.debug("site %s: delete %s", self.site, key)
         had = len(installed.flows)
         if p.size:
-            self._send_bundle(p)
-            self.metrics.flow_mods.labels(self.site).inc(p.size - p.group_size)
+            self._send_meters(p, p.meter_add, p.meter_modify, ())  # before the flows that name them
+            if p.size > p.meter_size:
+                self._send_bundle(p)
+            self._send_meters(p, {}, {}, p.meter_delete)  # after the flows that named them are gone
+            installed.meters = {m.meter_id: canonical_meter_desired(m)[1] for m in desired.meters}
+            self.metrics.flow_mods.labels(self.site).inc(p.size - p.group_size - p.meter_size)
             self.metrics.group_mods.labels(self.site).inc(p.group_size)
             names = {g.group_id: g.name for g in desired.groups}
             for gid in list(p.group_add) + list(p.group_modify):
@@ -387,6 +400,32 @@ class SwitchSession:
             self.metrics.drift.labels(self.site).inc()
             self.installed = None
             self._wake.set()
+
+    def _send_meters(self, p: Plan, add: dict[int, CanonMeter], modify: dict[int, CanonMeter],
+                     delete: list[int] | tuple[int, ...]) -> None:
+        """Meter-mods, which OVS does not take in a bundle: sent on their own, then a barrier; any refused fails
+        the round (nothing of the bundle is sent after a refused add)."""
+        msgs = [(meter_mod(self.dp, "add", mid, c), f"meter add {mid:#x}") for mid, c in add.items()]
+        msgs += [(meter_mod(self.dp, "modify", mid, c), f"meter modify {mid:#x}") for mid, c in modify.items()]
+        msgs += [(meter_mod(self.dp, "delete", mid, None), f"meter delete {mid:#x}") for mid in delete]
+        if not msgs:
+            return
+        sent = {}
+        for msg, what in msgs:
+            msg.set_xid(self.new_xid())
+            sent[msg.xid] = what
+            if not self.dp.send_msg(msg):
+                raise RequestFailed("the connection is closing")
+        self._request(self.dp.ofproto_parser.OFPBarrierRequest(self.dp))
+        with self._lock:
+            rejected = [(xid, self._errors.pop(xid)) for xid in sent if xid in self._errors]
+        for xid, err in rejected[:5]:
+            LOG.error("site %s: the switch rejected %s: %s", self.site, sent[xid],
+                      error_name(self.dp.ofproto, err.type, err.code))
+        if rejected:
+            raise RequestFailed(f"the switch rejected {len(rejected)} of {len(msgs)} meter-mods")
+        for mid in add:
+            LOG.info("site %s: meter %#x added: %s %s", self.site, mid, add[mid][1], add[mid][0])
 
     def _send_bundle(self, p: Plan) -> None:
         """The plan's messages in one atomic, ordered bundle, committed only if the switch took every one."""

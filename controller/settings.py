@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from cloudweave.config.model import Site
+from cloudweave.quarantine import default_quarantine_path
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class Settings:
     metrics: tuple[str, int] | None
     bfd_ms: int = 100  # BFD interval on the tunnels; 0 turns BFD off (peers that cannot answer it)
     state: str | None = None  # the traffic engineer's state file (the learned matrix, the weights in force)
+    quarantine: str | None = None  # the quarantine list (cloudweave.quarantine)
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -30,7 +32,8 @@ class Settings:
             metrics = (host or "127.0.0.1", int(port))
         bfd_ms = int(os.environ.get("CLOUDWEAVE_BFD_MS", "100"))
         state = os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
-        return Settings(config, target, metrics, bfd_ms, state)
+        quarantine = os.environ.get("CLOUDWEAVE_QUARANTINE") or default_quarantine_path(config)
+        return Settings(config, target, metrics, bfd_ms, state, quarantine)
 
 
 def default_state_path(config: str) -> str:

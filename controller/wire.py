@@ -21,9 +21,9 @@ OFPP_ANY = 0xFFFFFFFF
 OFPG_ANY = 0xFFFFFFFF
 OFPP_CONTROLLER, NO_BUFFER_LEN = 0xFFFFFFFD, 0xFFFF
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
-OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 22, 25, 0xFFFF
+OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_METER, OFPAT_EXPERIMENTER = 0, 22, 25, 29, 0xFFFF
 NX_VENDOR = 0x00002320
-NXAST_CONJUNCTION, NXAST_CT = 34, 35
+NXAST_RESUBMIT_TABLE, NXAST_CONJUNCTION, NXAST_CT = 14, 34, 35
 NX_CT_F_COMMIT = 1
 
 OFB, NXM1 = 0x8000, 0x0001
@@ -40,8 +40,11 @@ FIELDS: dict[str, tuple[int, int, int, str]] = {
     "arp_sha": (OFB, 24, 6, "mac"),
     "tunnel_id": (OFB, 38, 8, "int"),
     "ip_proto": (OFB, 10, 1, "int"),
+    "tcp_src": (OFB, 13, 2, "int"),
     "tcp_dst": (OFB, 14, 2, "int"),
+    "udp_src": (OFB, 15, 2, "int"),
     "udp_dst": (OFB, 16, 2, "int"),
+    "sctp_src": (OFB, 17, 2, "int"),
     "sctp_dst": (OFB, 18, 2, "int"),
     "conj_id": (NXM1, 37, 4, "int"),
     "ct_state": (NXM1, 105, 4, "int"),
@@ -124,6 +127,10 @@ def instructions(actions: tuple[tuple[Any, ...], ...]) -> bytes:
                                  n_clauses, cid)
         elif a[0] == "group":
             apply += struct.pack("!HHI", OFPAT_GROUP, 8, a[1])
+        elif a[0] == "meter":
+            apply += struct.pack("!HHI", OFPAT_METER, 8, a[1])
+        elif a[0] == "resubmit":  # the in_port field is 16 bits: OFPP_IN_PORT as OpenFlow 1.0 numbered it
+            apply += struct.pack("!HHIHHB3x", OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, 0xFFF8, a[1])
         elif a[0] == "goto":
             goto = struct.pack("!HHB3x", OFPIT_GOTO_TABLE, 8, a[1])
         else:

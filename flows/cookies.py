@@ -36,6 +36,8 @@ KINDS = {
     "route_relay": 19,
     "service": 20,
     "transit": 21,
+    "filter": 22,
+    "quarantine": 23,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 
@@ -59,6 +61,15 @@ def group_id(name: str) -> int:
     """The preferred group id for a named purpose (e.g. route/site pair); flows.compile probes past another
     group of the same site that has it (flows.ids)."""
     return GROUP_OWNER | (object_id(name) & ((1 << GROUP_ID_BITS) - 1))
+
+
+def meter_id(name: str) -> int:
+    """A meter's id at a site, from its purpose (meter ids are 32 bits, as group ids: ours start with 0xc1)."""
+    return group_id(name)
+
+
+def is_our_meter(value: int) -> bool:
+    return value & GROUP_OWNER_MASK == GROUP_OWNER
 
 
 def is_our_group(value: int) -> bool:

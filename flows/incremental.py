@@ -22,8 +22,10 @@ from typing import Any
 from cloudweave.config.model import Model, Segment
 from flows import acl, cookies, ids
 from flows.direct import direct_flows
+from flows.filters import filter_flows
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import segment_flows, segment_scope, table_misses
+from flows.quarantine import quarantine_flows
 from flows.routing import AutoShares, RoutingCompiler
 from flows.services import service_flows
 from flows.state import SwitchState, TunnelPort, Unit
@@ -57,9 +59,36 @@ class _Inputs:
     """What units of one model read, derived lazily, once per compile."""
 
     def __init__(self, model: Model, graph: SiteGraph, graph_key: Any, next_hops: Mapping[str, str],
-                 auto: AutoShares, scope_of: Callable[[frozenset[str]], tuple[frozenset[str], dict]]):
+                 auto: AutoShares, scope_of: Callable[[frozenset[str]], tuple[frozenset[str], dict]],
+                 quarantined: frozenset[str] = frozenset()):
         self.model, self.graph, self.graph_key = model, graph, graph_key
         self.next_hops, self.auto, self.scope_of = next_hops, auto, scope_of
+        self.quarantined = quarantined
+
+    @cached_property
+    def filters_at(self) -> dict[str, tuple]:
+        """Each site's filters, in file order."""
+        from cloudweave.config.filters import filter_sites
+
+        out: dict[str, list] = {}
+        endpoints = {e.name: e for e in self.model.endpoints} if any(
+            s.startswith("port:") for f in self.model.filters for s in f.sources) else {}
+        for f in self.model.filters:
+            for site in filter_sites(f, self.model.sites, endpoints):
+                out.setdefault(site, []).append(f)
+        return {site: tuple(fs) for site, fs in out.items()}
+
+    @cached_property
+    def quarantined_at(self) -> dict[str, tuple]:
+        """Each site's quarantined endpoints (known to the model), with their segments, by name."""
+        out: dict[str, list] = {}
+        for name in sorted(self.quarantined):
+            try:
+                ep = self.model.endpoint(name)
+            except KeyError:
+                continue  # an entry for an endpoint the file no longer has: nothing to cut off
+            out.setdefault(ep.site, []).append((ep, self.model.segment(ep.segment)))
+        return {site: tuple(eps) for site, eps in out.items()}
 
     @cached_property
     def acl(self) -> acl.AclScope:
@@ -116,14 +145,16 @@ class IncrementalCompiler:
         self._graph: tuple[Any, SiteGraph] | None = None
         self._scopes: dict[frozenset[str], tuple[frozenset[str], dict]] = {}
         self._scopes_graph: SiteGraph | None = None
-        self._prev: tuple[Model, Any, dict, dict] | None = None
+        self._prev: tuple[Model, Any, dict, dict, frozenset[str]] | None = None
         self._keys: dict[str, dict[tuple, Unit]] = {}  # site -> every flow key -> its unit
         self.stats = CompileStats()
 
     def compile(self, model: Model, down: frozenset[tuple[str, str]] = frozenset(),
                 next_hops: Mapping[str, str] | None = None, auto: AutoShares | None = None,
-                sites: list[str] | None = None) -> dict[str, SwitchState]:
-        """Every site's state (or only `sites`'), reusing every unit whose inputs did not change."""
+                sites: list[str] | None = None, quarantined: frozenset[str] = frozenset()
+                ) -> dict[str, SwitchState]:
+        """Every site's state (or only `sites`'), reusing every unit whose inputs did not change.
+        `quarantined`: the endpoints cut off (controller.quarantine)."""
         self.stats = CompileStats()
         graph_key = (model.sites, model.links, down)
         if self._graph is None or self._graph[0] != graph_key:
@@ -132,14 +163,14 @@ class IncrementalCompiler:
         if self._scopes_graph is not graph:
             self._scopes, self._scopes_graph = {}, graph
         hops, auto = dict(next_hops or {}), dict(auto or {})
-        inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope)
+        inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope, quarantined)
         names = [s.name for s in model.sites] if sites is None else sites
         self._changed_segments = None  # which segments' units may differ (None: any), set by _affected
-        visit = self._affected(model, graph_key, hops, auto)
+        visit = self._affected(model, graph_key, hops, auto, quarantined)
         self.stats.handled = visit is not None
         out = {name: self._site(inputs, name) if visit is None or name in visit or name not in self._states
                else self._states[name] for name in names}
-        self._prev = (model, graph_key, hops, auto)
+        self._prev = (model, graph_key, hops, auto, quarantined)
         if sites is None:
             for gone in set(self._memo) - set(out):
                 del self._memo[gone]
@@ -147,17 +178,26 @@ class IncrementalCompiler:
                 self._keys.pop(gone, None)
         return out
 
-    def _affected(self, model: Model, graph_key: Any, hops: dict, auto: dict) -> set[str] | None:
+    def _affected(self, model: Model, graph_key: Any, hops: dict, auto: dict, quarantined: frozenset[str]
+                  ) -> set[str] | None:
         """The sites whose units may differ from the last compile's (the change handlers), or None for every
         site (the fallback; units are still reused where their inputs are equal). Handled: endpoints of some
-        segments changed (their old and new scopes), next hops learned (their sites)."""
+        segments changed (their old and new scopes), next hops learned (their sites), endpoints quarantined
+        or released (their sites)."""
         if self._prev is None:
             return None
-        old, old_graph, old_hops, old_auto = self._prev
-        if old_graph != graph_key or old_auto != auto or (model.segments, model.security_groups, model.routes) != (
-                old.segments, old.security_groups, old.routes):
+        old, old_graph, old_hops, old_auto, old_quarantined = self._prev
+        if old_graph != graph_key or old_auto != auto or (
+                model.segments, model.security_groups, model.routes, model.filters) != (
+                old.segments, old.security_groups, old.routes, old.filters):
             return None
         visit = {s for s in set(hops) | set(old_hops) if hops.get(s) != old_hops.get(s)}
+        for name in quarantined ^ old_quarantined:
+            for m in (model, old):
+                try:
+                    visit.add(m.endpoint(name).site)
+                except KeyError:
+                    pass
         if model.endpoints == old.endpoints:
             self._changed_segments = frozenset()
             return visit
@@ -347,4 +387,14 @@ def _units(x: _Inputs, site: str, changed: frozenset[str] | None = None, memo: M
         here = frozenset(e.segment for e in model.endpoints_at(site))  # as service_flows reads it
         key = (x.services, x.graph_key, here, backends, model.segments)
         out.append((("services",), key, lambda: service_flows(model, site, graph)))
+    filters = x.filters_at.get(site, ())
+    if filters:
+        ports = tuple((e.name, e.port) for e in model.endpoints_at(site)) if any(
+            s == "local" or s.startswith("port:") for f in filters for s in f.sources) else ()
+        key = (filters, neighbours, me.uplink, ports)
+        out.append((("filters",), key, lambda: (filter_flows(filters, site, model, neighbours), [])))
+    cut_off = x.quarantined_at.get(site, ())
+    if cut_off:
+        key = (cut_off, me.uplink)
+        out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink), [])))
     return out

@@ -12,8 +12,10 @@ from flows.values import (
     Goto,
     Group,
     MatchValue,
+    Meter,
     Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
 )
@@ -76,6 +78,10 @@ def _action(action: object) -> str:
         return f"conjunction({action.id},{action.clause}/{action.n_clauses})"
     if isinstance(action, ToGroup):
         return f"group:{action.group_id}"
+    if isinstance(action, Meter):
+        return f"meter:{action.meter_id}"
+    if isinstance(action, Resubmit):
+        return f"resubmit(,{action.table})"
     raise TypeError(f"cannot render {action!r}")
 
 
@@ -104,6 +110,16 @@ def render_group(g: Group) -> str:
         + ",actions=" + (",".join(_action(a) for a in b.actions) or "drop")
         for b in g.buckets)
     return f"group_id={g.group_id},type=select,selection_method=hash,fields({','.join(g.fields)}){buckets}"
+
+
+def render_meters(meters: tuple[Meter, ...], site: str = "") -> str:
+    """Meters in `ovs-ofctl -O OpenFlow15 add-meter` syntax, one per line."""
+    lines = [f"# cloudweave meters for site {site}" if site else "# cloudweave meters"]
+    for m in meters:
+        burst = f",burst_size={m.burst}" if m.burst else ""
+        lines.append(f"meter={m.meter_id},{m.unit}{',burst' if m.burst else ''},stats,band=type=drop,rate={m.rate}"
+                     f"{burst}")
+    return "\n".join(lines) + "\n"
 
 
 def render_groups(groups: tuple[Group, ...] | list[Group], site: str = "") -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Address
 
-from flows.values import Flow, Group
+from flows.values import Flow, Group, Meter
 
 Unit = tuple[str, ...]  # what a part of a site's flows is of: ("overlay", "prod"), ("acl_rules",), ...
 
@@ -44,3 +45,18 @@ class SwitchState:
     def flows(self) -> tuple[Flow, ...]:
         """Every flow, in the order `compile` prints them."""
         return tuple(sorted((f for _, flows in self.units for f in flows), key=sort_key))
+
+    @cached_property
+    def meters(self) -> tuple[Meter, ...]:
+        """The meters its flows send through, by id (a flow's Meter action carries the meter's settings)."""
+        return meters_of(f for unit, flows in self.units if unit == ("filters",) for f in flows)
+
+
+def meters_of(flows: Iterable[Flow]) -> tuple[Meter, ...]:
+    """Every distinct meter the flows name, by id; two settings under one id is a compiler bug."""
+    out: dict[int, Meter] = {}
+    for f in flows:
+        for a in f.actions:
+            if isinstance(a, Meter) and out.setdefault(a.meter_id, a) != a:
+                raise ValueError(f"meter {a.meter_id:#x} has two settings: {out[a.meter_id]} and {a}")
+    return tuple(out[k] for k in sorted(out))

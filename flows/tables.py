@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import CT, Conjunction, Flow, Goto, Group, Move, Output, SetField, ToGroup
+from flows.values import CT, Conjunction, Flow, Goto, Group, Meter, Move, Output, Resubmit, SetField, ToGroup
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,11 @@ ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv
                         "udp_dst", "sctp_dst", "conj_id"})
 GROUP_TABLES = frozenset({3, 6})  # acl_egress (service splits), route (path splits)
 TABLES: tuple[Table, ...] = (
-    Table(0, "classify", "in_port -> segment; tunnel in_port + tun_id -> segment; uplink -> direct-mode "
-          "endpoints, ARP for the NAT address, NAT replies through conntrack; drop the unknown",
-          frozenset({"in_port", "tunnel_id", "eth_dst", "eth_type", "arp_tpa", "arp_op", "ipv4_dst"}), None),
+    Table(0, "classify", "quarantined endpoints and filters dropped first; in_port -> segment; tunnel in_port + "
+          "tun_id -> segment; uplink -> direct-mode endpoints, ARP for the NAT address, NAT replies through "
+          "conntrack; drop the unknown",
+          frozenset({"in_port", "tunnel_id", "eth_dst", "eth_type", "arp_tpa", "arp_op", "ipv4_dst", "ipv4_src",
+                     "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst", "reg5"}), None),
     Table(1, "port_security", "source MAC/IP (and ARP SHA/SPA) must be the port's endpoint's; from the uplink, "
           "only NAT replies and port forwards, mapped to their endpoint",
           frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa", "arp_sha", "ct_state", "ipv4_dst",
@@ -56,9 +58,10 @@ AFTER_ACL = NAT
 REG_SEGMENT = "reg6"   # the segment's VNI; its low 16 bits are the conntrack zone
 REG_FROM_TUNNEL = "reg7"  # where the packet came in: FROM_LOCAL, FROM_TUNNEL or FROM_UPLINK
 FROM_LOCAL, FROM_TUNNEL, FROM_UPLINK = 0, 1, 2
+REG_FILTERED = "reg5"  # 1 once a rate-limit filter metered the packet and looked it up in classify again
 NAT_ZONE = 0xFFFF  # the conntrack zone of every site's source NAT; no segment may use it
-WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, "tunnel_id", "eth_src", "eth_dst", "ipv4_src", "ipv4_dst",
-                      "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa", "ct_mark"})
+WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, REG_FILTERED, "tunnel_id", "eth_src", "eth_dst", "ipv4_src",
+                      "ipv4_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa", "ct_mark"})
 MOVABLE = frozenset({("eth_src", "eth_dst"), ("arp_sha", "arp_tha"), ("arp_spa", "arp_tpa")})
 CT_TABLES = frozenset({CLASSIFY, PORT_SECURITY, CONNTRACK, ACL_EGRESS, ACL_INGRESS, NAT})
 
@@ -96,6 +99,15 @@ def check_flow(f: Flow) -> None:
         elif isinstance(action, Conjunction):
             if f.table not in (ACL_EGRESS, ACL_INGRESS) or not 1 <= action.clause <= action.n_clauses:
                 raise TableViolation(f"table {table.name}: bad conjunction: {f}")
+        elif isinstance(action, Meter):
+            if f.table != CLASSIFY or i != 0:
+                raise TableViolation(f"table {table.name}: a meter only in classify, as the first action: {f}")
+        elif isinstance(action, Resubmit):
+            # The one way back: classify again, once, after a rate limit (the register bit guards the loop).
+            guarded = dict(f.match).get(REG_FILTERED) == 0 and SetField(REG_FILTERED, 1) in f.actions[:i]
+            if f.table != CLASSIFY or action.table != CLASSIFY or i != len(f.actions) - 1 or not guarded:
+                raise TableViolation(f"table {table.name}: resubmit only from classify to itself, last, guarded "
+                                     f"by {REG_FILTERED}: {f}")
         elif not isinstance(action, Output):
             raise TableViolation(f"unknown action {action!r}")
 

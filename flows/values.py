@@ -81,7 +81,25 @@ class ToGroup:
     purpose: str = field(default="", compare=False)  # the group's purpose, to re-point it (flows.compile)
 
 
-Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup
+@dataclass(frozen=True, order=True)
+class Meter:
+    """Send the packet through a meter (an OpenFlow 1.5 action), whose configuration it carries: the
+    controller installs the meters its flows name. `unit` pktps or kbps; `burst` 0: the switch's default."""
+
+    meter_id: int
+    unit: str
+    rate: int
+    burst: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class Resubmit:
+    """Look the packet up again in `table` (NXAST_RESUBMIT_TABLE), as it is now."""
+
+    table: int
+
+
+Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup | Meter | Resubmit
 
 # What a select group hashes: the inner packet's 5-tuple (fields that do not apply to a packet are skipped).
 # eth_type (always IPv4 here) and icmp_type (one per ICMP exchange) change no connection's bucket; they make

@@ -16,6 +16,7 @@ from cloudweave.config.chunks import ChunkCache, load_chunked
 from cloudweave.config.cloud_policy import read_cloud_policy
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.files import MAX_FILES, Unreadable, read_text
+from cloudweave.config.filters import Names, read_filters
 from cloudweave.config.model import TUNNEL_PREFIX, Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.routes import check_routes, read_routes
@@ -56,10 +57,10 @@ ENDPOINT: Schema = {
 TRAFFIC: Schema = {"poll_interval": (v.between_s(0.5, 3600.0), False)}
 MIN_SUBNET_PREFIX = 8  # a segment wider than a /8 is a typo (a /0 would claim every address)
 TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
-            "security_groups", "routes", "cloud_policy", "traffic")
+            "security_groups", "routes", "cloud_policy", "filters", "traffic")
 MAX_PROBLEMS = 1000  # kept and printed; the rest are counted
 NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
-LIST_SECTIONS = ("links", "routes", "cloud_policy")
+LIST_SECTIONS = ("links", "routes", "cloud_policy", "filters")
 
 
 @dataclass
@@ -367,8 +368,11 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     routes = check_routes(read_routes(merged.get("routes", []), c.error) + read_cloud_policy(
         merged.get("cloud_policy", []), sites, links, endpoints, c.error, c.warn), sites, links, segments, endpoints,
         group_names, c.error, c.warn)
+    filters = read_filters(merged.get("filters", []), Names(site_by_name, {e.name: e for e in endpoints}, group_names),
+                           c.error, c.warn) if merged.get("filters") else []
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
-                 poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), files=files)
+                 poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), filters=tuple(filters),
+                 files=files)
 
 
 def _is_address(text: str) -> bool:

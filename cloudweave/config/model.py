@@ -216,6 +216,51 @@ class Route:
 
 
 @dataclass(frozen=True)
+class FilterMatch:
+    """What a filter matches, statelessly, on the packet as it enters the switch: every field set must match.
+    `src`/`dst`: a group name or a CIDR as written; `src_nets`/`dst_nets` the addresses it stands for."""
+
+    proto: int | None = None
+    src: str | None = None
+    src_nets: tuple[IPv4Network, ...] = ()
+    dst: str | None = None
+    dst_nets: tuple[IPv4Network, ...] = ()
+    src_ports: tuple[PortRange, ...] = ()
+    dst_ports: tuple[PortRange, ...] = ()
+
+
+FILTER_FROM = ("local", "tunnel", "uplink")  # where a packet can come in, besides a named port or peer site
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A meter's rate: packets per second (`pktps`) or kilobits per second (`kbps`), and its burst."""
+
+    value: int
+    unit: str  # pktps | kbps
+    burst: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.value}{'pps' if self.unit == 'pktps' else 'kbit/s'}"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A stateless drop or rate limit in the first table, before port security and conntrack. The first
+    filter (in file order) that matches a packet decides it. `sources`: where the packet came in ('local',
+    'tunnel', 'uplink', 'port:ENDPOINT', 'tunnel:SITE'); empty: anywhere. `sites`: empty: every site."""
+
+    name: str
+    index: int
+    match: FilterMatch
+    sources: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    action: str = "drop"  # drop | rate_limit
+    rate: Rate | None = None
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class SecurityGroup:
     name: str
     rules: tuple[Rule, ...]
@@ -231,6 +276,7 @@ class Model:
     poll_interval_s: float = 5.0
     security_groups: tuple[SecurityGroup, ...] = ()
     routes: tuple[Route, ...] = ()
+    filters: tuple[Filter, ...] = ()
     files: tuple[str, ...] = field(default=(), compare=False)
 
     def site(self, name: str) -> Site:

@@ -18,9 +18,9 @@ MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 # through ovs-ofctl, ovs-vsctl and a shell unquoted.
 IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,14}")
 RATE_RE = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,15})?)\s*([kKmMgGtT]?)(?:bit|bps|b)?(?:/s)?\s*")
-DURATION_RE = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,15})?)\s*(ms|s|m)?\s*")
+DURATION_RE = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,15})?)\s*(ms|s|m|h)?\s*")
 RATE_UNITS_MBPS = {"": 1.0, "k": 1e-3, "m": 1.0, "g": 1e3, "t": 1e6}
-DURATION_UNITS_S = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0}
+DURATION_UNITS_S = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_RATE_MBPS = 1e9  # 1 Pbit/s: a larger capacity is a typo
 ASCII_INT_RE = re.compile(r"[-+]?(?:[0-9]+|0[xX][0-9a-fA-F]+|0[oO][0-7]+)")
 

@@ -57,7 +57,7 @@ def test_every_flow_is_ours_and_checked_against_its_table(model):
 
 def test_table_declarations_reject_bad_flows():
     with pytest.raises(TableViolation, match="does not match on"):
-        check_flow(flow(0, 1, cookies.OWNER, (Goto(1),), ipv4_src="10.0.0.1"))
+        check_flow(flow(0, 1, cookies.OWNER, (Goto(1),), ct_mark=1))
     with pytest.raises(TableViolation, match="goto must go forward"):
         check_flow(flow(6, 1, cookies.OWNER, (Goto(2),)))
     with pytest.raises(TableViolation, match="goto must go forward and come last"):

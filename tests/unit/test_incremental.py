@@ -5,7 +5,7 @@ up; next hops learned), on every shipped topology and on generated ones, flow fo
 import dataclasses
 import glob
 import os
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bench.generate import mesh
 from cloudweave.config import load_model
-from cloudweave.config.model import Model
+from cloudweave.config.model import Filter, FilterMatch, Model
 from cloudweave.te.engine import auto_keys
 from cloudweave.te.paths import candidate_paths
 from flows.incremental import IncrementalCompiler
@@ -40,6 +40,7 @@ class World:
     down: frozenset = frozenset()
     hops: dict = dataclasses.field(default_factory=dict)
     auto: dict = dataclasses.field(default_factory=dict)
+    quarantined: frozenset = frozenset()
     serial: int = 0
 
 
@@ -118,6 +119,16 @@ def edit(w: World, kind: str, draw) -> None:
         link = draw(st.sampled_from(list(m.links))).sites
         w.down = w.down ^ {link}
         return
+    elif kind == "quarantine" and eps:
+        w.quarantined = w.quarantined ^ {draw(st.sampled_from(eps)).name}
+        return
+    elif kind == "filter" and eps:
+        e = draw(st.sampled_from(eps))
+        sources = draw(st.sampled_from([(), ("local",), ("tunnel",), (f"port:{e.name}",), ("local", "uplink")]))
+        f = Filter(f"f{w.serial}", len(m.filters), FilterMatch(proto=17, src=str(e.ip),
+                                                               src_nets=(IPv4Network(e.ip),)), sources)
+        w.model = dataclasses.replace(m, filters=m.filters + (f,))
+        return
     elif kind == "next_hop":
         site = draw(st.sampled_from([s.name for s in m.sites]))
         w.hops[site] = f"02:cc:00:00:00:{w.serial % 256:02x}"
@@ -125,7 +136,8 @@ def edit(w: World, kind: str, draw) -> None:
     w.model = dataclasses.replace(m, endpoints=tuple(eps))
 
 
-EDITS = ("mac", "ip", "move", "remove", "add", "group", "rule", "weights", "te", "link", "next_hop")
+EDITS = ("mac", "ip", "move", "remove", "add", "group", "rule", "weights", "te", "link", "next_hop", "quarantine",
+         "filter")
 
 
 def assert_same(inc: dict, fresh: dict) -> None:
@@ -146,8 +158,8 @@ def test_incremental_equals_from_scratch(name, model, data):
     before = inc.compile(w.model)
     for kind in data.draw(st.lists(st.sampled_from(EDITS), min_size=1, max_size=6)):
         edit(w, kind, data.draw)
-        got = inc.compile(w.model, w.down, w.hops, w.auto)
-        assert_same(got, IncrementalCompiler().compile(w.model, w.down, w.hops, w.auto))
+        got = inc.compile(w.model, w.down, w.hops, w.auto, quarantined=w.quarantined)
+        assert_same(got, IncrementalCompiler().compile(w.model, w.down, w.hops, w.auto, quarantined=w.quarantined))
         # What no unit of a site changed in is the very object it was: that site's switch hears nothing.
         for site, state in got.items():
             if site in before and state == before[site]:
@@ -192,7 +204,7 @@ def test_a_session_plans_only_what_changed_and_gets_what_a_full_compare_gets(nam
         installed[site] = dict(canons[site].flows)
     for kind in data.draw(st.lists(st.sampled_from(EDITS), min_size=1, max_size=5)):
         edit(w, kind, data.draw)
-        for site, state in inc.compile(w.model, w.down, w.hops, w.auto).items():
+        for site, state in inc.compile(w.model, w.down, w.hops, w.auto, quarantined=w.quarantined).items():
             if site not in canons:
                 continue
             for f in state.flows:  # new ports (moved or added endpoints) get numbers: the same dict object
