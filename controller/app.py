@@ -122,6 +122,7 @@ class CloudweaveApp(app_manager.OSKenApp):
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPGroupDescStatsReply,
                  ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPBarrierReply,
+                 ofp_event.EventOFPMeterDescStatsReply,
                  ofp_event.EventOFPBundleCtrlMsg], MAIN_DISPATCHER)
     def _reply(self, ev: Any) -> None:
         self._deliver(ev.msg)

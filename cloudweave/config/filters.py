@@ -79,14 +79,15 @@ def parse_expression(text: str) -> dict[str, Any]:
     implied: int | None = None
     at = 0
     for term in re.split(r"\band\b", text):
+        where = at + len(term) - len(term.lstrip()) + 1  # 1-based, where the term's text starts
         m = _TERM_RE.fullmatch(term)
         if not m or m.group(1) not in EXPR_FIELDS:
             fields = ", ".join(sorted({k for k in EXPR_FIELDS if "." in k or k == "ip protocol"}))
-            raise Invalid(f"'{show(term.strip())}' (at character {at + 1}) is not FIELD == VALUE with a FIELD of: "
+            raise Invalid(f"'{show(term.strip())}' (at character {where}) is not FIELD == VALUE with a FIELD of: "
                           f"{fields}; terms are joined by 'and'")
         key, implies = EXPR_FIELDS[m.group(1)]
         if key in out:
-            raise Invalid(f"'{m.group(1)}' is given twice (at character {at + 1})")
+            raise Invalid(f"'{m.group(1)}' is given twice (at character {where})")
         value: Any = m.group(2)
         if key == "proto" and value.isascii() and value.isdigit():
             value = int(value)

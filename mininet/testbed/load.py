@@ -6,10 +6,14 @@ datagram from its own source port. Prints how many were sent and (TCP) how many 
     python -m cloudweave.testbed.load udp 10.61.0.21 6000-6999 6000 --sport 20000
     python -m cloudweave.testbed.load churn 10.71.0.21 5001 --mbps 150 --streams 30 --seconds 10 --flow-s 1
     python -m cloudweave.testbed.load sink 5001 --seconds 12
+    python -m cloudweave.testbed.load stamped 10.41.0.11 7002 --pps 1000 --seconds 8
+    python -m cloudweave.testbed.load stampsink 7002 --seconds 9
 
 `churn` offers a steady UDP rate in `streams` flows, each replaced by a new one (a new source port) every
 `flow_s` seconds, as real traffic renews its connections; `sink` counts what arrives. Both print datagrams
-per wall-clock second as JSON, so that loss can be read second by second.
+per wall-clock second as JSON, so that loss can be read second by second. `stamped` sends one flow of
+numbered datagrams at `pps`; `stampsink` prints when each arrived (wall clock, which every namespace shares),
+so that the moment a change took effect can be read to the millisecond.
 """
 
 from __future__ import annotations
@@ -128,10 +132,43 @@ def sink(port: int, seconds: float) -> dict:
     return got
 
 
+def stamped(host: str, port: int, pps: float, seconds: float, sport: int) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", sport))
+    s.connect((host, port))
+    start, n, errors = time.monotonic(), 0, 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        while n < int(elapsed * pps):
+            try:
+                s.send(f"{n} {time.time():.6f}".encode())
+            except OSError:
+                errors += 1
+            n += 1
+        time.sleep(0.0005)
+    return {"sent": n, "errors": errors}
+
+
+def stampsink(port: int, seconds: float) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    got: list[tuple[int, float]] = []
+    end = time.monotonic() + seconds
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        try:
+            data = s.recv(2048)
+        except TimeoutError:
+            continue
+        got.append((int(data.split()[0]), time.time()))
+    return {"received": got}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cloudweave.testbed.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("proto", choices=["tcp", "udp", "churn", "sink"])
+    p.add_argument("proto", choices=["tcp", "udp", "churn", "sink", "stamped", "stampsink"])
     p.add_argument("host", help="destination address (sink: the port to listen on)")
     p.add_argument("ports", nargs="?", default="", help="destination port range LO-HI (churn: one port)")
     p.add_argument("count", type=int, nargs="?", default=0)
@@ -140,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=30)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--flow-s", type=float, default=1.0)
+    p.add_argument("--pps", type=float, default=1000.0, help="stamped: datagrams per second")
     args = p.parse_args(argv)
+    if args.proto == "stamped":
+        print(json.dumps(stamped(args.host, int(args.ports), args.pps, args.seconds, args.sport)))
+        return 0
+    if args.proto == "stampsink":
+        print(json.dumps(stampsink(int(args.host), args.seconds)))
+        return 0
     if args.proto == "churn":
         print(json.dumps(churn(args.host, int(args.ports), args.mbps, args.streams, args.seconds, args.flow_s,
                                args.sport)))
