@@ -11,11 +11,11 @@ import sys
 import time
 
 import pytest
-from cloudweave import quarantine
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv, probe, serve_probes, stop
 
+from cloudweave import quarantine
 from tests.e2e.test_policy import edit_policy
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, wait_for
