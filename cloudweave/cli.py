@@ -209,6 +209,30 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_flowlog(args: argparse.Namespace) -> int:
+    import time
+
+    from cloudweave.config.errors import Invalid
+    from cloudweave.config.values import duration_s
+    from cloudweave.flowlog.show import FIELDS, main
+    from controller.settings import default_flowlog_path
+
+    since = None
+    if args.since is not None:
+        try:
+            since = time.time() - duration_s(args.since)
+        except Invalid as exc:
+            print(f"cloudweave: --since: {exc}", file=sys.stderr)
+            return 2
+    fields = args.fields.split(",") if args.fields else None
+    unknown = [f for f in fields or () if f not in FIELDS]
+    if unknown:
+        print(f"cloudweave: --fields: unknown field '{unknown[0]}' (fields: {', '.join(FIELDS)})", file=sys.stderr)
+        return 2
+    return main(args.log or default_flowlog_path(args.file), args.follow, args.json, fields, endpoint=args.endpoint,
+                verdict=args.verdict, rule=args.rule, kind=args.kind, site=args.site, since=since)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import run
 
@@ -307,6 +331,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quarantine", default=None,
                    help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("flowlog", help="the flow log: who talked to whom, and which rule decided it",
+                       description="Print the flow records the controller collects (needs a flow_logs section): "
+                                   "one per new connection, per sampled unanswered packet and per sampled drop, each "
+                                   "with its endpoints, its verdict and the rule (file:line) that decided it. "
+                                   "--follow streams them as they come.")
+    s.add_argument("file")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing records as they come")
+    s.add_argument("--endpoint", default=None, help="only records from or to this endpoint (or address)")
+    s.add_argument("--verdict", choices=["allow", "deny", "drop", "rate_limit"], default=None)
+    s.add_argument("--rule", default=None, help="only records decided by a rule whose text or file:line has this")
+    s.add_argument("--kind", choices=["new", "unreplied", "filter", "quarantine"], default=None)
+    s.add_argument("--site", default=None)
+    s.add_argument("--since", default=None, metavar="DURATION", help="only the last DURATION (examples: 30s, 5m)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--fields", default=None, help="with --json: the fields to print, comma-separated")
+    s.add_argument("--log", default=None, help="the flow log (default: .FILE.flowlog.jsonl beside FILE)")
+    s.set_defaults(func=cmd_flowlog)
 
     s = sub.add_parser("quarantine", help="cut an endpoint off at its site, release it, or list who is cut off",
                        description="Quarantine: everything the endpoint sends or is sent is dropped at its site, "

@@ -25,6 +25,7 @@ from cloudweave.config import ConfigError
 from cloudweave.quarantine import QuarantineFileError
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
+from controller.flowlog_service import FlowLogService
 from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
@@ -76,19 +77,20 @@ class CloudweaveApp(app_manager.OSKenApp):
             raise SystemExit(1) from None
         self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published)
         self.limits = ConnLimitService(self.metrics, lambda: self.core.published)
+        self.flowlog = FlowLogService(self.settings, self.metrics, lambda: self.core.published, self.core.post)
         self.reloads.install_sighup()
 
     def start(self) -> Any:
         thread = super().start()
         published = lambda: self.core.published  # noqa: E731 - read the snapshot in force at each call
         self.threads += [hub.spawn(self.core.run), hub.spawn(self.ovsdb.run), hub.spawn(self.limits.run),
-                         hub.spawn(self.te.run, published, self.core.post)]
+                         hub.spawn(self.te.run, published, self.core.post), hub.spawn(self.flowlog.run)]
         self.reloads.watch(self.core.state.model.files, use_inotify=INOTIFY)
         return thread
 
     def stop(self) -> None:
         self.reloads.stop()
-        for service in (self.core, self.ovsdb, self.limits, self.te):
+        for service in (self.core, self.ovsdb, self.limits, self.te, self.flowlog):
             service.stop()
         super().stop()
 

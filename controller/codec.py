@@ -23,6 +23,7 @@ from flows.values import (
     Move,
     Output,
     Resubmit,
+    Sample,
     SetField,
     ToGroup,
 )
@@ -92,6 +93,8 @@ def _canonical_action_list(actions: tuple[Action, ...], ports: dict[str, int]) -
             out.append(("meter", a.meter_id))
         elif isinstance(a, Resubmit):
             out.append(("resubmit", a.table))
+        elif isinstance(a, Sample):
+            out.append(("sample", a.probability, a.collector_set_id, a.obs_domain_id, a.obs_point_id))
     return tuple(out)
 
 
@@ -178,6 +181,8 @@ def _actual_actions(actions: list[Any], ofp: Any) -> list[tuple[Any, ...]]:
             out.append(("meter", a.meter_id))
         elif type(a).__name__ == "NXActionResubmitTable" and a.in_port == NX_IN_PORT:
             out.append(("resubmit", a.table_id))
+        elif type(a).__name__ == "NXActionSample":
+            out.append(("sample", a.probability, a.collector_set_id, a.obs_domain_id, a.obs_point_id))
         else:
             out.append(("other", repr(a)))
     return out
@@ -218,6 +223,9 @@ def _apply_actions(ofp: Any, parser: Any, actions: tuple[tuple[Any, ...], ...]) 
             apply.append(parser.OFPActionMeter(a[1]))
         elif a[0] == "resubmit":
             apply.append(parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=a[1]))
+        elif a[0] == "sample":
+            apply.append(parser.NXActionSample(probability=a[1], collector_set_id=a[2], obs_domain_id=a[3],
+                                               obs_point_id=a[4]))
     return apply
 
 

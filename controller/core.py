@@ -26,7 +26,7 @@ from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
 from controller.links import LinkWatch
-from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp, Tick, WeightsAdopted
+from controller.messages import PacketIn, PortsSeen, QuarantineAlarm, SwitchDown, SwitchUp, Tick, WeightsAdopted
 from controller.session import SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
@@ -112,6 +112,8 @@ class Core:
                 self._ports_seen(msg)
             elif isinstance(msg, PacketIn):
                 self._packet_in(msg)
+            elif isinstance(msg, QuarantineAlarm):
+                self._quarantine_alarm(msg)
             elif isinstance(msg, WeightsAdopted):
                 self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
@@ -298,6 +300,27 @@ class Core:
             return
         if self._change(replace(self.state, quarantined=cut_off), "a quarantine change"):
             self._log_quarantine(before, cut_off, self.state.model, now)
+
+    def _quarantine_alarm(self, msg: QuarantineAlarm) -> None:
+        """Cut the endpoint off first (compile and hand the flows to its session), then write the list."""
+        before = self.state.quarantined
+        if msg.endpoint in before:
+            return
+        if not self._change(replace(self.state, quarantined=before | {msg.endpoint}), f"quarantine of {msg.endpoint}"):
+            return
+        self.metrics.quarantine_seconds.observe(max(0.0, time.time() - msg.raised_at))
+        path = self.settings.quarantine
+        try:
+            quarantine.add(path, msg.endpoint, msg.reason, "auto", msg.hold_s, dict(msg.evidence))
+            self._quarantine_entries = quarantine.load(path)
+            self._quarantine_version = quarantine.file_version(path)
+        except (OSError, quarantine.QuarantineFileError) as exc:
+            LOG.error("quarantine of %s in force, but not written to %s (it ends with this process): %s",
+                      msg.endpoint, path, exc)
+            self._quarantine_entries += (quarantine.Entry(msg.endpoint, msg.reason, "auto", time.time(),
+                                                          time.time() + msg.hold_s, dict(msg.evidence)),)
+        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
+        self._log_quarantine(before, self.state.quarantined, self.state.model)
 
     def _log_quarantine(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:
         entries = {e.endpoint: e for e in self._quarantine_entries}

@@ -43,3 +43,14 @@ class WeightsAdopted:
 @dataclass(frozen=True)
 class Tick:
     """Time passes: reloads that settled, next-hop asks that are due."""
+
+
+@dataclass(frozen=True)
+class QuarantineAlarm:
+    """The detector found `endpoint` anomalous: cut it off for `hold_s`, with why and the evidence."""
+
+    endpoint: str
+    reason: str
+    evidence: Any  # a JSON-able mapping, not changed after posting
+    hold_s: float
+    raised_at: float  # wall clock, when the alarm was raised

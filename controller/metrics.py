@@ -64,6 +64,18 @@ class Metrics:
 
         self.quarantined = Gauge("cloudweave_quarantined_endpoints", "Endpoints cut off by quarantine",
                                  registry=r)
+        self.flowlog_records = Counter("cloudweave_flowlog_records", "Flow-log records received and decoded",
+                                       ["site", "kind"], registry=r)
+        self.flowlog_lost = Counter("cloudweave_flowlog_lost", "Flow-log records lost: dropped by a full socket, "
+                                    "missing by sequence number, or not decodable", ["site", "cause"], registry=r)
+        self.detector_alarms = Counter("cloudweave_detector_alarms", "Alarms of the anomaly detector", ["signal"],
+                                       registry=r)
+        self.detection_seconds = Histogram("cloudweave_detection_seconds", "From the first record of a source in "
+                                           "the window to its alarm", buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+                                           registry=r)
+        self.quarantine_seconds = Histogram("cloudweave_quarantine_seconds", "From an alarm to the quarantine "
+                                            "flows handed to the switch's session",
+                                            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1), registry=r)
         self.quarantine_changes = Counter("cloudweave_quarantine_changes", "Endpoints quarantined or released, "
                                           "by whom (cli, auto, expiry)", ["change", "source"], registry=r)
 

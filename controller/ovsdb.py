@@ -16,6 +16,7 @@ from flows.compile import TunnelPort
 
 LOG = logging.getLogger("cloudweave.ovsdb")
 MARK = "cloudweave-tunnel"  # external_ids key on the Interface rows we own; its value is the peer site
+IPFIX_MARK = "cloudweave-flowlog"  # on the IPFIX and Flow_Sample_Collector_Set rows we own
 PROTOCOLS = ["OpenFlow13", "OpenFlow14", "OpenFlow15"]
 # OVS backs off up to 8 s between attempts by default; a restarted controller should get its switches back fast.
 CONTROLLER_MAX_BACKOFF_MS = 1000
@@ -134,6 +135,24 @@ class SiteOvsdb:
                 api.db_set("Controller", row["_uuid"], ("max_backoff", CONTROLLER_MAX_BACKOFF_MS)).execute(
                     check_error=True)
         return report
+
+    def set_ipfix(self, bridge: str, set_id: int, target: str) -> None:
+        """Point the bridge's flow-sample collector set `set_id` at `target`, in a new IPFIX row: OVS sends
+        its templates when the row is created, and otherwise only every 600 s (a collector that restarts
+        would decode nothing until then)."""
+        api = self.api
+        br = api.db_find("Bridge", ("name", "=", bridge), columns=["_uuid"]).execute(check_error=True)
+        if not br:
+            raise LookupError(f"no bridge {bridge}")
+        old = api.db_find("Flow_Sample_Collector_Set", ("id", "=", set_id), columns=["_uuid", "bridge"]).execute(
+            check_error=True)
+        with api.transaction(check_error=True) as txn:
+            for row in old:
+                if row["bridge"] == br[0]["_uuid"]:
+                    txn.add(api.db_destroy("Flow_Sample_Collector_Set", row["_uuid"]))
+            ipfix = txn.add(api.db_create("IPFIX", targets=[target], external_ids={IPFIX_MARK: "1"}))
+            txn.add(api.db_create("Flow_Sample_Collector_Set", id=set_id, bridge=br[0]["_uuid"], ipfix=ipfix,
+                                  external_ids={IPFIX_MARK: "1"}))
 
     def _controller_targets(self, bridge: str) -> list[str]:
         return sorted(self.api.get_controller(bridge).execute(check_error=True))

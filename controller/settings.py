@@ -9,6 +9,12 @@ from cloudweave.config.model import Site
 from cloudweave.quarantine import default_quarantine_path
 
 
+def default_flowlog_path(config: str) -> str:
+    """Beside the configuration, named after it."""
+    config = os.path.abspath(config)
+    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.flowlog.jsonl")
+
+
 @dataclass(frozen=True)
 class Settings:
     config: str
@@ -17,6 +23,7 @@ class Settings:
     bfd_ms: int = 100  # BFD interval on the tunnels; 0 turns BFD off (peers that cannot answer it)
     state: str | None = None  # the traffic engineer's state file (the learned matrix, the weights in force)
     quarantine: str | None = None  # the quarantine list (cloudweave.quarantine)
+    flowlog: str | None = None  # the flow log (JSON lines; controller.flowlog_service)
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -33,7 +40,8 @@ class Settings:
         bfd_ms = int(os.environ.get("CLOUDWEAVE_BFD_MS", "100"))
         state = os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
         quarantine = os.environ.get("CLOUDWEAVE_QUARANTINE") or default_quarantine_path(config)
-        return Settings(config, target, metrics, bfd_ms, state, quarantine)
+        flowlog = os.environ.get("CLOUDWEAVE_FLOWLOG") or default_flowlog_path(config)
+        return Settings(config, target, metrics, bfd_ms, state, quarantine, flowlog)
 
 
 def default_state_path(config: str) -> str:

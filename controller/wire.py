@@ -23,7 +23,7 @@ OFPP_CONTROLLER, NO_BUFFER_LEN = 0xFFFFFFFD, 0xFFFF
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
 OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_METER, OFPAT_EXPERIMENTER = 0, 22, 25, 29, 0xFFFF
 NX_VENDOR = 0x00002320
-NXAST_RESUBMIT_TABLE, NXAST_CONJUNCTION, NXAST_CT = 14, 34, 35
+NXAST_RESUBMIT_TABLE, NXAST_SAMPLE, NXAST_CONJUNCTION, NXAST_CT = 14, 29, 34, 35
 NX_CT_F_COMMIT = 1
 
 OFB, NXM1 = 0x8000, 0x0001
@@ -129,6 +129,10 @@ def instructions(actions: tuple[tuple[Any, ...], ...]) -> bytes:
             apply += struct.pack("!HHI", OFPAT_GROUP, 8, a[1])
         elif a[0] == "meter":
             apply += struct.pack("!HHI", OFPAT_METER, 8, a[1])
+        elif a[0] == "sample":
+            _, probability, set_id, domain, point = a
+            apply += struct.pack("!HHIHHIII", OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_SAMPLE, probability, set_id,
+                                 domain, point)
         elif a[0] == "resubmit":  # the in_port field is 16 bits: OFPP_IN_PORT as OpenFlow 1.0 numbered it
             apply += struct.pack("!HHIHHB3x", OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, 0xFFF8, a[1])
         elif a[0] == "goto":

@@ -82,10 +82,11 @@ def acl_scope(model: Model) -> AclScope:
     routed = {s.name for r in model.routes if r.match is not None for s in model.route_segments(r)}
     # A segment is tracked when any of its endpoints is in a group, it denies by default, it has a
     # connection limit, it is NATed (port forwards pass its ingress rules), it has a service VIP, or a path
-    # split pins its connections.
+    # split pins its connections; with flow logs, every one (a record per connection needs conntrack).
+    logged = model.flow_logs is not None
     with_policy = {s.name for s in segments.values() if s.default == "deny" or s.name in grouped
                    or s.mode == "nat" or s.max_connections is not None or s.name in with_services
-                   or s.name in routed}
+                   or s.name in routed or logged}
     return AclScope(segments, frozenset(with_policy), frozenset(with_services))
 
 

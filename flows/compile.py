@@ -15,10 +15,12 @@ __all__ = ["SwitchState", "TunnelPort", "sort_key", "compile_site", "compile_mod
 
 
 def compile_site(model: Model, site: str, next_hops: Mapping[str, str] | None = None,
-                 down: frozenset[tuple[str, str]] = frozenset()) -> SwitchState:
-    """`next_hops`: the uplink gateway's MAC per site, as the controller learned it (NAT mode needs it)."""
+                 down: frozenset[tuple[str, str]] = frozenset(), quarantined: frozenset[str] = frozenset()
+                 ) -> SwitchState:
+    """`next_hops`: the uplink gateway's MAC per site, as the controller learned it (NAT mode needs it);
+    `quarantined`: the endpoints cut off (cloudweave.quarantine)."""
     with gc_paused():
-        return IncrementalCompiler().compile(model, down, next_hops, sites=[site])[site]
+        return IncrementalCompiler().compile(model, down, next_hops, sites=[site], quarantined=quarantined)[site]
 
 
 def compile_model(model: Model, next_hops: Mapping[str, str] | None = None,

@@ -38,6 +38,7 @@ KINDS = {
     "transit": 21,
     "filter": 22,
     "quarantine": 23,
+    "flowlog": 24,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

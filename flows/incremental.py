@@ -23,6 +23,7 @@ from cloudweave.config.model import Model, Segment
 from flows import acl, cookies, ids
 from flows.direct import direct_flows
 from flows.filters import filter_flows
+from flows.flowlog import sampler_flows
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import segment_flows, segment_scope, table_misses
 from flows.quarantine import quarantine_flows
@@ -188,8 +189,8 @@ class IncrementalCompiler:
             return None
         old, old_graph, old_hops, old_auto, old_quarantined = self._prev
         if old_graph != graph_key or old_auto != auto or (
-                model.segments, model.security_groups, model.routes, model.filters) != (
-                old.segments, old.security_groups, old.routes, old.filters):
+                model.segments, model.security_groups, model.routes, model.filters, model.flow_logs) != (
+                old.segments, old.security_groups, old.routes, old.filters, old.flow_logs):
             return None
         visit = {s for s in set(hops) | set(old_hops) if hops.get(s) != old_hops.get(s)}
         for name in quarantined ^ old_quarantined:
@@ -391,10 +392,14 @@ def _units(x: _Inputs, site: str, changed: frozenset[str] | None = None, memo: M
     if filters:
         ports = tuple((e.name, e.port) for e in model.endpoints_at(site)) if any(
             s == "local" or s.startswith("port:") for f in filters for s in f.sources) else ()
-        key = (filters, neighbours, me.uplink, ports)
+        key = (filters, neighbours, me.uplink, ports, model.flow_logs, me.dpid)
         out.append((("filters",), key, lambda: (filter_flows(filters, site, model, neighbours), [])))
     cut_off = x.quarantined_at.get(site, ())
     if cut_off:
-        key = (cut_off, me.uplink)
-        out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink), [])))
+        key = (cut_off, me.uplink, model.flow_logs, me.dpid)
+        out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink, model.flow_logs, me.dpid),
+                                                   [])))
+    if model.flow_logs is not None and tracked:
+        key = (model.flow_logs, me.dpid)
+        out.append((("flowlog",), key, lambda: (sampler_flows(model.flow_logs, me.dpid), [])))
     return out

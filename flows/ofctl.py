@@ -16,6 +16,7 @@ from flows.values import (
     Move,
     Output,
     Resubmit,
+    Sample,
     SetField,
     ToGroup,
 )
@@ -82,6 +83,9 @@ def _action(action: object) -> str:
         return f"meter:{action.meter_id}"
     if isinstance(action, Resubmit):
         return f"resubmit(,{action.table})"
+    if isinstance(action, Sample):
+        return (f"sample(probability={action.probability},collector_set_id={action.collector_set_id},"
+                f"obs_domain_id={action.obs_domain_id},obs_point_id={action.obs_point_id})")
     raise TypeError(f"cannot render {action!r}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import CT, Conjunction, Flow, Goto, Group, Meter, Move, Output, Resubmit, SetField, ToGroup
+from flows.values import CT, Conjunction, Flow, Goto, Group, Meter, Move, Output, Resubmit, Sample, SetField, ToGroup
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Table:
 
 ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv4_dst", "ip_proto", "tcp_dst",
                         "udp_dst", "sctp_dst", "conj_id"})
+SAMPLER_FIELDS = frozenset({"ct_state", "ct_mark", "reg4", "reg7", "eth_type"})  # acl_egress's flow-log samplers
 GROUP_TABLES = frozenset({3, 6})  # acl_egress (service splits), route (path splits)
 TABLES: tuple[Table, ...] = (
     Table(0, "classify", "quarantined endpoints and filters dropped first; in_port -> segment; tunnel in_port + "
@@ -32,7 +33,7 @@ TABLES: tuple[Table, ...] = (
     Table(2, "conntrack", "IPv4 of segments with a policy -> ct(zone=segment, nat); the rest, and what only "
           "passes through this site, skips the ACL", frozenset({"reg6", "reg7", "eth_type", "eth_dst"}), 5),
     Table(3, "acl_egress", "invalid dropped, established passes, tunnel-borne new committed; new connections "
-          "from local ports checked against the source's egress rules", ACL_FIELDS, None),
+          "from local ports checked against the source's egress rules", ACL_FIELDS | SAMPLER_FIELDS, None),
     Table(4, "acl_ingress", "then against the destination's ingress rules; allowed ones committed",
           ACL_FIELDS, None),
     Table(5, "nat", "connection limits; the gateway of nat-mode segments: ARP, and source NAT of what is sent "
@@ -59,9 +60,12 @@ REG_SEGMENT = "reg6"   # the segment's VNI; its low 16 bits are the conntrack zo
 REG_FROM_TUNNEL = "reg7"  # where the packet came in: FROM_LOCAL, FROM_TUNNEL or FROM_UPLINK
 FROM_LOCAL, FROM_TUNNEL, FROM_UPLINK = 0, 1, 2
 REG_FILTERED = "reg5"  # 1 once a rate-limit filter metered the packet and looked it up in classify again
+REG_SAMPLED = "reg4"  # 1 once a flow-log sampler in acl_egress recorded the packet and looked it up again
+# The tables a packet may be looked up in again, and the register bit that lets it happen once.
+RESUBMIT_GUARDS = {CLASSIFY: REG_FILTERED, ACL_EGRESS: REG_SAMPLED}
 NAT_ZONE = 0xFFFF  # the conntrack zone of every site's source NAT; no segment may use it
-WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, REG_FILTERED, "tunnel_id", "eth_src", "eth_dst", "ipv4_src",
-                      "ipv4_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa", "ct_mark"})
+WRITABLE = frozenset({REG_SEGMENT, REG_FROM_TUNNEL, REG_FILTERED, REG_SAMPLED, "tunnel_id", "eth_src", "eth_dst",
+                      "ipv4_src", "ipv4_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa", "ct_mark"})
 MOVABLE = frozenset({("eth_src", "eth_dst"), ("arp_sha", "arp_tha"), ("arp_spa", "arp_tpa")})
 CT_TABLES = frozenset({CLASSIFY, PORT_SECURITY, CONNTRACK, ACL_EGRESS, ACL_INGRESS, NAT})
 
@@ -103,11 +107,16 @@ def check_flow(f: Flow) -> None:
             if f.table != CLASSIFY or i != 0:
                 raise TableViolation(f"table {table.name}: a meter only in classify, as the first action: {f}")
         elif isinstance(action, Resubmit):
-            # The one way back: classify again, once, after a rate limit (the register bit guards the loop).
-            guarded = dict(f.match).get(REG_FILTERED) == 0 and SetField(REG_FILTERED, 1) in f.actions[:i]
-            if f.table != CLASSIFY or action.table != CLASSIFY or i != len(f.actions) - 1 or not guarded:
-                raise TableViolation(f"table {table.name}: resubmit only from classify to itself, last, guarded "
-                                     f"by {REG_FILTERED}: {f}")
+            # The one way back: the same table again, once (a rate limit, a flow-log sampler), which a register
+            # bit set before it and matched clear guards against a loop.
+            reg = RESUBMIT_GUARDS.get(f.table)
+            guarded = reg is not None and dict(f.match).get(reg) == 0 and SetField(reg, 1) in f.actions[:i]
+            if action.table != f.table or i != len(f.actions) - 1 or not guarded:
+                raise TableViolation(f"table {table.name}: resubmit only to the same table, last, guarded by its "
+                                     f"register: {f}")
+        elif isinstance(action, Sample):
+            if not 0 < action.probability <= 0xFFFF:
+                raise TableViolation(f"table {table.name}: sample probability out of 1..65535: {f}")
         elif not isinstance(action, Output):
             raise TableViolation(f"unknown action {action!r}")
 

@@ -99,7 +99,18 @@ class Resubmit:
     table: int
 
 
-Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup | Meter | Resubmit
+@dataclass(frozen=True, order=True)
+class Sample:
+    """Send a copy's headers to the bridge's IPFIX collector set `collector_set_id` with probability
+    `probability`/65535, tagged with an observation domain (the site) and point (what was seen)."""
+
+    probability: int
+    collector_set_id: int
+    obs_domain_id: int
+    obs_point_id: int
+
+
+Action = Output | SetField | Goto | CT | Conjunction | Move | ToGroup | Meter | Resubmit | Sample
 
 # What a select group hashes: the inner packet's 5-tuple (fields that do not apply to a packet are skipped).
 # eth_type (always IPv4 here) and icmp_type (one per ICMP exchange) change no connection's bucket; they make

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(openvswitch-switch mininet iperf3 iputils-ping ethtool iproute2 procps python3-venv python3-dev)
+PACKAGES=(openvswitch-switch mininet iperf3 hping3 nmap iputils-ping ethtool iproute2 procps python3-venv python3-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

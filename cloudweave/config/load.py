@@ -17,6 +17,7 @@ from cloudweave.config.cloud_policy import read_cloud_policy
 from cloudweave.config.errors import ConfigError, Invalid, Loc, Problem
 from cloudweave.config.files import MAX_FILES, Unreadable, read_text
 from cloudweave.config.filters import Names, read_filters
+from cloudweave.config.flowlogs import read_detection, read_flow_logs
 from cloudweave.config.model import TUNNEL_PREFIX, Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
 from cloudweave.config.routes import check_routes, read_routes
@@ -57,10 +58,11 @@ ENDPOINT: Schema = {
 TRAFFIC: Schema = {"poll_interval": (v.between_s(0.5, 3600.0), False)}
 MIN_SUBNET_PREFIX = 8  # a segment wider than a /8 is a typo (a /0 would claim every address)
 TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
-            "security_groups", "routes", "cloud_policy", "filters", "traffic")
+            "security_groups", "routes", "cloud_policy", "filters", "flow_logs", "detection", "traffic")
 MAX_PROBLEMS = 1000  # kept and printed; the rest are counted
 NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
 LIST_SECTIONS = ("links", "routes", "cloud_policy", "filters")
+SINGLE_SECTIONS = ("flow_logs", "detection", "traffic")  # a mapping, given once in all the files
 
 
 @dataclass
@@ -201,11 +203,13 @@ def _read_files(path: str, c: _Collector, seen: list[str], merged: dict[str, Any
             c.error(doc.val_locs[section], f"section '{section}' must be a list")
             continue
         merged.setdefault(section, []).extend(zip(body, body.item_locs, strict=False))
-    if "traffic" in doc:
-        if "traffic" in merged:
-            c.error(doc.key_locs["traffic"], f"section 'traffic' is given twice (first at {merged['traffic'][1]})")
+    for section in SINGLE_SECTIONS:
+        if section not in doc:
+            continue
+        if section in merged:
+            c.error(doc.key_locs[section], f"section '{section}' is given twice (first at {merged[section][1]})")
         else:
-            merged["traffic"] = (doc["traffic"], doc.val_locs["traffic"])
+            merged[section] = (doc[section], doc.val_locs[section])
     if "include" in doc:
         includes = doc["include"]
         locs = includes.item_locs if isinstance(includes, LList) else [doc.val_locs["include"]]
@@ -370,9 +374,12 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
         group_names, c.error, c.warn)
     filters = read_filters(merged.get("filters", []), Names(site_by_name, {e.name: e for e in endpoints}, group_names),
                            c.error, c.warn) if merged.get("filters") else []
+    flow_logs = read_flow_logs(*merged["flow_logs"], c.error) if "flow_logs" in merged else None
+    detection = read_detection(*merged["detection"], flow_logs, group_names | {e.name for e in endpoints}, c.error,
+                               c.warn) if "detection" in merged else None
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), filters=tuple(filters),
-                 files=files)
+                 flow_logs=flow_logs, detection=detection, files=files)
 
 
 def _is_address(text: str) -> bool:

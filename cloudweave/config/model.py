@@ -261,6 +261,36 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class FlowLogs:
+    """Flow records through IPFIX sample actions: the probability of a record per new connection, per packet
+    that nobody has answered yet, and per packet a filter or a quarantine drops (0: none)."""
+
+    new: float = 1.0
+    unreplied: float = 1 / 64
+    drops: float = 1 / 16
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Anomaly detection on the flow records, per source endpoint: a scan (distinct destination and port
+    pairs of new connections in a window), a flood (packets nobody answered, per second, over a window) and a
+    connection flood (new connections per second, over a window: a SYN flood, a flood from changing ports).
+    `action`: quarantine or log. `exempt`: groups or endpoints never quarantined."""
+
+    scan_distinct: int = 100
+    scan_window_s: float = 5.0
+    flood_pps: float = 8000.0
+    flood_window_s: float = 0.5
+    connections_pps: float = 2000.0
+    connections_window_s: float = 1.0
+    action: str = "quarantine"
+    hold_s: float = 600.0
+    exempt: tuple[str, ...] = ()
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class SecurityGroup:
     name: str
     rules: tuple[Rule, ...]
@@ -277,6 +307,8 @@ class Model:
     security_groups: tuple[SecurityGroup, ...] = ()
     routes: tuple[Route, ...] = ()
     filters: tuple[Filter, ...] = ()
+    flow_logs: FlowLogs | None = None
+    detection: Detection | None = None
     files: tuple[str, ...] = field(default=(), compare=False)
 
     def site(self, name: str) -> Site:

@@ -72,7 +72,7 @@ def test_unknown_key_and_section(tmp_path):
         "t.yaml:3:61: unknown key 'brige' in site 'a' (expected one of: dpid, vtep, ovsdb, bridge, datapath, "
         "uplink, nat_ip, uplink_gateway, nat_ports)",
         "t.yaml:12:1: unknown section 'colour' (expected one of: version, include, sites, links, segments, "
-        "endpoints, security_groups, routes, cloud_policy, filters, traffic)",
+        "endpoints, security_groups, routes, cloud_policy, filters, flow_logs, detection, traffic)",
     ]
 
 

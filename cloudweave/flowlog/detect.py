@@ -1,0 +1,130 @@
+"""Anomaly detection on flow-log lines, per source: pure, fed lines in time order, tested on recorded streams.
+
+Three signals that can be measured honestly (../shared/research/telemetry.md §0.6: raw per-source rates and
+EWMA baselines flagged 3-33 % of benign windows; these flagged none):
+- scan: distinct (destination, port) pairs of new connections within `scan_window_s`;
+- flood: packets nobody has answered (unreplied records times their sampling factor) per second;
+- connections: new connections per second (a SYN flood, or a flood that changes its source port).
+Keyed by source only: a flood's victim is never the one flagged. An alarm fires once per source and is
+armed again once the source has been quiet for a whole window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from cloudweave.config.model import Detection
+
+EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Alarm:
+    signal: str  # scan | flood | connections
+    source: str
+    value: float
+    threshold: float
+    window_s: float
+    at: float  # the time of the line that raised it
+    first: float  # the time of the first line of the source in the window
+    examples: tuple[dict, ...]
+
+    def evidence(self) -> dict[str, Any]:
+        return {"signal": self.signal, "value": round(self.value, 1), "threshold": self.threshold,
+                "window_s": self.window_s, "first_record": self.first, "alarm": self.at,
+                "examples": [{k: e[k] for k in ("time", "src", "dst", "proto", "dport", "kind")} for e in
+                             self.examples]}
+
+    def describe(self) -> str:
+        unit = {"scan": "distinct destinations", "flood": "unanswered packets/s", "connections": "new connections/s"}
+        return (f"{self.signal}: {self.value:.0f} {unit[self.signal]} in {self.window_s:g} s (threshold "
+                f"{self.threshold:g}) from {self.source}")
+
+
+class _Window:
+    """Entries of the last `span` seconds and the sum of their weights, evicted as time goes on (O(1) each)."""
+
+    __slots__ = ("span", "entries", "total")
+
+    def __init__(self, span: float):
+        self.span = span
+        self.entries: deque = deque()  # (time, weight, key, line)
+        self.total = 0.0
+
+    def add(self, t: float, w: float, key: Any, line: dict) -> list[tuple]:
+        """Add one entry; return those that left the window."""
+        self.entries.append((t, w, key, line))
+        self.total += w
+        gone = []
+        while self.entries[0][0] <= t - self.span:
+            e = self.entries.popleft()
+            self.total -= e[1]
+            gone.append(e)
+        return gone
+
+
+class _Source:
+    __slots__ = ("scan", "pairs", "conns", "flood", "armed", "last")
+
+    def __init__(self, d: Detection) -> None:
+        self.scan = _Window(d.scan_window_s)
+        self.pairs: dict[tuple, int] = {}  # (dst, dport) -> entries of it in the scan window
+        self.conns = _Window(d.connections_window_s)
+        self.flood = _Window(d.flood_window_s)
+        self.armed = {"scan": True, "flood": True, "connections": True}
+        self.last = float("-inf")
+
+
+class Detector:
+    def __init__(self, d: Detection, kinds: tuple[str, str] = ("new", "unreplied")):
+        """`kinds`: which lines count as new connections and as unanswered packets (a quarantine's own drops
+        can be watched the same way, to tell whether its source is still at it)."""
+        self.d = d
+        self.kinds = kinds
+        self.sources: dict[str, _Source] = {}
+        self.alarms = 0
+
+    def feed(self, line: dict[str, Any]) -> list[Alarm]:
+        kind = line["kind"]
+        if kind not in self.kinds:
+            return []
+        t, src, w = line["time"], line["src"], line.get("sampling", 1.0)
+        d = self.d
+        s = self.sources.get(src)
+        if s is None:
+            s = self.sources[src] = _Source(d)
+        if t - s.last > max(d.scan_window_s, d.flood_window_s, d.connections_window_s):
+            s.armed = dict.fromkeys(s.armed, True)  # quiet for a whole window: armed again
+        s.last = t
+        out = []
+        if kind == self.kinds[0]:
+            pair = (line["dst"], line.get("dport", 0))
+            s.pairs[pair] = s.pairs.get(pair, 0) + 1
+            for _, _, old, _ in s.scan.add(t, 1.0, pair, line):
+                left = s.pairs[old] - 1
+                if left:
+                    s.pairs[old] = left
+                else:
+                    del s.pairs[old]
+            s.conns.add(t, w, None, line)
+            if s.armed["scan"] and len(s.pairs) >= d.scan_distinct:
+                out.append(self._alarm(s, "scan", src, len(s.pairs), d.scan_distinct, s.scan, t))
+            rate = s.conns.total / d.connections_window_s
+            if s.armed["connections"] and rate >= d.connections_pps:
+                out.append(self._alarm(s, "connections", src, rate, d.connections_pps, s.conns, t))
+        else:
+            s.flood.add(t, w, None, line)
+            rate = s.flood.total / d.flood_window_s
+            if s.armed["flood"] and rate >= d.flood_pps:
+                out.append(self._alarm(s, "flood", src, rate, d.flood_pps, s.flood, t))
+        return out
+
+    def _alarm(self, s: _Source, signal: str, src: str, value: float, threshold: float, window: _Window,
+               t: float) -> Alarm:
+        s.armed[signal] = False
+        self.alarms += 1
+        first = window.entries[0][0] if window.entries else t
+        examples = tuple(e[3] for e in list(window.entries)[:EXAMPLES])
+        return Alarm(signal, src, value, threshold, window.span, t, first, examples)

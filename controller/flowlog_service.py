@@ -1,0 +1,205 @@
+"""The flow-log collector: one UDP socket per site (made in its ovs-vswitchd's network namespace), the
+bridge's IPFIX row pointed at it, and every record decoded, named after the policy, written to the flow log
+(JSON lines, `cloudweave flowlog` reads them) and fed to the detector. An alarm is posted to the core, which
+quarantines (the core is the one writer of state); this service only reads the published snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cloudweave.flowlog.detect import Alarm, Detector
+from cloudweave.flowlog.ipfix import Decoder, NotIpfix
+from cloudweave.flowlog.records import Annotator
+from controller.messages import QuarantineAlarm
+from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
+from controller.ovsdb import SiteOvsdb
+from controller.settings import default_flowlog_path
+from flows.flowlog import COLLECTOR_SET_ID
+
+LOG = logging.getLogger("cloudweave.flowlog")
+ROTATE_BYTES = 64 << 20
+RETRY_S = 2.0
+BATCH = 512  # datagrams read from one socket before looking at the others
+
+
+class _Collector:
+    """One site's socket and what it has counted."""
+
+    def __init__(self, site: str, sock: socket.socket, key: tuple):
+        self.site, self.sock, self.key = site, sock, key
+        self.decoder = Decoder()
+        self.socket_drops = 0
+        self.lost_said = 0
+
+
+class FlowLogService:
+    def __init__(self, settings: Any, metrics: Any, published: Callable[[], Any], post: Callable[[Any], None]):
+        self.settings, self.metrics, self.published, self.post = settings, metrics, published, post
+        self.path = settings.flowlog or default_flowlog_path(settings.config)
+        self.collectors: dict[str, _Collector] = {}
+        self.retry_at: dict[str, float] = {}
+        self.selector = selectors.DefaultSelector()
+        self.active = True
+        self._model: Any = None
+        self._quarantined: frozenset[str] = frozenset()
+        self.annotator: Annotator | None = None
+        self.detector: Detector | None = None
+        self._out: Any = None
+
+    def stop(self) -> None:
+        self.active = False
+
+    def run(self) -> None:
+        while self.active:
+            try:
+                self._round()
+            except Exception:  # noqa: BLE001 - the collector must outlive one bad round
+                LOG.exception("flow log collector")
+                time.sleep(1.0)
+        for c in list(self.collectors.values()):
+            self._close(c)
+
+    # ---- set-up ----------------------------------------------------------------------------------------
+
+    def _round(self) -> None:
+        state = self.published().state
+        model = state.model
+        if model is not self._model or state.quarantined != self._quarantined:
+            self._model, self._quarantined = model, state.quarantined
+            self.annotator = Annotator(model, state.quarantined) if model.flow_logs is not None else None
+            if model.detection is None:
+                self.detector = None
+            elif self.detector is None or self.detector.d != model.detection:
+                self.detector = Detector(model.detection)
+        if model.flow_logs is None:
+            for c in list(self.collectors.values()):
+                self._close(c)
+            time.sleep(0.5)
+            return
+        sites = {s.name: s for s in model.sites}
+        for name, c in list(self.collectors.items()):
+            if name not in sites or c.key != self._key(sites[name]):
+                self._close(c)
+        now = time.monotonic()
+        for site in model.sites:
+            if site.name not in self.collectors and self.retry_at.get(site.name, 0.0) <= now:
+                self._open(site)
+        if not self.collectors:
+            time.sleep(0.2)
+            return
+        for key, _ in self.selector.select(timeout=0.2):
+            self._drain(key.data)
+
+    @staticmethod
+    def _key(site: Any) -> tuple:
+        return (site.ovsdb, site.bridge, vswitchd_netns(site.ovsdb_dir))
+
+    def _open(self, site: Any) -> None:
+        key = self._key(site)
+        try:
+            sock = udp_socket("127.0.0.1", 0, key[2])
+        except OSError as exc:
+            LOG.error("site %s: no flow-log socket: %s", site.name, exc)
+            self.retry_at[site.name] = time.monotonic() + RETRY_S
+            return
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        db = None
+        try:
+            db = SiteOvsdb(site)
+            db.set_ipfix(site.bridge, COLLECTOR_SET_ID, target)
+        except Exception as exc:  # noqa: BLE001 - OVSDB not there yet, or the bridge not made yet: retry
+            LOG.info("site %s: flow-log collector not set up yet (%s); retrying", site.name, exc)
+            sock.close()
+            self.retry_at[site.name] = time.monotonic() + RETRY_S
+            return
+        finally:
+            if db is not None:
+                db.close()
+        c = _Collector(site.name, sock, key)
+        self.collectors[site.name] = c
+        self.selector.register(sock, selectors.EVENT_READ, c)
+        LOG.info("site %s: flow-log collector on %s%s (IPFIX row created: templates come at once)", site.name,
+                 target, f" in {key[2]}" if key[2] else "")
+
+    def _close(self, c: _Collector) -> None:
+        self.selector.unregister(c.sock)
+        c.sock.close()
+        del self.collectors[c.site]
+
+    # ---- records ---------------------------------------------------------------------------------------
+
+    def _drain(self, c: _Collector) -> None:
+        lines = []
+        for _ in range(BATCH):
+            try:
+                data, anc, _, _ = c.sock.recvmsg(65535, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                break
+            now = time.time()
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                    dropped = struct.unpack("=I", value[:4])[0]
+                    if dropped > c.socket_drops:
+                        self.metrics.flowlog_lost.labels(c.site, "socket").inc(dropped - c.socket_drops)
+                        c.socket_drops = dropped
+            try:
+                records = c.decoder.decode(data)
+            except NotIpfix as exc:
+                self.metrics.flowlog_lost.labels(c.site, "not_ipfix").inc()
+                LOG.debug("site %s: not IPFIX: %s", c.site, exc)
+                continue
+            for rec in records:
+                lines.append(self.annotator.annotate(rec, c.site, now))
+        lost = c.decoder.lost + c.decoder.unknown_template + c.decoder.malformed
+        if lost > c.lost_said:
+            self.metrics.flowlog_lost.labels(c.site, "sequence").inc(lost - c.lost_said)
+            c.lost_said = lost
+        if lines:
+            self._handle(lines)
+
+    def _handle(self, lines: list[dict]) -> None:
+        for line in lines:
+            self.metrics.flowlog_records.labels(line["site"], line["kind"]).inc()
+        self._write(lines)
+        if self.detector is None:
+            return
+        for line in lines:
+            for alarm in self.detector.feed(line):
+                self._alarm(alarm)
+
+    def _alarm(self, alarm: Alarm) -> None:
+        d = self._model.detection
+        self.metrics.detector_alarms.labels(alarm.signal).inc()
+        self.metrics.detection_seconds.observe(max(0.0, alarm.at - alarm.first))
+        ep = self._endpoint(alarm.source)
+        exempt = ep is None or ep.name in d.exempt or any(g in d.exempt for g in ep.groups)
+        act = d.action == "quarantine" and not exempt and alarm.source not in self._quarantined
+        LOG.warning("detection: %s%s", alarm.describe(), "; quarantining it" if act else
+                    " (not an endpoint: logged only)" if ep is None else " (exempt: logged only)" if exempt
+                    else "" if d.action == "log" and alarm.source not in self._quarantined else " (logged only)")
+        if act:
+            self.post(QuarantineAlarm(alarm.source, alarm.describe(), alarm.evidence(), d.hold_s, alarm.at))
+
+    def _endpoint(self, name: str) -> Any:
+        try:
+            return self._model.endpoint(name)
+        except KeyError:
+            return None
+
+    def _write(self, lines: list[dict]) -> None:
+        if self._out is None or self._out.closed:
+            self._out = open(self.path, "a", buffering=1 << 16)
+        self._out.write("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
+        self._out.flush()
+        if self._out.tell() > ROTATE_BYTES:
+            self._out.close()
+            os.replace(self.path, self.path + ".1")

@@ -1,0 +1,55 @@
+"""Flow-log samplers: IPFIX `sample` actions where a record means something (cloudweave.flowlog decodes them).
+
+At the top of acl_egress, at the site a connection starts from (a local port, or the uplink for a port
+forward): one record per new connection, before the rules decide it (the collector names the deciding rule
+with flows.policy, as `explain` does), and one per packet of a connection nobody has answered yet (ct_mark
+is set once committed, and a one-way flow stays +new in OVS's conntrack). Each sampler sets a register bit
+and looks the packet up in acl_egress again, where the rules then decide as without it. Drops of filters and
+quarantines carry a sample of their own (flows.filters, flows.quarantine).
+"""
+
+from __future__ import annotations
+
+from cloudweave.config.model import FlowLogs
+from flows import cookies
+from flows.acl import CT_NEW
+from flows.tables import ACL_EGRESS, FROM_LOCAL, FROM_UPLINK, REG_FROM_TUNNEL, REG_SAMPLED
+from flows.values import ETH_IPV4, Flow, Resubmit, Sample, SetField, flow
+
+COLLECTOR_SET_ID = 0xC10D  # the bridge's Flow_Sample_Collector_Set row the controller owns
+KIND_SHIFT = 24
+KIND_NEW, KIND_UNREPLIED, KIND_FILTER, KIND_QUARANTINE = 1, 2, 3, 4
+KIND_NAMES = {KIND_NEW: "new", KIND_UNREPLIED: "unreplied", KIND_FILTER: "filter", KIND_QUARANTINE: "quarantine"}
+PRIO_SAMPLER = 65000  # above every other acl_egress flow (invalid: 60000)
+
+
+def obs_point(kind: int, detail: int = 0) -> int:
+    """What a record saw: its kind in the top 8 bits, a detail (a filter's index) below."""
+    return kind << KIND_SHIFT | detail
+
+
+def obs_domain(dpid: int) -> int:
+    """The site, as its records say: the low 32 bits of its datapath id."""
+    return dpid & 0xFFFFFFFF
+
+
+def sampled_probability(p: float) -> int:
+    """A probability as the switch takes it: n/65535, at least 1 (0 turns a sampler off)."""
+    return max(1, round(p * 0xFFFF))
+
+
+def sample(p: float, dpid: int, kind: int, detail: int = 0) -> Sample:
+    return Sample(sampled_probability(p), COLLECTOR_SET_ID, obs_domain(dpid), obs_point(kind, detail))
+
+
+def sampler_flows(logs: FlowLogs, dpid: int) -> list[Flow]:
+    out = []
+    ck = cookies.cookie("flowlog", "samplers")
+    again = (SetField(REG_SAMPLED, 1), Resubmit(ACL_EGRESS))
+    for kind, p, mark in ((KIND_NEW, logs.new, 0), (KIND_UNREPLIED, logs.unreplied, 1)):
+        if p <= 0:
+            continue
+        for origin in (FROM_LOCAL, FROM_UPLINK):
+            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(p, dpid, kind),) + again, ct_state=CT_NEW,
+                            ct_mark=mark, eth_type=ETH_IPV4, **{REG_FROM_TUNNEL: origin, REG_SAMPLED: 0}))
+    return out
