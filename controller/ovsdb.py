@@ -6,6 +6,7 @@ Only ports that carry our external_ids mark are ever changed or removed; everyth
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ovsdbapp.backend.ovs_idl import connection
@@ -141,18 +142,40 @@ class SiteOvsdb:
         its templates when the row is created, and otherwise only every 600 s (a collector that restarts
         would decode nothing until then)."""
         api = self.api
-        br = api.db_find("Bridge", ("name", "=", bridge), columns=["_uuid"]).execute(check_error=True)
+        # Rows are matched here, not with db_find: its conditions refused a str against the ref columns.
+        br = [r for r in api.db_list("Bridge", columns=["_uuid", "name"]).execute(check_error=True)
+              if r["name"] == bridge]
         if not br:
             raise LookupError(f"no bridge {bridge}")
-        old = api.db_find("Flow_Sample_Collector_Set", ("id", "=", set_id), columns=["_uuid", "bridge"]).execute(
-            check_error=True)
-        with api.transaction(check_error=True) as txn:
-            for row in old:
-                if row["bridge"] == br[0]["_uuid"]:
+        ours = str(br[0]["_uuid"])
+        rows = api.db_list("Flow_Sample_Collector_Set", columns=["_uuid", "id", "bridge"]).execute(check_error=True)
+        old = [r for r in rows if r["id"] == set_id and ours in (str(r["bridge"]), str(getattr(r["bridge"], "uuid", "")))]
+        if old:
+            # Gone first, and applied by ovs-vswitchd, before the new row comes: in one transaction OVS keeps
+            # the collector set (same id, same bridge), only re-aims it, and sends no template (measured).
+            with api.transaction(check_error=True) as txn:
+                for row in old:
                     txn.add(api.db_destroy("Flow_Sample_Collector_Set", row["_uuid"]))
+            self._wait_applied()
+        with api.transaction(check_error=True) as txn:
             ipfix = txn.add(api.db_create("IPFIX", targets=[target], external_ids={IPFIX_MARK: "1"}))
             txn.add(api.db_create("Flow_Sample_Collector_Set", id=set_id, bridge=br[0]["_uuid"], ipfix=ipfix,
                                   external_ids={IPFIX_MARK: "1"}))
+
+    def _wait_applied(self, timeout_s: float = 5.0) -> None:
+        """Ask ovs-vswitchd to confirm it has applied the database as it is now (next_cfg, as ovs-vsctl does),
+        and wait until it has."""
+        api = self.api
+        (row,) = api.db_list("Open_vSwitch", columns=["_uuid", "next_cfg"]).execute(check_error=True)
+        want = row["next_cfg"] + 1
+        api.db_set("Open_vSwitch", row["_uuid"], ("next_cfg", want)).execute(check_error=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            (now,) = api.db_list("Open_vSwitch", columns=["cur_cfg"]).execute(check_error=True)
+            if now["cur_cfg"] >= want:
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"ovs-vswitchd did not apply the configuration within {timeout_s:.0f} s")
 
     def _controller_targets(self, bridge: str) -> list[str]:
         return sorted(self.api.get_controller(bridge).execute(check_error=True))

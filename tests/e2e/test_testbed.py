@@ -26,12 +26,13 @@ pytestmark = pytest.mark.testbed
 STATS_SETTLE_S = 1.5
 
 
-def bring_up(tmp_path_factory, name: str):
+def bring_up(tmp_path_factory, name: str, edit=None):
+    """The test bed of a shipped topology (changed by `edit(doc)` first, when given)."""
     workdir = tmp_path_factory.mktemp(name)
     src = os.path.join(ROOT, "topologies", f"{name}.yaml")
     model = load_model(src)[0]
     topo = str(workdir / f"{name}.yaml")
-    rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites})
+    rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites}, edit)
     rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}")
     if rc != 0:
         down(str(workdir), force=True)

@@ -1,0 +1,162 @@
+"""Flow logs, detection and automatic quarantine on the test bed with real traffic (topologies/matrix.yaml
+with flow_logs and detection on): one record per new connection naming the deciding rule and its file:line,
+across sites; records decoded at once after a controller restart; an nmap scan, a UDP flood and a SYN flood
+each get their sender quarantined while every other endpoint keeps its traffic; a release restores it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cloudweave.testbed.cli import down
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv, probe, serve_probes, stop
+
+from cloudweave import quarantine
+from flows.policy import Policy
+from tests.e2e.test_testbed import bring_up
+from tests.harness import ROOT, wait_for
+
+pytestmark = pytest.mark.testbed
+FLOW_LOGS = {"new": 1, "unreplied": "1/16", "drops": "1/16"}
+DETECTION = {"hold": "2m"}
+
+
+def with_security_ops(doc):
+    doc["flow_logs"] = dict(FLOW_LOGS)
+    doc["detection"] = dict(DETECTION)
+
+
+STARTED: list[subprocess.Popen] = []  # controllers a test started in place of the test bed's
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    workdir, model = bring_up(tmp_path_factory, "matrix", with_security_ops)
+    servers = []
+    try:
+        servers = serve_probes(workdir, ["api1", "api2"], tcp=[9004]) + serve_probes(workdir, ["web2"], tcp=[8080])
+        yield workdir, model
+    finally:
+        stop(servers)
+        for proc in STARTED:  # the test bed's keeper stops only the controller it started itself
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        down(workdir)
+
+
+def flowlog(workdir: str, *args: str) -> list[dict]:
+    topology = State.load(workdir).topology
+    r = subprocess.run([sys.executable, "-m", "cloudweave", "flowlog", topology, "--json", *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(x) for x in r.stdout.splitlines()]
+
+
+def connect(workdir: str, src: str, ip: str, port: int, count: int) -> tuple[int, int]:
+    r = subprocess.run(ns_argv(workdir, src, *LOAD, "tcp", ip, str(port), str(count)), capture_output=True,
+                       text=True, timeout=120)
+    sent, accepted = map(int, r.stdout.split())
+    return sent, accepted
+
+
+def test_one_record_per_new_connection_naming_its_rule_across_sites(bed):
+    workdir, model = bed
+    since = time.time()
+    assert connect(workdir, "web1", "10.41.0.22", 9004, 40) == (40, 40)  # hq -> west, allowed
+    assert connect(workdir, "web2", "10.41.0.21", 9004, 25) == (25, 25)  # within east
+    rule = Policy(model).decide(model.endpoint("web1"), model.endpoint("api2"), 6, 9004).verdicts[1].rules[0]
+
+    def records(src: str, dst: str) -> list[dict]:
+        return [r for r in flowlog(workdir, "--endpoint", src, "--kind", "new") if r["dst"] == dst and
+                r["time"] >= since and r["dport"] == 9004]
+
+    across = wait_for(lambda: len(records("web1", "api2")) >= 40 and records("web1", "api2"), timeout_s=10,
+                      what="40 records")
+    assert len(across) == 40 and len({r["sport"] for r in across}) == 40
+    assert {r["site"] for r in across} == {"hq"}  # recorded once, where the connection starts
+    assert all(r["verdict"] == "allow" and [rule.describe(), str(rule.loc)] in r["rules"] for r in across)
+    assert len(records("web2", "api1")) == 25
+    # The destination's site does not record what comes in by a tunnel: no second record.
+    assert not [r for r in flowlog(workdir, "--site", "west", "--kind", "new") if r["time"] >= since
+                and r["src"] == "web1"]
+
+
+def collectors(workdir: str) -> int:
+    """How many times a collector was set up (a line per site per controller start)."""
+    with open(os.path.join(workdir, "controller.log"), errors="replace") as fh:
+        return fh.read().count("flow-log collector on")
+
+
+def test_records_come_at_once_after_the_controller_restarts(bed):
+    """OVS sends IPFIX templates every 600 s; a new collector re-creates the IPFIX row and gets them now."""
+    workdir, _ = bed
+    pid = State.load(workdir).controller["pid"]
+    argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
+    before = collectors(workdir)
+    os.kill(pid, signal.SIGKILL)
+    with open(os.path.join(workdir, "controller.log"), "ab") as log:
+        proc = subprocess.Popen([a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=ROOT)
+    STARTED.append(proc)
+    wait_for(lambda: collectors(workdir) >= before + 3, timeout_s=30,
+             what=f"the new controller's collectors\n{open(os.path.join(workdir, 'controller.log')).read()[-2000:]}")
+    time.sleep(1.5)  # the new collector has been up for a while: what it gets, it decodes at once
+    started = time.time()
+    assert connect(workdir, "web2", "10.41.0.21", 9004, 5) == (5, 5)
+    got = wait_for(lambda: [r for r in flowlog(workdir, "--endpoint", "web2", "--kind", "new")
+                            if r["time"] >= started], timeout_s=5, what="records after the restart\n" + open(
+                                os.path.join(workdir, "controller.log")).read()[-3000:])
+    assert len(got) == 5 and max(r["time"] for r in got) - started < 1.0
+
+
+def _quarantined(workdir: str) -> frozenset[str]:
+    return quarantine.active(quarantine.load(quarantine.default_quarantine_path(State.load(workdir).topology)))
+
+
+def _release_all(workdir: str) -> None:
+    topology = State.load(workdir).topology
+    for name in _quarantined(workdir):
+        subprocess.run([sys.executable, "-m", "cloudweave", "quarantine", "release", topology, name], cwd=ROOT,
+                       capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("attack", ["scan", "udp-flood", "syn-flood"])
+def test_an_attacker_is_quarantined_and_everyone_else_keeps_talking(bed, attack):
+    workdir, _ = bed
+    attacker, argv, victim_probe = {
+        # lb1 scans web2: the policy drops most of it, and the scan shows in the connection records.
+        "scan": ("lb1", ["nmap", "-sS", "-T4", "-n", "-Pn", "--max-retries", "0", "-p", "1-1000", "10.41.0.12"],
+                 ("lb2", "tcp:10.41.0.12:8080")),
+        # dev1 floods dev2 with one UDP flow nobody answers.
+        "udp-flood": ("dev1", ["timeout", "4", "hping3", "--udp", "--flood", "-k", "-s", "4000", "-p", "5000",
+                               "10.41.0.11"], ("web1", "tcp:10.41.0.21:9004")),
+        # web3 sends SYNs to api2 9004 (allowed) from changing ports.
+        "syn-flood": ("web3", ["timeout", "4", "hping3", "-S", "--flood", "-p", "9004", "10.41.0.22"],
+                      ("web1", "tcp:10.41.0.22:9004")),
+    }[attack]
+    assert _quarantined(workdir) == frozenset()
+    try:
+        proc = subprocess.Popen(ns_argv(workdir, attacker, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: attacker in _quarantined(workdir), timeout_s=20, what=f"{attacker} quarantined")
+        entry = next(e for e in quarantine.load(quarantine.default_quarantine_path(State.load(workdir).topology))
+                     if e.endpoint == attacker)
+        assert entry.source == "auto" and entry.evidence["examples"]
+        # The victim's other peers, and the victim itself, keep their traffic while the attack goes on.
+        src, target = victim_probe
+        assert probe(workdir, src, [target]) == {target: True}
+        assert _quarantined(workdir) == {attacker}  # only the attacker: never its victim
+        proc.wait(60)
+    finally:
+        proc.kill()
+        _release_all(workdir)
+    wait_for(lambda: not _quarantined(workdir), timeout_s=10, what="released")
+    back = {"lb1": "tcp:10.41.0.12:8080", "dev1": "icmp:10.41.0.11", "web3": "tcp:10.41.0.22:9004"}[attacker]
+    wait_for(lambda: probe(workdir, attacker, [back])[back], timeout_s=10, what=f"{attacker}'s traffic back")

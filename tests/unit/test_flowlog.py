@@ -1,0 +1,135 @@
+"""The flow-log core without a switch: the IPFIX decoder on messages laid out as OVS 3.1 sends them, the
+detector on record streams (attacks raise one alarm each, benign traffic none, a victim never), and the
+annotator naming a record's rule and file:line as `explain` does."""
+
+import socket
+import struct
+from ipaddress import IPv4Address
+
+import pytest
+
+from cloudweave.config import load_model
+from cloudweave.config.model import Detection
+from cloudweave.flowlog.detect import Detector
+from cloudweave.flowlog.ipfix import VMWARE, Decoder, NotIpfix
+from cloudweave.flowlog.records import Annotator
+from flows.flowlog import KIND_FILTER, KIND_NEW, KIND_UNREPLIED, obs_point
+from tests.harness import ROOT
+
+# (information element, length, enterprise): a flow-sample template as OVS builds it, interfaceName twice
+# (ingress and egress) and variable-length, a VMware tunnel field, and fields the decoder does not name.
+TEMPLATE = [(138, 4, 0), (56, 6, 0), (80, 6, 0), (256, 2, 0), (8, 4, 0), (12, 4, 0), (4, 1, 0), (7, 2, 0),
+            (11, 2, 0), (82, 0xFFFF, 0), (82, 0xFFFF, 0), (892, 0xFFFF, VMWARE), (136, 1, 0), (2, 8, 0)]
+
+
+def template_set(tid: int = 256) -> bytes:
+    body = struct.pack("!HH", tid, len(TEMPLATE))
+    for ie, length, pen in TEMPLATE:
+        body += struct.pack("!HH", ie | (0x8000 if pen else 0), length) + (struct.pack("!I", pen) if pen else b"")
+    return struct.pack("!HH", 2, 4 + len(body)) + body
+
+
+def record(point: int, src: str, dst: str, proto: int, sport: int, dport: int, ifname: str = "web1") -> bytes:
+    name = ifname.encode()
+    return (struct.pack("!I", point) + bytes.fromhex("020000410011") + bytes.fromhex("020000410012")
+            + struct.pack("!H", 0x0800) + socket.inet_aton(src) + socket.inet_aton(dst)
+            + struct.pack("!BHH", proto, sport, dport) + bytes([len(name)]) + name + bytes([0])
+            + bytes([3]) + b"\x00\x10\x05" + bytes([3]) + struct.pack("!Q", 1))
+
+
+def message(sets: bytes, seq: int = 0, domain: int = 0x41) -> bytes:
+    return struct.pack("!HHIII", 10, 16 + len(sets), 1796000000, seq, domain) + sets
+
+
+def data_set(*records: bytes, tid: int = 256) -> bytes:
+    body = b"".join(records)
+    return struct.pack("!HH", tid, 4 + len(body)) + body
+
+
+def test_decodes_ovs_flow_samples_and_counts_what_it_cannot():
+    d = Decoder()
+    first = record(obs_point(KIND_NEW), "10.41.0.11", "10.41.0.21", 6, 40000, 9004)
+    assert d.decode(message(data_set(first))) == [] and d.unknown_template == 1  # before its template
+    got = d.decode(message(template_set() + data_set(first, record(obs_point(KIND_FILTER, 3), "10.41.0.11",
+                                                                   "8.8.8.8", 17, 5353, 53)), seq=0))
+    assert [(r["obs_point"] >> 24, r["src"], r["dst"], r["proto"], r["sport"], r["dport"], r["ifname"]) for r in got] == [
+        (KIND_NEW, "10.41.0.11", "10.41.0.21", 6, 40000, 9004, "web1"),
+        (KIND_FILTER, "10.41.0.11", "8.8.8.8", 17, 5353, 53, "web1")]
+    assert got[0]["src_mac"] == "02:00:00:41:00:11" and got[0]["tunnel_key"] == 0x1005 and got[0]["packets"] == 1
+    assert got[1]["obs_point"] & 0xFFFFFF == 3 and got[0]["domain"] == 0x41
+    # Sequence numbers count records: a message that says 5 came before when 2 did means 3 were lost.
+    d.decode(message(data_set(first), seq=5))
+    assert d.lost == 3
+    cut = message(data_set(first))[:-7]
+    d.decode(cut)
+    assert d.malformed == 1
+    with pytest.raises(NotIpfix):
+        d.decode(b"\x00\x05" + b"\x00" * 30)
+
+
+DET = Detection(scan_distinct=100, scan_window_s=5.0, flood_pps=8000, flood_window_s=0.5, connections_pps=2000,
+                connections_window_s=1.0)
+
+
+def line(t: float, src: str, dst: str, dport: int, kind: str = "new", sampling: float = 1.0) -> dict:
+    return {"time": t, "src": src, "dst": dst, "dport": dport, "kind": kind, "sampling": sampling, "proto": "tcp"}
+
+
+def test_a_scan_raises_one_alarm_with_its_evidence():
+    det = Detector(DET)
+    alarms = []
+    for i in range(300):  # 300 ports in 3 s
+        alarms += det.feed(line(100 + i * 0.01, "lb1", "web2", 1 + i))
+    assert [(a.signal, a.source, a.value) for a in alarms] == [("scan", "lb1", 100)]
+    a = alarms[0]
+    assert a.first == 100 and a.at == pytest.approx(100.99) and len(a.evidence()["examples"]) == 5
+
+
+def test_a_flood_and_a_connection_flood_name_the_sender_never_the_victim():
+    det = Detector(DET)
+    alarms = []
+    for i in range(2000):  # 1 in 16 of 64 kpps for ~0.5 s, one flow
+        alarms += det.feed(line(10 + i / 4000, "dev1", "dev2", 5000, "unreplied", sampling=16))
+    for i in range(3000):  # 3000 SYNs/s from changing ports, to one port
+        alarms += det.feed(line(20 + i / 3000, "web3", "api2", 9004))
+    assert [(a.signal, a.source) for a in alarms] == [("flood", "dev1"), ("connections", "web3")]
+    assert "dev2" not in det.sources and "api2" not in det.sources
+
+
+def test_benign_traffic_raises_nothing_over_many_windows():
+    det = Detector(DET)
+    alarms = []
+    t = 0.0
+    for second in range(1200):  # 20 minutes of a busy client: 500 short connections a second to 20 backends,
+        for i in range(500):  # a bulk transfer (established: no records), and a one-way 2 kpps stream
+            alarms += det.feed(line(second + i / 500, "lb1", f"web{i % 20}", 8080))
+        for i in range(125):
+            alarms += det.feed(line(second + i / 125, "cam1", "nvr1", 5004, "unreplied", sampling=16))
+        t = second
+    assert alarms == [] and t == 1199
+
+
+def test_an_alarm_is_armed_again_after_a_quiet_window():
+    det = Detector(DET)
+    first = [a for i in range(150) for a in det.feed(line(i * 0.001, "x", "y", i))]
+    again = [a for i in range(150) for a in det.feed(line(100 + i * 0.001, "x", "y", i))]
+    assert len(first) == 1 and len(again) == 1
+
+
+def test_annotator_names_the_deciding_rule_and_its_place():
+    model = load_model(f"{ROOT}/topologies/matrix.yaml")[0]
+    ann = Annotator(model)
+    rec = {"obs_point": obs_point(KIND_NEW), "src_mac": "02:00:00:41:00:12", "dst_mac": "02:00:00:41:00:21",
+           "src": "10.41.0.12", "dst": "10.41.0.21", "proto": 6, "sport": 40000, "dport": 9005}
+    out = ann.annotate(rec, "east", 1.0)
+    assert (out["src"], out["dst"], out["verdict"]) == ("web2", "api1", "deny")
+    assert out["rules"] == [["api ingress rule 2: deny from web tcp/9005 priority 5", str(
+        model.security_groups[2].rules[1].loc)]]
+    out = ann.annotate(dict(rec, dport=9004), "east", 1.0)
+    assert out["verdict"] == "allow" and [r[0] for r in out["rules"]] == [
+        "web egress rule 1: allow to api tcp/9000-9010", "api ingress rule 1: allow from web tcp/9000-9010"]
+    # dev1 has lb1's address in the other segment: the MAC at its site tells them apart.
+    dev = ann.annotate(dict(rec, src_mac="02:00:00:41:01:01", src="10.41.0.1", dst="10.41.0.11", dport=22,
+                            obs_point=obs_point(KIND_UNREPLIED)), "east", 1.0)
+    assert (dev["src"], dev["dst"], dev["kind"], dev["verdict"]) == ("dev1", "dev2", "unreplied", "allow")
+    assert IPv4Address(dev["dst_ip"]) == model.endpoint("dev2").ip
