@@ -149,7 +149,7 @@ class SiteOvsdb:
             raise LookupError(f"no bridge {bridge}")
         ours = str(br[0]["_uuid"])
         rows = api.db_list("Flow_Sample_Collector_Set", columns=["_uuid", "id", "bridge"]).execute(check_error=True)
-        old = [r for r in rows if r["id"] == set_id and ours in (str(r["bridge"]), str(getattr(r["bridge"], "uuid", "")))]
+        old = [r for r in rows if r["id"] == set_id and ours == str(getattr(r["bridge"], "uuid", r["bridge"]))]
         if old:
             # Gone first, and applied by ovs-vswitchd, before the new row comes: in one transaction OVS keeps
             # the collector set (same id, same bridge), only re-aims it, and sends no template (measured).
