@@ -6,7 +6,6 @@ quarantines (the core is the one writer of state); this service only reads the p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
@@ -18,7 +17,7 @@ from typing import Any
 
 from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
-from cloudweave.flowlog.records import Annotator
+from cloudweave.flowlog.records import Annotator, to_json
 from controller.messages import QuarantineAlarm
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
@@ -38,7 +37,7 @@ class _Collector:
         self.site, self.sock, self.key = site, sock, key
         self.decoder = Decoder()
         self.socket_drops = 0
-        self.lost_said = 0
+        self.lost_said = (0, 0)  # sequence gaps and undecodable sets counted so far
 
 
 class FlowLogService:
@@ -148,21 +147,23 @@ class FlowLogService:
             for level, kind, value in anc:
                 if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
                     dropped = struct.unpack("=I", value[:4])[0]
-                    if dropped > c.socket_drops:
-                        self.metrics.flowlog_lost.labels(c.site, "socket").inc(dropped - c.socket_drops)
+                    if dropped > c.socket_drops:  # a cause of the sequence gaps below, not more losses
+                        self.metrics.flowlog_socket_drops.labels(c.site).inc(dropped - c.socket_drops)
                         c.socket_drops = dropped
             try:
                 records = c.decoder.decode(data)
             except NotIpfix as exc:
-                self.metrics.flowlog_lost.labels(c.site, "not_ipfix").inc()
+                self.metrics.flowlog_lost.labels(c.site, "undecodable").inc()
                 LOG.debug("site %s: not IPFIX: %s", c.site, exc)
                 continue
             for rec in records:
                 lines.append(self.annotator.annotate(rec, c.site, now))
-        lost = c.decoder.lost + c.decoder.unknown_template + c.decoder.malformed
-        if lost > c.lost_said:
-            self.metrics.flowlog_lost.labels(c.site, "sequence").inc(lost - c.lost_said)
-            c.lost_said = lost
+        if c.decoder.lost > c.lost_said[0]:
+            self.metrics.flowlog_lost.labels(c.site, "sequence").inc(c.decoder.lost - c.lost_said[0])
+        undecodable = c.decoder.unknown_template + c.decoder.malformed
+        if undecodable > c.lost_said[1]:
+            self.metrics.flowlog_lost.labels(c.site, "undecodable").inc(undecodable - c.lost_said[1])
+        c.lost_said = (c.decoder.lost, undecodable)
         if lines:
             self._handle(lines)
 
@@ -198,7 +199,7 @@ class FlowLogService:
     def _write(self, lines: list[dict]) -> None:
         if self._out is None or self._out.closed:
             self._out = open(self.path, "a", buffering=1 << 16)
-        self._out.write("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
+        self._out.write("".join(to_json(x) + "\n" for x in lines))
         self._out.flush()
         if self._out.tell() > ROTATE_BYTES:
             self._out.close()

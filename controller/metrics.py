@@ -66,8 +66,12 @@ class Metrics:
                                  registry=r)
         self.flowlog_records = Counter("cloudweave_flowlog_records", "Flow-log records received and decoded",
                                        ["site", "kind"], registry=r)
-        self.flowlog_lost = Counter("cloudweave_flowlog_lost", "Flow-log records lost: dropped by a full socket, "
-                                    "missing by sequence number, or not decodable", ["site", "cause"], registry=r)
+        self.flowlog_lost = Counter("cloudweave_flowlog_lost", "Flow-log records lost: missing by their sequence "
+                                    "numbers (sequence), or sets not decodable (undecodable)", ["site", "cause"],
+                                    registry=r)
+        self.flowlog_socket_drops = Counter("cloudweave_flowlog_socket_drops", "Datagrams the collector's full "
+                                            "socket dropped (the kernel's count: a cause of sequence losses)",
+                                            ["site"], registry=r)
         self.detector_alarms = Counter("cloudweave_detector_alarms", "Alarms of the anomaly detector", ["signal"],
                                        registry=r)
         self.detection_seconds = Histogram("cloudweave_detection_seconds", "From the first record of a source in "

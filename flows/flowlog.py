@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from cloudweave.config.model import FlowLogs
 from flows import cookies
-from flows.acl import CT_NEW
+from flows.acl import CT_EST, CT_NEW
 from flows.tables import ACL_EGRESS, FROM_LOCAL, FROM_UPLINK, REG_FROM_TUNNEL, REG_SAMPLED
 from flows.values import ETH_IPV4, Flow, Resubmit, Sample, SetField, flow
 
 COLLECTOR_SET_ID = 0xC10D  # the bridge's Flow_Sample_Collector_Set row the controller owns
 KIND_SHIFT = 24
-KIND_NEW, KIND_UNREPLIED, KIND_FILTER, KIND_QUARANTINE = 1, 2, 3, 4
-KIND_NAMES = {KIND_NEW: "new", KIND_UNREPLIED: "unreplied", KIND_FILTER: "filter", KIND_QUARANTINE: "quarantine"}
+KIND_NEW, KIND_UNREPLIED, KIND_FILTER, KIND_QUARANTINE, KIND_ICMP = 1, 2, 3, 4, 5
+KIND_NAMES = {KIND_NEW: "new", KIND_UNREPLIED: "unreplied", KIND_FILTER: "filter", KIND_QUARANTINE: "quarantine",
+              KIND_ICMP: "icmp"}
+RPL = 0x08  # ct_state: the packet goes in the reply direction
 PRIO_SAMPLER = 65000  # above every other acl_egress flow (invalid: 60000)
 
 
@@ -52,4 +54,11 @@ def sampler_flows(logs: FlowLogs, dpid: int) -> list[Flow]:
         for origin in (FROM_LOCAL, FROM_UPLINK):
             out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(p, dpid, kind),) + again, ct_state=CT_NEW,
                             ct_mark=mark, eth_type=ETH_IPV4, **{REG_FROM_TUNNEL: origin, REG_SAMPLED: 0}))
+    if logs.unreplied > 0:
+        # An ICMP flood is answered (echo replies): its requests, in their own direction only (the replies
+        # are the victim's, who must not look like the sender), at the unreplied rate.
+        for origin in (FROM_LOCAL, FROM_UPLINK):
+            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(logs.unreplied, dpid, KIND_ICMP),) + again,
+                            ct_state=(CT_EST[0], CT_EST[0] | RPL), eth_type=ETH_IPV4, ip_proto=1,
+                            **{REG_FROM_TUNNEL: origin, REG_SAMPLED: 0}))
     return out

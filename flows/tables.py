@@ -18,7 +18,7 @@ class Table:
 
 ACL_FIELDS = frozenset({"ct_state", "reg6", "reg7", "eth_type", "ipv4_src", "ipv4_dst", "ip_proto", "tcp_dst",
                         "udp_dst", "sctp_dst", "conj_id"})
-SAMPLER_FIELDS = frozenset({"ct_state", "ct_mark", "reg4", "reg7", "eth_type"})  # acl_egress's flow-log samplers
+SAMPLER_FIELDS = frozenset({"ct_state", "ct_mark", "reg4", "reg7", "eth_type", "ip_proto"})  # flow-log samplers
 GROUP_TABLES = frozenset({3, 6})  # acl_egress (service splits), route (path splits)
 TABLES: tuple[Table, ...] = (
     Table(0, "classify", "quarantined endpoints and filters dropped first; in_port -> segment; tunnel in_port + "

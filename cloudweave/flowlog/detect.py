@@ -3,7 +3,8 @@
 Three signals that can be measured honestly (../shared/research/telemetry.md §0.6: raw per-source rates and
 EWMA baselines flagged 3-33 % of benign windows; these flagged none):
 - scan: distinct (destination, port) pairs of new connections within `scan_window_s`;
-- flood: packets nobody has answered (unreplied records times their sampling factor) per second;
+- flood: packets nobody has answered (unreplied records times their sampling factor) per second, and ICMP
+  requests (an echo flood is answered: its requests are counted in their own direction);
 - connections: new connections per second (a SYN flood, or a flood that changes its source port).
 Keyed by source only: a flood's victim is never the one flagged. An alarm fires once per source and is
 armed again once the source has been quiet for a whole window.
@@ -38,7 +39,8 @@ class Alarm:
                              self.examples]}
 
     def describe(self) -> str:
-        unit = {"scan": "distinct destinations", "flood": "unanswered packets/s", "connections": "new connections/s"}
+        unit = {"scan": "distinct destinations", "flood": "unanswered or ICMP packets/s",
+                "connections": "new connections/s"}
         return (f"{self.signal}: {self.value:.0f} {unit[self.signal]} in {self.window_s:g} s (threshold "
                 f"{self.threshold:g}) from {self.source}")
 
@@ -53,13 +55,17 @@ class _Window:
         self.entries: deque = deque()  # (time, weight, key, line)
         self.total = 0.0
 
-    def add(self, t: float, w: float, key: Any, line: dict) -> list[tuple]:
+    def add(self, t: float, w: float, key: Any, line: dict) -> list[tuple] | tuple:
         """Add one entry; return those that left the window."""
-        self.entries.append((t, w, key, line))
+        entries = self.entries
+        entries.append((t, w, key, line))
         self.total += w
+        horizon = t - self.span
+        if entries[0][0] > horizon:
+            return ()
         gone = []
-        while self.entries[0][0] <= t - self.span:
-            e = self.entries.popleft()
+        while entries[0][0] <= horizon:
+            e = entries.popleft()
             self.total -= e[1]
             gone.append(e)
         return gone
@@ -78,9 +84,8 @@ class _Source:
 
 
 class Detector:
-    def __init__(self, d: Detection, kinds: tuple[str, str] = ("new", "unreplied")):
-        """`kinds`: which lines count as new connections and as unanswered packets (a quarantine's own drops
-        can be watched the same way, to tell whether its source is still at it)."""
+    def __init__(self, d: Detection, kinds: tuple[str, ...] = ("new", "unreplied", "icmp")):
+        """`kinds`: which lines count as new connections (the first), then those that count as flood packets."""
         self.d = d
         self.kinds = kinds
         self.sources: dict[str, _Source] = {}

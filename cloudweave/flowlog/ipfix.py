@@ -31,9 +31,84 @@ class NotIpfix(ValueError):
     """A datagram that is not an IPFIX message."""
 
 
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+class _Plan:
+    """How to read one template's records: runs of fixed-length fields with one struct each, and the
+    variable-length fields between them (OVS's interface names)."""
+
+    def __init__(self, fields: tuple[tuple[str | None, int], ...]):
+        self.steps: list[tuple[struct.Struct, tuple[tuple[str, str], ...]] | tuple[None, str | None]] = []
+        codes: list[str] = []
+        names: list[tuple[str, str]] = []
+        seen: set[str] = set()
+
+        def close() -> None:
+            if codes:
+                self.steps.append((struct.Struct("!" + "".join(codes)), tuple(names)))
+                codes.clear()
+                names.clear()
+
+        for name, length in fields:
+            keep = name is not None and name not in seen  # OVS sends interfaceName twice (in, out): the first
+            if keep:
+                seen.add(name)
+            if length == 0xFFFF:
+                close()
+                self.steps.append((None, name if keep else None))
+            elif not keep:
+                codes.append(f"{length}x")
+            elif name in ADDRESSES and length == 4 or name in MACS:
+                codes.append(f"{length}s")
+                names.append((name, "addr" if name in ADDRESSES else "mac"))
+            elif length in _INT_CODES:
+                codes.append(_INT_CODES[length])
+                names.append((name, "int"))
+            else:
+                codes.append(f"{length}s")
+                names.append((name, "bigint"))
+        close()
+
+    def read(self, data: bytes, p: int, end: int) -> tuple[dict | None, int]:
+        rec: dict = {}
+        for st, what in self.steps:
+            if st is None:  # variable length: one byte, or 255 and two more
+                if p >= end:
+                    return None, p
+                length = data[p]
+                p += 1
+                if length == 255:
+                    if p + 2 > end:
+                        return None, p
+                    (length,) = struct.unpack_from("!H", data, p)
+                    p += 2
+                if p + length > end:
+                    return None, p
+                if what == "ifname":
+                    rec[what] = data[p:p + length].split(b"\0", 1)[0].decode("ascii", "replace")
+                elif what is not None:
+                    rec[what] = int.from_bytes(data[p:p + length], "big")
+                p += length
+                continue
+            if p + st.size > end:
+                return None, p
+            for (name, kind), value in zip(what, st.unpack_from(data, p), strict=True):
+                if kind == "int":
+                    rec[name] = value
+                elif kind == "addr":
+                    rec[name] = socket.inet_ntoa(value)
+                elif kind == "mac":
+                    rec[name] = value.hex(":")
+                else:
+                    rec[name] = int.from_bytes(value, "big")
+            p += st.size
+        return rec, p
+
+
 @dataclass
 class Decoder:
-    templates: dict[tuple[int, int], tuple[tuple[str | None, int], ...]] = field(default_factory=dict)
+    templates: dict[tuple[int, int], _Plan] = field(default_factory=dict)
     unknown_template: int = 0  # data sets that came before their template
     malformed: int = 0  # messages or records cut short
     last_seq: dict[int, int] = field(default_factory=dict)  # observation domain -> the next sequence number
@@ -58,13 +133,13 @@ class Decoder:
             if set_id == 2:
                 self._templates(data, body, body_end, domain)
             elif set_id >= 256:
-                fields = self.templates.get((domain, set_id))
-                if fields is None:
+                plan = self.templates.get((domain, set_id))
+                if plan is None:
                     self.unknown_template += 1
                 else:
                     p = body
                     while body_end - p >= 4:  # what is left is padding
-                        rec, p = self._record(data, p, body_end, fields)
+                        rec, p = plan.read(data, p, body_end)
                         if rec is None:
                             self.malformed += 1
                             break
@@ -97,33 +172,4 @@ class Decoder:
                     p += 4
                     ie &= 0x7FFF
                 fields.append((NAMES.get((ie, pen)), length))
-            self.templates[(domain, tid)] = tuple(fields)
-
-    @staticmethod
-    def _record(data: bytes, p: int, end: int, fields: tuple[tuple[str | None, int], ...]) -> tuple[dict | None, int]:
-        rec: dict = {}
-        for name, length in fields:
-            if length == 0xFFFF:  # variable length: one byte, or 255 and two more
-                if p >= end:
-                    return None, p
-                length = data[p]
-                p += 1
-                if length == 255:
-                    if p + 2 > end:
-                        return None, p
-                    (length,) = struct.unpack_from("!H", data, p)
-                    p += 2
-            if p + length > end:
-                return None, p
-            if name is not None and name not in rec:  # OVS sends interfaceName twice (in and out): the first
-                raw = data[p:p + length]
-                if name in ADDRESSES and length == 4:
-                    rec[name] = socket.inet_ntoa(raw)
-                elif name in MACS:
-                    rec[name] = raw.hex(":")
-                elif name == "ifname":
-                    rec[name] = raw.split(b"\0", 1)[0].decode("ascii", "replace")
-                else:
-                    rec[name] = int.from_bytes(raw, "big")
-            p += length
-        return rec, p
+            self.templates[(domain, tid)] = _Plan(tuple(fields))

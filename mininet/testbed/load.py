@@ -8,12 +8,14 @@ datagram from its own source port. Prints how many were sent and (TCP) how many 
     python -m cloudweave.testbed.load sink 5001 --seconds 12
     python -m cloudweave.testbed.load stamped 10.41.0.11 7002 --pps 1000 --seconds 8
     python -m cloudweave.testbed.load stampsink 7002 --seconds 9
+    python -m cloudweave.testbed.load capture 10.41.0.1 --seconds 6
 
 `churn` offers a steady UDP rate in `streams` flows, each replaced by a new one (a new source port) every
 `flow_s` seconds, as real traffic renews its connections; `sink` counts what arrives. Both print datagrams
 per wall-clock second as JSON, so that loss can be read second by second. `stamped` sends one flow of
 numbered datagrams at `pps`; `stampsink` prints when each arrived (wall clock, which every namespace shares),
-so that the moment a change took effect can be read to the millisecond.
+so that the moment a change took effect can be read to the millisecond. `capture` timestamps every IPv4
+packet from one address that reaches the namespace's eth0 (an attack as its victim sees it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import sys
 import time
 
 
-def tcp(host: str, lo: int, hi: int, count: int, window: int = 16, give_up_s: float = 5.0) -> tuple[int, int]:
+def tcp(host: str, lo: int, hi: int, count: int, window: int = 16, give_up_s: float = 5.0, rate: float = 0.0
+        ) -> tuple[int, int]:
     """At most `window` connections in flight, so that a burst of SYNs does not overflow a socket buffer on the
     way (a lost SYN is sent again by the kernel after a second; a connection is given `give_up_s`)."""
     sel = selectors.DefaultSelector()
@@ -41,8 +44,9 @@ def tcp(host: str, lo: int, hi: int, count: int, window: int = 16, give_up_s: fl
         sock.close()
         del started[sock]
 
+    begun = time.monotonic()
     while sent < count or started:
-        while sent < count and len(started) < window:
+        while sent < count and len(started) < window and (not rate or sent < (time.monotonic() - begun) * rate):
             s = socket.socket()
             s.setblocking(False)
             err = s.connect_ex((host, lo + sent % (hi - lo + 1)))
@@ -52,7 +56,7 @@ def tcp(host: str, lo: int, hi: int, count: int, window: int = 16, give_up_s: fl
                 continue
             sel.register(s, selectors.EVENT_WRITE)
             started[s] = time.monotonic()
-        for key, _ in sel.select(timeout=0.2):
+        for key, _ in sel.select(timeout=0.2 if not rate else min(0.2, 1 / rate)):
             finish(key.fileobj)
         now = time.monotonic()
         for sock in [k for k, t in started.items() if now - t > give_up_s]:
@@ -165,10 +169,29 @@ def stampsink(port: int, seconds: float) -> dict:
     return {"received": got}
 
 
+def capture(src: str, seconds: float, ifname: str = "eth0") -> dict:
+    want = socket.inet_aton(src)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    s.bind((ifname, 0))
+    s.settimeout(0.2)
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        try:
+            frame = s.recv(64)
+        except TimeoutError:
+            continue
+        if frame[26:30] == want:  # the IPv4 source address, behind a 14-byte Ethernet header
+            times.append(time.time())
+    return {"count": len(times), "times": [round(t, 6) for t in times]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cloudweave.testbed.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("proto", choices=["tcp", "udp", "churn", "sink", "stamped", "stampsink"])
+    p.add_argument("proto", choices=["tcp", "udp", "churn", "sink", "stamped", "stampsink", "capture"])
     p.add_argument("host", help="destination address (sink: the port to listen on)")
     p.add_argument("ports", nargs="?", default="", help="destination port range LO-HI (churn: one port)")
     p.add_argument("count", type=int, nargs="?", default=0)
@@ -178,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--flow-s", type=float, default=1.0)
     p.add_argument("--pps", type=float, default=1000.0, help="stamped: datagrams per second")
+    p.add_argument("--rate", type=float, default=0.0, help="tcp: connections per second (0: as fast as it can)")
     args = p.parse_args(argv)
     if args.proto == "stamped":
         print(json.dumps(stamped(args.host, int(args.ports), args.pps, args.seconds, args.sport)))
+        return 0
+    if args.proto == "capture":
+        print(json.dumps(capture(args.host, args.seconds)))
         return 0
     if args.proto == "stampsink":
         print(json.dumps(stampsink(int(args.host), args.seconds)))
@@ -194,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lo, _, hi = args.ports.partition("-")
     lo_i, hi_i = int(lo), int(hi or lo)
-    sent, accepted = tcp(args.host, lo_i, hi_i, args.count) if args.proto == "tcp" else \
+    sent, accepted = tcp(args.host, lo_i, hi_i, args.count, rate=args.rate) if args.proto == "tcp" else \
         udp(args.host, lo_i, hi_i, args.count, args.sport)
     print(sent, accepted)
     return 0

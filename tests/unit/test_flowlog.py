@@ -124,8 +124,8 @@ def test_annotator_names_the_deciding_rule_and_its_place():
            "src": "10.41.0.12", "dst": "10.41.0.21", "proto": 6, "sport": 40000, "dport": 9005}
     out = ann.annotate(rec, "east", 1.0)
     assert (out["src"], out["dst"], out["verdict"]) == ("web2", "api1", "deny")
-    assert out["rules"] == [["api ingress rule 2: deny from web tcp/9005 priority 5", str(
-        model.security_groups[2].rules[1].loc)]]
+    assert out["rules"] == (("api ingress rule 2: deny from web tcp/9005 priority 5", str(
+        model.security_groups[2].rules[1].loc)),)
     out = ann.annotate(dict(rec, dport=9004), "east", 1.0)
     assert out["verdict"] == "allow" and [r[0] for r in out["rules"]] == [
         "web egress rule 1: allow to api tcp/9000-9010", "api ingress rule 1: allow from web tcp/9000-9010"]
@@ -134,3 +134,17 @@ def test_annotator_names_the_deciding_rule_and_its_place():
                             obs_point=obs_point(KIND_UNREPLIED)), "east", 1.0)
     assert (dev["src"], dev["dst"], dev["kind"], dev["verdict"]) == ("dev1", "dev2", "unreplied", "allow")
     assert IPv4Address(dev["dst_ip"]) == model.endpoint("dev2").ip
+
+
+def test_the_fast_json_line_is_what_json_writes():
+    import json
+
+    from cloudweave.flowlog.records import to_json
+
+    model = load_model(f"{ROOT}/topologies/matrix.yaml")[0]
+    ann = Annotator(model)
+    rec = {"obs_point": obs_point(KIND_NEW), "src_mac": "02:00:00:41:00:12", "src": "10.41.0.12",
+           "dst": "10.41.0.21", "proto": 6, "sport": 40000, "dport": 9005, "ifname": 'we"b\\2'}
+    for r in (rec, dict(rec, src_mac="00:00:00:00:00:99", obs_point=obs_point(KIND_FILTER, 0))):
+        line = ann.annotate(r, "east", 1796000000.123456)
+        assert json.loads(to_json(line)) == json.loads(json.dumps(line))
