@@ -163,8 +163,11 @@ def bench_benign(workdir: str, topology: str, seconds: int) -> None:
                              stdout=subprocess.DEVNULL),
             subprocess.Popen(ns_argv(workdir, "ops1", "ping", "-q", "-i", "0.2", "-w", str(seconds), "10.41.0.32"),
                              stdout=subprocess.DEVNULL),
-            # a one-way stream (telemetry, video): 2,000 datagrams/s nobody answers
-            subprocess.Popen(ns_argv(workdir, "api2", *LOAD, "stamped", "10.41.0.12", "5353", "--pps", "2000",
+            # a one-way stream (telemetry, video) the policy allows: 2,000 datagrams/s nobody answers
+            subprocess.Popen(ns_argv(workdir, "web2", *LOAD, "stamped", "10.41.0.21", "5353", "--pps", "2000",
+                                     "--seconds", str(seconds), "--sport", "5353"), stdout=subprocess.DEVNULL),
+            # and one it denies, sent on regardless (a misconfigured agent): one connection, however many packets
+            subprocess.Popen(ns_argv(workdir, "api2", *LOAD, "stamped", "10.41.0.12", "5353", "--pps", "500",
                                      "--seconds", str(seconds), "--sport", "5353"), stdout=subprocess.DEVNULL),
         ]
         time.sleep(seconds + 2)

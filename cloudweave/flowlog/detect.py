@@ -5,7 +5,8 @@ EWMA baselines flagged 3-33 % of benign windows; these flagged none):
 - scan: distinct (destination, port) pairs of new connections within `scan_window_s`;
 - flood: packets nobody has answered (unreplied records times their sampling factor) per second, and ICMP
   requests (an echo flood is answered: its requests are counted in their own direction);
-- connections: new connections per second (a SYN flood, or a flood that changes its source port).
+- connections: distinct new connections (5-tuples) per second: a SYN flood, or a flood that changes its
+  source port; a denied flow that keeps sending is one connection, however many packets it repeats.
 Keyed by source only: a flood's victim is never the one flagged. An alarm fires once per source and is
 armed again once the source has been quiet for a whole window.
 """
@@ -72,12 +73,13 @@ class _Window:
 
 
 class _Source:
-    __slots__ = ("scan", "pairs", "conns", "flood", "armed", "last")
+    __slots__ = ("scan", "pairs", "conns", "tuples", "flood", "armed", "last")
 
     def __init__(self, d: Detection) -> None:
         self.scan = _Window(d.scan_window_s)
         self.pairs: dict[tuple, int] = {}  # (dst, dport) -> entries of it in the scan window
         self.conns = _Window(d.connections_window_s)
+        self.tuples: dict[tuple, int] = {}  # 5-tuple -> entries of it in the connections window
         self.flood = _Window(d.flood_window_s)
         self.armed = {"scan": True, "flood": True, "connections": True}
         self.last = float("-inf")
@@ -113,10 +115,18 @@ class Detector:
                     s.pairs[old] = left
                 else:
                     del s.pairs[old]
-            s.conns.add(t, w, None, line)
+            conn = (line["dst"], line.get("dport", 0), line.get("sport", 0), line.get("proto"))
+            s.tuples[conn] = s.tuples.get(conn, 0) + 1
+            for _, _, old, _ in s.conns.add(t, 1.0, conn, line):
+                left = s.tuples[old] - 1
+                if left:
+                    s.tuples[old] = left
+                else:
+                    del s.tuples[old]
             if s.armed["scan"] and len(s.pairs) >= d.scan_distinct:
                 out.append(self._alarm(s, "scan", src, len(s.pairs), d.scan_distinct, s.scan, t))
-            rate = s.conns.total / d.connections_window_s
+            # Distinct connections, each standing for `w` (new connections are sampled at one probability).
+            rate = len(s.tuples) * w / d.connections_window_s
             if s.armed["connections"] and rate >= d.connections_pps:
                 out.append(self._alarm(s, "connections", src, rate, d.connections_pps, s.conns, t))
         else:

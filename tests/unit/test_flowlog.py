@@ -72,8 +72,9 @@ DET = Detection(scan_distinct=100, scan_window_s=5.0, flood_pps=8000, flood_wind
                 connections_window_s=1.0)
 
 
-def line(t: float, src: str, dst: str, dport: int, kind: str = "new", sampling: float = 1.0) -> dict:
-    return {"time": t, "src": src, "dst": dst, "dport": dport, "kind": kind, "sampling": sampling, "proto": "tcp"}
+def line(t: float, src: str, dst: str, dport: int, kind: str = "new", sampling: float = 1.0, sport: int = 0) -> dict:
+    return {"time": t, "src": src, "dst": dst, "dport": dport, "kind": kind, "sampling": sampling, "proto": "tcp",
+            "sport": sport}
 
 
 def test_a_scan_raises_one_alarm_with_its_evidence():
@@ -92,7 +93,9 @@ def test_a_flood_and_a_connection_flood_name_the_sender_never_the_victim():
     for i in range(2000):  # 1 in 16 of 64 kpps for ~0.5 s, one flow
         alarms += det.feed(line(10 + i / 4000, "dev1", "dev2", 5000, "unreplied", sampling=16))
     for i in range(3000):  # 3000 SYNs/s from changing ports, to one port
-        alarms += det.feed(line(20 + i / 3000, "web3", "api2", 9004))
+        alarms += det.feed(line(20 + i / 3000, "web3", "api2", 9004, sport=1024 + i))
+    for i in range(6000):  # a denied flow that keeps sending: every packet a new record, one connection
+        alarms += det.feed(line(30 + i / 3000, "api1", "web2", 5353, sport=5353))
     assert [(a.signal, a.source) for a in alarms] == [("flood", "dev1"), ("connections", "web3")]
     assert "dev2" not in det.sources and "api2" not in det.sources
 
@@ -103,7 +106,7 @@ def test_benign_traffic_raises_nothing_over_many_windows():
     t = 0.0
     for second in range(1200):  # 20 minutes of a busy client: 500 short connections a second to 20 backends,
         for i in range(500):  # a bulk transfer (established: no records), and a one-way 2 kpps stream
-            alarms += det.feed(line(second + i / 500, "lb1", f"web{i % 20}", 8080))
+            alarms += det.feed(line(second + i / 500, "lb1", f"web{i % 20}", 8080, sport=(second * 500 + i) % 60000))
         for i in range(125):
             alarms += det.feed(line(second + i / 125, "cam1", "nvr1", 5004, "unreplied", sampling=16))
         t = second
