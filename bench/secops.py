@@ -26,7 +26,7 @@ import sys
 import time
 
 from cloudweave.testbed.state import State
-from cloudweave.testbed.traffic import LOAD, ns_argv, serve_probes, stop
+from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
 from on_testbed import ROOT, edit_live, running
 
 from cloudweave import quarantine
@@ -41,29 +41,17 @@ ATTACKS = {
     "hping3 ICMP flood": ["hping3", "-1", "--flood", VICTIM_IP],
 }
 REPEATED = ("nmap -sS", "hping3 UDP flood, one flow")
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
 def with_security_ops(doc: dict) -> None:
     doc["flow_logs"] = {"new": 1, "unreplied": "1/16", "drops": "1/16"}
     doc["detection"] = {}
+    doc["routes"] = [API_SERVICE]
 
 
 def p95(values: list[float]) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
-
-
-def log_lines(workdir: str, after: float, text: str) -> list[float]:
-    out = []
-    with open(os.path.join(workdir, "controller.log"), errors="replace") as fh:
-        for line in fh:
-            m = LOG_TIME.match(line)
-            if m and text in line:
-                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-                if t >= after:
-                    out.append(t)
-    return out
 
 
 def quarantined(topology: str) -> dict:
@@ -93,7 +81,7 @@ def attack_once(workdir: str, topology: str, name: str) -> dict:
     result = {"attack": name, "detected": entry is not None, "packets": len(times)}
     if entry is not None:
         alarm = entry.evidence.get("alarm", entry.since)
-        committed = [t for t in log_lines(workdir, alarm - 0.002, f"site {ATTACKER_SITE} (dpid") if t >= alarm - 0.002]
+        committed = log_times(workdir, f"site {ATTACKER_SITE} (dpid", alarm - 0.002)
         cut = committed[0] if committed else entry.since
         first = times[0] if times else started
         last = max((t for t in times if t <= cut + 0.05), default=first)
@@ -131,48 +119,14 @@ def bench_attacks(workdir: str, topology: str, rounds: int) -> None:
     print(f"  recall: {detected}/{total} = {100 * detected / total:.1f} %")
 
 
-def _repeat(seconds: int, argv: list[str]) -> subprocess.Popen:
-    """argv again and again, two seconds apart, for `seconds`."""
-    loop = f"end=$((SECONDS+{seconds})); while [ $SECONDS -lt $end ]; do {' '.join(argv)}; sleep 2; done"
-    return subprocess.Popen(["bash", "-c", loop], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def bench_benign(workdir: str, topology: str, seconds: int) -> None:
-    """Benign traffic on ten endpoints at once; every quarantine is a false positive."""
+    """The benign mix of cloudweave.testbed.traffic on its sources at once; every alarm is a false positive."""
     since = time.time()
-    procs: list[subprocess.Popen] = []
-    servers = serve_probes(workdir, ["api1", "api2", "web2"], tcp=[9004, 9007, 8080])
+    procs = benign_mix(workdir, seconds)
     try:
-        iperf_srv = [subprocess.Popen(ns_argv(workdir, h, "iperf3", "-s", "-p", "9006"), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL) for h in ("api1", "dev2")]
-        procs += iperf_srv
-        time.sleep(0.5)
-        procs += [
-            # bulk TCP, in bursts (a transfer starts, ends, starts again)
-            _repeat(seconds, ns_argv(workdir, "web2", "iperf3", "-c", "10.41.0.21", "-p", "9006", "-t", "8")),
-            _repeat(seconds, ns_argv(workdir, "dev1", "iperf3", "-c", VICTIM_IP, "-p", "9006", "-t", "8")),
-            # many short connections, HTTP-like
-            subprocess.Popen(ns_argv(workdir, "web1", *LOAD, "tcp", "10.41.0.22", "9004", str(300 * seconds),
-                                     "--rate", "300"), stdout=subprocess.DEVNULL),
-            subprocess.Popen(ns_argv(workdir, "web3", *LOAD, "tcp", "10.41.0.21", "9007", str(150 * seconds),
-                                     "--rate", "150"), stdout=subprocess.DEVNULL),
-            subprocess.Popen(ns_argv(workdir, "lb2", *LOAD, "tcp", "10.41.0.12", "8080", str(200 * seconds),
-                                     "--rate", "200"), stdout=subprocess.DEVNULL),
-            # pings
-            subprocess.Popen(ns_argv(workdir, "lb1", "ping", "-q", "-i", "0.02", "-w", str(seconds), "10.41.0.2"),
-                             stdout=subprocess.DEVNULL),
-            subprocess.Popen(ns_argv(workdir, "ops1", "ping", "-q", "-i", "0.2", "-w", str(seconds), "10.41.0.32"),
-                             stdout=subprocess.DEVNULL),
-            # a one-way stream (telemetry, video) the policy allows: 2,000 datagrams/s nobody answers
-            subprocess.Popen(ns_argv(workdir, "web2", *LOAD, "stamped", "10.41.0.21", "5353", "--pps", "2000",
-                                     "--seconds", str(seconds), "--sport", "5353"), stdout=subprocess.DEVNULL),
-            # and one it denies, sent on regardless (a misconfigured agent): one connection, however many packets
-            subprocess.Popen(ns_argv(workdir, "api2", *LOAD, "stamped", "10.41.0.12", "5353", "--pps", "500",
-                                     "--seconds", str(seconds), "--sport", "5353"), stdout=subprocess.DEVNULL),
-        ]
         time.sleep(seconds + 2)
     finally:
-        stop(procs + servers)
+        stop(procs)
     path = os.path.join(workdir, f".{os.path.basename(topology)}.flowlog.jsonl")
     windows: set[tuple[str, int]] = set()
     with open(path) as fh:
@@ -180,14 +134,75 @@ def bench_benign(workdir: str, topology: str, seconds: int) -> None:
             line = json.loads(raw)
             if line["time"] >= since and line["kind"] in ("new", "unreplied", "icmp"):
                 windows.add((line["src"], int(line["time"])))
-    alarms = len(log_lines(workdir, since, "detection: "))
+    active = len(BENIGN_SOURCES) * seconds
+    alarms = len(log_times(workdir, "detection: ", since))
     cut_off = quarantined(topology)
-    sources = sorted({s for s, _ in windows})
-    print(f"benign: {seconds} s on {len(sources)} sources ({', '.join(sources)}): {len(windows)} endpoint-windows "
-          f"(1 s), {alarms} alarms = {100 * alarms / max(1, len(windows)):.2f} % false positives, "
-          f"{len(cut_off)} quarantined {sorted(cut_off)}")
+    print(f"benign: {seconds} s on {len(BENIGN_SOURCES)} sources: {active} endpoint-windows of 1 s ({len(windows)} "
+          f"with records), {alarms} alarms = {100 * alarms / active:.2f} % false positives, {len(cut_off)} "
+          f"quarantined {sorted(cut_off)}")
     for name in cut_off:
         release(topology, name)
+
+
+FILTER = {"name": "drop-udp-7100-from-dev1", "match": {"proto": "udp", "dst_port": 7100}, "from": ["port:dev1"]}
+
+
+def _without_security_ops(doc: dict) -> None:
+    doc.pop("flow_logs", None)
+    doc.pop("detection", None)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _table0_packets(workdir: str, site: str, text: str) -> int:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", f"unix:{workdir}/{site}/br-int.mgmt",
+                          "table=0"], capture_output=True, text=True, check=True).stdout
+    return sum(int(m.group(1)) for line in out.splitlines() if text in line
+               for m in [re.search(r"n_packets=(\d+)", line)] if m)
+
+
+def bench_filters(workdir: str, rounds: int = 10) -> None:
+    """A drop filter's cost per packet at the switch against forwarding it, and how soon it takes effect."""
+    edit_live(workdir, _without_security_ops)  # the plain pipeline; no detector to quarantine the flood
+    pid = int(open(f"{workdir}/{ATTACKER_SITE}/ovs-vswitchd.pid").read())
+    flood = ["timeout", "3", "hping3", "--udp", "--flood", "-k", "-s", "4100", "-p", "7100", VICTIM_IP]
+    cost = {}
+    for dropped in (False, True):
+        edit_live(workdir, (lambda doc: doc.__setitem__("filters", [FILTER])) if dropped else
+                  (lambda doc: doc.pop("filters", None)))
+        text = "priority=39000" if dropped else 'in_port="dev1"'
+        n0, c0 = _table0_packets(workdir, ATTACKER_SITE, text), _cpu_s(pid)
+        subprocess.run(ns_argv(workdir, ATTACKER, *flood), capture_output=True, timeout=60)
+        time.sleep(1.5)  # the datapath's counters reach OpenFlow about twice a second
+        n, c = _table0_packets(workdir, ATTACKER_SITE, text) - n0, _cpu_s(pid) - c0
+        cost[dropped] = (n, c)
+        print(f"  {'dropped by the filter' if dropped else 'forwarded'}: {n:,} packets in 3 s "
+              f"({n / 3:,.0f}/s), ovs-vswitchd at {ATTACKER_SITE} {c:.2f} CPU-s: {c / max(1, n) * 1e6:.2f} us a packet")
+    (nf, cf), (nd, cd) = cost[False], cost[True]
+    print(f"filter: a dropped packet costs {cd / max(1, nd) * 1e6:.2f} us of switch CPU, a forwarded one "
+          f"{cf / max(1, nf) * 1e6:.2f} us ({(cd / max(1, nd)) / (cf / max(1, nf)):.2f}x)")
+    lat = []
+    for _ in range(rounds):
+        edit_live(workdir, lambda doc: doc.pop("filters", None), settle_s=1.0)
+        sink = subprocess.Popen(ns_argv(workdir, VICTIM, *LOAD, "stampsink", "7100", "--seconds", "3.5"),
+                                stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        sender = subprocess.Popen(ns_argv(workdir, ATTACKER, *LOAD, "stamped", VICTIM_IP, "7100", "--pps", "2000",
+                                          "--seconds", "3", "--sport", "4100"), stdout=subprocess.DEVNULL)
+        time.sleep(1.0)
+        edited = time.time()
+        edit_live(workdir, lambda doc: doc.__setitem__("filters", [FILTER]), settle_s=0)
+        sender.wait(30)
+        got = [t for _, t in json.loads(sink.communicate(timeout=30)[0])["received"]]
+        applied = log_times(workdir, "reload applied", edited)
+        if applied and got:
+            lat.append((max(got) - applied[0]) * 1000)
+    print(f"filter in force: the last packet {statistics.median(lat):.0f} ms (median), {max(lat):.0f} ms (max) after "
+          f"the reload was applied, over {len(lat)} reloads")
+    edit_live(workdir, lambda doc: (doc.pop("filters", None), with_security_ops(doc)))
 
 
 def bench_collector(rates: tuple[int, ...] = (10_000, 20_000, 30_000, 40_000), seconds: float = 3.0) -> None:
@@ -312,7 +327,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=20, help="repeats of the scan and of the one-flow flood")
     ap.add_argument("--benign-s", type=int, default=120)
-    ap.add_argument("--skip", default="", help="comma-separated: attacks, benign, collector, throughput, release")
+    ap.add_argument("--skip", default="", help="comma-separated: attacks, benign, collector, throughput, release, "
+                    "filters")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if "collector" not in skip:
@@ -327,6 +343,8 @@ def main() -> None:
             bench_throughput(workdir)
         if "release" not in skip:
             bench_release(workdir, topology)
+        if "filters" not in skip:
+            bench_filters(workdir)
     print(f"reproduce: .venv/bin/python bench/secops.py --rounds {args.rounds} --benign-s {args.benign_s}"
           + (f" --skip {args.skip}" if args.skip else ""))
 

@@ -26,7 +26,16 @@ from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
 from controller.links import LinkWatch
-from controller.messages import PacketIn, PortsSeen, QuarantineAlarm, SwitchDown, SwitchUp, Tick, WeightsAdopted
+from controller.messages import (
+    PacketIn,
+    PortsSeen,
+    QuarantineAlarm,
+    QuarantineSeen,
+    SwitchDown,
+    SwitchUp,
+    Tick,
+    WeightsAdopted,
+)
 from controller.session import SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
@@ -35,6 +44,7 @@ from flows.topology import TUNNEL_PREFIX
 
 LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
+KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class Core:
         self._quarantine_version = quarantine.file_version(settings.quarantine) if settings.quarantine else None
         self._quarantine_entries = quarantine.load(settings.quarantine) if settings.quarantine else ()
         self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
+        self._quarantine_seen: dict[str, float] = {}  # endpoint -> when the quarantine last dropped its traffic
         cut_off = quarantine.active(self._quarantine_entries)
         self.state = State(model, auto=tuple(auto), quarantined=cut_off)
         self._log_quarantine(frozenset(), cut_off, model)
@@ -114,6 +125,8 @@ class Core:
                 self._packet_in(msg)
             elif isinstance(msg, QuarantineAlarm):
                 self._quarantine_alarm(msg)
+            elif isinstance(msg, QuarantineSeen):
+                self._quarantine_seen[msg.endpoint] = msg.at
             elif isinstance(msg, WeightsAdopted):
                 self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
@@ -293,6 +306,8 @@ class Core:
                 self._quarantine_version = version
                 return
             self._quarantine_version, self._quarantine_entries = version, entries
+        if expired and self._keep_the_active(now):
+            return  # the list was written again: the next tick reads it
         self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, now)
         cut_off = quarantine.active(self._quarantine_entries, now)
         before = self.state.quarantined
@@ -300,6 +315,28 @@ class Core:
             return
         if self._change(replace(self.state, quarantined=cut_off), "a quarantine change"):
             self._log_quarantine(before, cut_off, self.state.model, now)
+
+    def _keep_the_active(self, now: float) -> bool:
+        """An automatic quarantine whose hold time is over ends only once its endpoint has been quiet for
+        KEEP_QUIET_S (its traffic is still sampled as the quarantine drops it); else it is held that much
+        longer. True when the list was written."""
+        path = self.settings.quarantine
+        kept = []
+        for e in self._quarantine_entries:
+            seen = self._quarantine_seen.get(e.endpoint, 0.0)
+            if e.source == "auto" and e.until is not None and e.until <= now and now - seen < KEEP_QUIET_S:
+                kept.append(e)
+        if not kept:
+            return False
+        for e in kept:
+            LOG.warning("quarantine: endpoint %s kept %.0f s more: it still sends (the quarantine dropped its "
+                        "traffic %.1f s ago)", e.endpoint, KEEP_QUIET_S, now - self._quarantine_seen[e.endpoint])
+            try:
+                quarantine.add(path, e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence)
+            except (OSError, quarantine.QuarantineFileError) as exc:
+                LOG.error("quarantine of %s not extended in %s: %s", e.endpoint, path, exc)
+                return False
+        return True
 
     def _quarantine_alarm(self, msg: QuarantineAlarm) -> None:
         """Cut the endpoint off first (compile and hand the flows to its session), then write the list."""

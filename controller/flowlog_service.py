@@ -18,7 +18,7 @@ from typing import Any
 from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator, to_json
-from controller.messages import QuarantineAlarm
+from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
 from controller.settings import default_flowlog_path
@@ -53,6 +53,7 @@ class FlowLogService:
         self.annotator: Annotator | None = None
         self.detector: Detector | None = None
         self._out: Any = None
+        self._seen_said: dict[str, float] = {}
 
     def stop(self) -> None:
         self.active = False
@@ -78,7 +79,7 @@ class FlowLogService:
             if model.detection is None:
                 self.detector = None
             elif self.detector is None or self.detector.d != model.detection:
-                self.detector = Detector(model.detection)
+                self.detector = Detector(model.detection, thresholds=self._thresholds)
         if model.flow_logs is None:
             for c in list(self.collectors.values()):
                 self._close(c)
@@ -170,6 +171,9 @@ class FlowLogService:
     def _handle(self, lines: list[dict]) -> None:
         for line in lines:
             self.metrics.flowlog_records.labels(line["site"], line["kind"]).inc()
+            if line["kind"] == "quarantine" and line["time"] - self._seen_said.get(line["src"], 0.0) >= 1.0:
+                self._seen_said[line["src"]] = line["time"]  # at most one a second: the core holds it while seen
+                self.post(QuarantineSeen(line["src"], line["time"]))
         self._write(lines)
         if self.detector is None:
             return
@@ -189,6 +193,11 @@ class FlowLogService:
                     else "" if d.action == "log" and alarm.source not in self._quarantined else " (logged only)")
         if act:
             self.post(QuarantineAlarm(alarm.source, alarm.describe(), alarm.evidence(), d.hold_s, alarm.at))
+
+    def _thresholds(self, source: str) -> Any:
+        d = self._model.detection
+        ep = self._endpoint(source)
+        return d if ep is None else d.for_endpoint(ep.name, ep.groups, ep.segment)
 
     def _endpoint(self, name: str) -> Any:
         try:

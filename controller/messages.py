@@ -46,6 +46,14 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class QuarantineSeen:
+    """A quarantined endpoint still sends: the quarantine dropped (and sampled) a packet of it at `at`."""
+
+    endpoint: str
+    at: float
+
+
+@dataclass(frozen=True)
 class QuarantineAlarm:
     """The detector found `endpoint` anomalous: cut it off for `hold_s`, with why and the evidence."""
 

@@ -149,25 +149,24 @@ class CanonicalDesired:
         return None if everything else touched
 
 
+def _by_id(desired: dict, actual: dict, add: dict, modify: dict) -> list:
+    """Fill `add` and `modify` with what differs by id; return the ids to delete."""
+    for oid, content in desired.items():
+        have = actual.get(oid)
+        if have is None:
+            add[oid] = content
+        elif have != content:
+            modify[oid] = content
+    return [oid for oid in actual if oid not in desired]
+
+
 def plan_meters(p: Plan, desired: dict[int, CanonMeter], actual: dict[int, CanonMeter]) -> Plan:
     """Add the meter changes to a plan: only meters with our ids are in `actual`."""
-    for mid, content in desired.items():
-        have = actual.get(mid)
-        if have is None:
-            p.meter_add[mid] = content
-        elif have != content:
-            p.meter_modify[mid] = content
-    p.meter_delete = [mid for mid in actual if mid not in desired]
+    p.meter_delete = _by_id(desired, actual, p.meter_add, p.meter_modify)
     return p
 
 
 def plan_groups(p: Plan, desired: dict[int, CanonGroup], actual: dict[int, CanonGroup]) -> Plan:
     """Add the group changes to a plan: only groups with our ids are in `actual`."""
-    for gid, content in desired.items():
-        have = actual.get(gid)
-        if have is None:
-            p.group_add[gid] = content
-        elif have != content:
-            p.group_modify[gid] = content
-    p.group_delete = [gid for gid in actual if gid not in desired]
+    p.group_delete = _by_id(desired, actual, p.group_add, p.group_modify)
     return p

@@ -11,6 +11,8 @@
       action: quarantine       # quarantine | log
       hold: 10m                # a quarantine's hold time (it ends once the signal stayed quiet that long)
       exempt: [monitoring]     # groups or endpoints never quarantined (scanners, monitoring)
+      per:                     # thresholds of a group's or a segment's endpoints (the rest: as above)
+        backup: {connections: {per_second: 20000}}
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cloudweave.config.yamlpos import LDict, known_keys, show
 
 Report = Callable[[Loc, str], None]
 FLOW_LOG_KEYS = ("new", "unreplied", "drops")
-DETECTION_KEYS = ("scan", "flood", "connections", "action", "hold", "exempt")
+DETECTION_KEYS = ("scan", "flood", "connections", "per", "action", "hold", "exempt")
 MIN_PROBABILITY = 1 / 65535  # a sample action's probability is n/65535
 _FRACTION = re.compile(r"\s*([0-9]{1,9})\s*[/:]\s*([0-9]{1,9})\s*")
 
@@ -67,26 +69,48 @@ def read_flow_logs(raw: Any, loc: Loc, error: Report) -> FlowLogs | None:
     return FlowLogs(loc=loc, **out)
 
 
-def _signal(raw: Any, loc: Loc, what: str, keys: dict[str, Callable[[Any], Any]], error: Report
-            ) -> dict[str, Any] | None:
+def _signal(raw: Any, loc: Loc, what: str, keys: dict[str, Callable[[Any], Any]], error: Report,
+            where: str = "detection") -> dict[str, Any] | None:
     if not isinstance(raw, LDict):
-        error(loc, f"detection: {what} must be a mapping with keys {', '.join(keys)}")
+        error(loc, f"{where}: {what} must be a mapping with keys {', '.join(keys)}")
         return None
-    if not known_keys(raw, keys, f"detection: {what}", error):
+    if not known_keys(raw, keys, f"{where}: {what}", error):
         return None
     out = {}
     for key, value in raw.items():
         try:
             out[key] = keys[key](value)
         except Invalid as exc:
-            error(raw.val_locs[key], f"detection: {what}: {key}: {exc}")
+            error(raw.val_locs[key], f"{where}: {what}: {key}: {exc}")
             return None
     return out
 
 
-def read_detection(raw: Any, loc: Loc, flow_logs: FlowLogs | None, names: set[str], error: Report,
-                   warn: Report) -> Detection | None:
-    """`names`: the groups and endpoints that `exempt` may list."""
+def _thresholds(raw: LDict, what: str, base: dict[str, Any], error: Report) -> dict[str, Any] | None:
+    """The signals' thresholds a mapping gives (scan, flood, connections), over `base`."""
+    out = dict(base)
+    window = v.between_s(0.05, 60.0)
+    specs = (("scan", {"distinct": v.integer(2, 1_000_000), "window": window},
+              (("distinct", "scan_distinct", int), ("window", "scan_window_s", float))),
+             ("flood", {"unreplied_pps": v.integer(1, 100_000_000), "window": window},
+              (("unreplied_pps", "flood_pps", float), ("window", "flood_window_s", float))),
+             ("connections", {"per_second": v.integer(1, 100_000_000), "window": window},
+              (("per_second", "connections_pps", float), ("window", "connections_window_s", float))))
+    for key, keys, fields in specs:
+        if key not in raw:
+            continue
+        got = _signal(raw[key], raw.val_locs[key], key, keys, error, what)
+        if got is None:
+            return None
+        for name, field, kind in fields:
+            if name in got:
+                out[field] = kind(got[name])
+    return out
+
+
+def read_detection(raw: Any, loc: Loc, flow_logs: FlowLogs | None, names: set[str], segments: set[str],
+                   error: Report, warn: Report) -> Detection | None:
+    """`names`: the groups and endpoints that `exempt` may list; `per` may name groups and `segments`."""
     if raw is None:
         raw = LDict()
         raw.loc, raw.key_locs, raw.val_locs = loc, {}, {}
@@ -98,27 +122,28 @@ def read_detection(raw: Any, loc: Loc, flow_logs: FlowLogs | None, names: set[st
     if flow_logs is None:
         error(loc, "detection reads the flow records: add a flow_logs section")
         return None
-    out: dict[str, Any] = {}
-    window = v.between_s(0.05, 60.0)
-    if "scan" in raw:
-        scan = _signal(raw["scan"], raw.val_locs["scan"], "scan",
-                       {"distinct": v.integer(2, 1_000_000), "window": window}, error)
-        if scan is None:
+    out = _thresholds(raw, "detection", {}, error)
+    if out is None:
+        return None
+    per: list[tuple[str, Detection]] = []
+    if "per" in raw:
+        body = raw["per"]
+        if not isinstance(body, LDict):
+            error(raw.val_locs["per"], "detection: per must map groups or segments to their own thresholds")
             return None
-        out.update({"scan_distinct": scan.get("distinct", 100), "scan_window_s": scan.get("window", 5.0)})
-    if "flood" in raw:
-        flood = _signal(raw["flood"], raw.val_locs["flood"], "flood",
-                        {"unreplied_pps": v.integer(1, 100_000_000), "window": window}, error)
-        if flood is None:
-            return None
-        out.update({"flood_pps": float(flood.get("unreplied_pps", 8000)), "flood_window_s": flood.get("window", 0.5)})
-    if "connections" in raw:
-        conns = _signal(raw["connections"], raw.val_locs["connections"], "connections",
-                        {"per_second": v.integer(1, 100_000_000), "window": window}, error)
-        if conns is None:
-            return None
-        out.update({"connections_pps": float(conns.get("per_second", 2000)),
-                    "connections_window_s": conns.get("window", 1.0)})
+        for name, sub in body.items():
+            if name not in names and name not in segments:
+                error(body.key_locs[name], f"detection: per: '{show(name)}' is not a group, a segment or an endpoint")
+                return None
+            if not isinstance(sub, LDict) or not known_keys(sub, ("scan", "flood", "connections"),
+                                                            f"detection: per: {name}", error):
+                if not isinstance(sub, LDict):
+                    error(body.val_locs[name], f"detection: per: {name} must be a mapping of scan, flood, connections")
+                return None
+            got = _thresholds(sub, f"detection: per: {name}", out, error)
+            if got is None:
+                return None
+            per.append((name, Detection(loc=body.key_locs[name], **got)))
     try:
         if "action" in raw:
             out["action"] = v.choice("quarantine", "log")(raw["action"])
@@ -133,7 +158,7 @@ def read_detection(raw: Any, loc: Loc, flow_logs: FlowLogs | None, names: set[st
         if name not in names:
             error(raw.val_locs["exempt"], f"detection: exempt: '{name}' is neither a group nor an endpoint")
             return None
-    d = Detection(loc=loc, **out)
+    d = Detection(loc=loc, per=tuple(per), **out)
     if flow_logs.new == 0 and "scan" in raw:
         warn(loc, "detection: scan counts new-connection records, and flow_logs has new: 0")
     if flow_logs.unreplied == 0 and "flood" in raw:

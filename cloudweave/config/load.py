@@ -375,8 +375,8 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
     filters = read_filters(merged.get("filters", []), Names(site_by_name, {e.name: e for e in endpoints}, group_names),
                            c.error, c.warn) if merged.get("filters") else []
     flow_logs = read_flow_logs(*merged["flow_logs"], c.error) if "flow_logs" in merged else None
-    detection = read_detection(*merged["detection"], flow_logs, group_names | {e.name for e in endpoints}, c.error,
-                               c.warn) if "detection" in merged else None
+    detection = read_detection(*merged["detection"], flow_logs, group_names | {e.name for e in endpoints},
+                               {s.name for s in segments}, c.error, c.warn) if "detection" in merged else None
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), filters=tuple(filters),
                  flow_logs=flow_logs, detection=detection, files=files)

@@ -287,7 +287,17 @@ class Detection:
     action: str = "quarantine"
     hold_s: float = 600.0
     exempt: tuple[str, ...] = ()
+    per: tuple[tuple[str, Detection], ...] = ()  # a group's or a segment's own thresholds, in file order
     loc: Loc = _loc()
+
+    def for_endpoint(self, name: str, groups: tuple[str, ...], segment: str) -> Detection:
+        """The thresholds of an endpoint: its own, else those of the first of its groups that has its own,
+        else its segment's, else these."""
+        own = dict(self.per)
+        for key in (name, *groups, segment):
+            if key in own:
+                return own[key]
+        return self
 
 
 @dataclass(frozen=True)

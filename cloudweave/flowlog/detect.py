@@ -14,6 +14,7 @@ armed again once the source has been quiet for a whole window.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,10 +73,22 @@ class _Window:
         return gone
 
 
+def _count(counts: dict, key: Any, gone: list[tuple] | tuple) -> None:
+    """One more of `key`, one fewer of each key of the entries that left the window."""
+    counts[key] = counts.get(key, 0) + 1
+    for _, _, old, _ in gone:
+        left = counts[old] - 1
+        if left:
+            counts[old] = left
+        else:
+            del counts[old]
+
+
 class _Source:
-    __slots__ = ("scan", "pairs", "conns", "tuples", "flood", "armed", "last")
+    __slots__ = ("d", "scan", "pairs", "conns", "tuples", "flood", "armed", "last")
 
     def __init__(self, d: Detection) -> None:
+        self.d = d  # this source's thresholds
         self.scan = _Window(d.scan_window_s)
         self.pairs: dict[tuple, int] = {}  # (dst, dport) -> entries of it in the scan window
         self.conns = _Window(d.connections_window_s)
@@ -86,9 +99,12 @@ class _Source:
 
 
 class Detector:
-    def __init__(self, d: Detection, kinds: tuple[str, ...] = ("new", "unreplied", "icmp")):
-        """`kinds`: which lines count as new connections (the first), then those that count as flood packets."""
+    def __init__(self, d: Detection, kinds: tuple[str, ...] = ("new", "unreplied", "icmp"),
+                 thresholds: Callable[[str], Detection] | None = None):
+        """`kinds`: which lines count as new connections (the first), then those that count as flood packets.
+        `thresholds`: a source's own thresholds (its group's or segment's); default `d` for every source."""
         self.d = d
+        self.thresholds = thresholds or (lambda _src: d)
         self.kinds = kinds
         self.sources: dict[str, _Source] = {}
         self.alarms = 0
@@ -98,31 +114,19 @@ class Detector:
         if kind not in self.kinds:
             return []
         t, src, w = line["time"], line["src"], line.get("sampling", 1.0)
-        d = self.d
         s = self.sources.get(src)
         if s is None:
-            s = self.sources[src] = _Source(d)
+            s = self.sources[src] = _Source(self.thresholds(src))
+        d = s.d
         if t - s.last > max(d.scan_window_s, d.flood_window_s, d.connections_window_s):
             s.armed = dict.fromkeys(s.armed, True)  # quiet for a whole window: armed again
         s.last = t
         out = []
         if kind == self.kinds[0]:
             pair = (line["dst"], line.get("dport", 0))
-            s.pairs[pair] = s.pairs.get(pair, 0) + 1
-            for _, _, old, _ in s.scan.add(t, 1.0, pair, line):
-                left = s.pairs[old] - 1
-                if left:
-                    s.pairs[old] = left
-                else:
-                    del s.pairs[old]
+            _count(s.pairs, pair, s.scan.add(t, 1.0, pair, line))
             conn = (line["dst"], line.get("dport", 0), line.get("sport", 0), line.get("proto"))
-            s.tuples[conn] = s.tuples.get(conn, 0) + 1
-            for _, _, old, _ in s.conns.add(t, 1.0, conn, line):
-                left = s.tuples[old] - 1
-                if left:
-                    s.tuples[old] = left
-                else:
-                    del s.tuples[old]
+            _count(s.tuples, conn, s.conns.add(t, 1.0, conn, line))
             if s.armed["scan"] and len(s.pairs) >= d.scan_distinct:
                 out.append(self._alarm(s, "scan", src, len(s.pairs), d.scan_distinct, s.scan, t))
             # Distinct connections, each standing for `w` (new connections are sampled at one probability).

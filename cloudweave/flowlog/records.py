@@ -48,6 +48,9 @@ class Annotator:
             (KIND_NEW, logs.new), (KIND_UNREPLIED, logs.unreplied), (KIND_FILTER, logs.drops),
             (KIND_QUARANTINE, logs.drops), (KIND_ICMP, logs.unreplied))} if logs is not None else {}
         self._decide = lru_cache(maxsize=1 << 16)(self._decide_uncached)
+        # A new connection to a service VIP is recorded before the split picks its backend.
+        self.services = {(r.service.segment, str(r.service.vip), r.service.proto, r.service.port): r
+                         for r in model.routes if r.service is not None}
 
     def annotate(self, rec: dict[str, Any], site: str, now: float) -> dict[str, Any]:
         point = rec.get("obs_point", 0)
@@ -71,6 +74,12 @@ class Annotator:
             line["verdict"], line["rules"] = "drop", ((f"filter '{f.name}'", str(f.loc)),) if f else ()
         elif kind_id == KIND_QUARANTINE:
             line["verdict"], line["rules"] = "drop", (("quarantine", line["src"]),)
+        elif src_ep is not None and (src_ep.segment, dst_ip, proto, line["dport"]) in self.services:
+            r = self.services[(src_ep.segment, dst_ip, proto, line["dport"])]
+            line["dst"] = f"service {r.name}"
+            line["verdict"], line["rules"] = "service", ((
+                f"service '{r.name}' {dst_ip}:{line['dport']}: to a backend by weight, whose rules decide",
+                str(r.loc)),)
         else:
             port = line["dport"] if proto in (6, 17, 132) else None
             v = self._decide(line["src"], line["dst"], src_ip, dst_ip, proto, port)

@@ -4,6 +4,8 @@ demo, the tests and the benchmarks use them."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +25,23 @@ def ns_argv(workdir: str, name: str, *argv: str) -> list[str]:
     if pid is None:
         raise LookupError(f"no endpoint or site named '{name}' (endpoints: {', '.join(sorted(state.hosts))})")
     return ["mnexec", "-a", str(pid), *argv]
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def log_times(workdir: str, text: str, after: float = 0.0) -> list[float]:
+    """When the test bed's controller logged lines containing `text` (its log's wall clock, to the ms),
+    from `after` on."""
+    out = []
+    with open(os.path.join(workdir, "controller.log"), errors="replace") as fh:
+        for line in fh:
+            m = LOG_TIME.match(line)
+            if m and text in line:
+                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+                if t >= after:
+                    out.append(t)
+    return out
 
 
 def serve_probes(workdir: str, hosts: Iterable[str], tcp: Iterable[int] = (),
@@ -72,3 +91,49 @@ def stop(processes: Iterable[subprocess.Popen]) -> None:
     for p in processes:
         p.kill()
         p.wait()
+
+
+VIP = "10.41.0.100"  # topologies/matrix.yaml's api service, as the security-operations tests add it
+API_SERVICE = {"name": "api-vip", "service": {"vip": VIP, "proto": "tcp", "port": 9004, "segment": "shop"},
+               "split": {"api1": 50, "api2": 50}}
+
+
+BENIGN_SOURCES = ("web2", "dev1", "web1", "web3", "lb2", "db2", "lb1", "ops1", "api2", "dev2")
+
+
+def benign_mix(workdir: str, seconds: int) -> list[subprocess.Popen]:
+    """Benign traffic on topologies/matrix.yaml (with API_SERVICE) for `seconds`, from each of BENIGN_SOURCES:
+    iperf3 bulk in bursts, many short HTTP-like connections (also to a service VIP), pings (one the policy
+    denies), a one-way stream the policy allows, one it denies, and one nobody answers. Returns every process
+    it started (servers too), for `stop`."""
+    procs = serve_probes(workdir, ["api1", "api2", "web2", "db1"], tcp=[9004, 8080, 5432])
+    procs += [subprocess.Popen(ns_argv(workdir, h, "iperf3", "-s", "-p", "9006"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for h in ("api1", "dev2")]
+    time.sleep(0.5)
+
+    def repeat(argv: list[str]) -> subprocess.Popen:
+        loop = f"end=$((SECONDS+{seconds})); while [ $SECONDS -lt $end ]; do {' '.join(argv)}; sleep 2; done"
+        return subprocess.Popen(["bash", "-c", loop], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def load(src: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(ns_argv(workdir, src, *LOAD, *args), stdout=subprocess.DEVNULL)
+
+    def ping(src: str, interval: float, dst: str) -> subprocess.Popen:
+        return subprocess.Popen(ns_argv(workdir, src, "ping", "-q", "-i", str(interval), "-w", str(seconds), dst),
+                                stdout=subprocess.DEVNULL)
+
+    n = str(10 * seconds * 300)
+    procs += [
+        repeat(ns_argv(workdir, "web2", "iperf3", "-c", "10.41.0.21", "-p", "9006", "-t", "8")),  # bulk
+        repeat(ns_argv(workdir, "dev1", "iperf3", "-c", "10.41.0.11", "-p", "9006", "-t", "8")),
+        load("web1", "tcp", "10.41.0.22", "9004", n, "--rate", "300"),  # short connections
+        load("web3", "tcp", VIP, "9004", n, "--rate", "200"),  # a busy service behind its VIP
+        load("lb2", "tcp", "10.41.0.12", "8080", n, "--rate", "200"),
+        load("db2", "tcp", "10.41.0.31", "5432", n, "--rate", "100"),
+        ping("lb1", 0.02, "10.41.0.2"),
+        ping("ops1", 0.2, "10.41.0.32"),  # db2 does not take pings: one denied connection, all along
+        load("web2", "stamped", "10.41.0.21", "5353", "--pps", "2000", "--seconds", str(seconds), "--sport", "5353"),
+        load("api2", "stamped", "10.41.0.12", "5353", "--pps", "500", "--seconds", str(seconds), "--sport", "5353"),
+        load("dev2", "stamped", "10.41.0.1", "7001", "--pps", "1000", "--seconds", str(seconds), "--sport", "7001"),
+    ]
+    return procs

@@ -13,7 +13,7 @@ import time
 import pytest
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
-from cloudweave.testbed.traffic import LOAD, ns_argv, probe, serve_probes, stop
+from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, ns_argv, probe, serve_probes, stop
 
 from cloudweave import quarantine
 from flows.policy import Policy
@@ -28,6 +28,8 @@ DETECTION = {"hold": "2m"}
 def with_security_ops(doc):
     doc["flow_logs"] = dict(FLOW_LOGS)
     doc["detection"] = dict(DETECTION)
+    if "routes" not in doc and doc["segments"].get("shop"):
+        doc["routes"] = [API_SERVICE]
 
 
 STARTED: list[subprocess.Popen] = []  # controllers a test started in place of the test bed's
@@ -117,6 +119,31 @@ def test_records_come_at_once_after_the_controller_restarts(bed):
     assert len(got) == 5 and max(r["time"] for r in got) - started < 1.0
 
 
+BENIGN_S = 100
+
+
+def test_benign_traffic_over_a_thousand_endpoint_windows_quarantines_nobody(bed):
+    """iperf3 bulk, short connections (also to a service VIP), pings and one-way streams from ten endpoints
+    for 100 s: 1,000 endpoint-windows of a second, and not one alarm."""
+    workdir, _ = bed
+    since = time.time()
+    procs = benign_mix(workdir, BENIGN_S)
+    try:
+        time.sleep(BENIGN_S + 1)
+        assert all(p.poll() is None or p.returncode == 0 for p in procs[-11:]), "a benign sender failed"
+    finally:
+        stop(procs)
+    records = [r for r in flowlog(workdir) if r["time"] >= since]
+    sources = {r["src"] for r in records if r["kind"] in ("new", "unreplied", "icmp")}
+    assert set(BENIGN_SOURCES) <= sources, f"no records from {set(BENIGN_SOURCES) - sources}"
+    assert len(BENIGN_SOURCES) * BENIGN_S >= 1000
+    with open(os.path.join(workdir, "controller.log"), errors="replace") as fh:
+        alarms = [line for line in fh if "detection: " in line]
+    assert alarms == [] and _quarantined(workdir) == frozenset()
+    vip = [r for r in records if r["src"] == "web3" and r["dst"] == "service api-vip"]
+    assert len(vip) > 1000 and {r["verdict"] for r in vip} == {"service"}
+
+
 def _quarantined(workdir: str) -> frozenset[str]:
     return quarantine.active(quarantine.load(quarantine.default_quarantine_path(State.load(workdir).topology)))
 
@@ -160,3 +187,67 @@ def test_an_attacker_is_quarantined_and_everyone_else_keeps_talking(bed, attack)
     wait_for(lambda: not _quarantined(workdir), timeout_s=10, what="released")
     back = {"lb1": "tcp:10.41.0.12:8080", "dev1": "icmp:10.41.0.11", "web3": "tcp:10.41.0.22:9004"}[attacker]
     wait_for(lambda: probe(workdir, attacker, [back])[back], timeout_s=10, what=f"{attacker}'s traffic back")
+
+
+@pytest.fixture(scope="module")
+def nat_bed(tmp_path_factory):
+    from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
+
+    workdir, model = bring_up(tmp_path_factory, "nat", with_security_ops)
+    servers = []
+    try:
+        servers = serve_probes(workdir, [INTERNET], [80], []) + serve_probes(workdir, ["blue1"], [80], [])
+        wait_for(lambda: probe(workdir, "blue1", [f"tcp:{INTERNET_SERVER}:80"])[f"tcp:{INTERNET_SERVER}:80"],
+                 timeout_s=30, what="blue1 reaching the internet server")
+        yield workdir, model
+    finally:
+        stop(servers)
+        down(workdir)
+
+
+def test_records_through_nat_name_the_endpoint_both_ways(nat_bed):
+    """Out: recorded at the endpoint's site with its private address, before source NAT. In: a port forward
+    from the internet is recorded where it comes in from the uplink, to the endpoint it is forwarded to."""
+    from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
+
+    workdir, model = nat_bed
+    since = time.time()
+    assert connect(workdir, "green1", INTERNET_SERVER, 80, 6) == (6, 6)
+    out = wait_for(lambda: [r for r in flowlog(workdir, "--endpoint", "green1", "--kind", "new")
+                            if r["time"] >= since and r["dport"] == 80], timeout_s=10, what="records out")
+    assert len(out) == 6 and {(r["src"], r["src_ip"], r["dst"], r["site"], r["verdict"]) for r in out} == {
+        ("green1", "10.51.0.11", INTERNET_SERVER, "east", "allow")}
+    # Port forward: east's NAT address 8080 -> blue1:80.
+    nat_ip = str(model.site("east").nat_ip)
+    assert probe(workdir, INTERNET, [f"tcp:{nat_ip}:8080"]) == {f"tcp:{nat_ip}:8080": True}
+    back = wait_for(lambda: [r for r in flowlog(workdir, "--site", "east", "--kind", "new")
+                             if r["time"] >= since and r["src_ip"] == INTERNET_SERVER], timeout_s=10,
+                    what="the port forward's record")
+    assert {(r["dst"], r["dport"]) for r in back} == {("blue1", 80)}
+
+
+def test_an_automatic_quarantine_ends_once_its_hold_is_over_and_the_endpoint_is_quiet(bed):
+    workdir, _ = bed
+    from tests.e2e.test_policy import edit_policy
+
+    edit_policy(workdir, lambda doc: doc["detection"].update(hold="3s"))
+    log = os.path.join(workdir, "controller.log")
+    try:
+        time.sleep(1.0)  # the reload
+        flood = subprocess.Popen(ns_argv(workdir, "dev1", "timeout", "9", "hping3", "--udp", "--flood", "-k", "-s",
+                                         "4001", "-p", "5001", "10.41.0.11"), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        wait_for(lambda: "dev1" in _quarantined(workdir), timeout_s=10, what="dev1 quarantined")
+        quarantined_at = time.time()
+        # Its hold (3 s) ends while it still floods: kept, 10 s at a time, until it has been quiet for 10 s.
+        wait_for(lambda: "quarantine: endpoint dev1 kept" in open(log).read(), timeout_s=10, what="kept")
+        assert "dev1" in _quarantined(workdir)
+        flood.wait(30)
+        stopped = time.time()
+        wait_for(lambda: "dev1" not in _quarantined(workdir), timeout_s=30, what="released after quiet")
+        released = time.time()
+        assert released - stopped >= 5 and released - quarantined_at > 8, (quarantined_at, stopped, released)
+        assert "quarantine: endpoint dev1 released (its hold time is over)" in open(log).read()
+    finally:
+        edit_policy(workdir, lambda doc: doc["detection"].update(hold="2m"))
+        _release_all(workdir)

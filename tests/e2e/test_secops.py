@@ -5,7 +5,6 @@ everyone else keeps talking, and released, talks again."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import time
 import pytest
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
-from cloudweave.testbed.traffic import LOAD, ns_argv, probe, serve_probes, stop
+from cloudweave.testbed.traffic import LOAD, log_times, ns_argv, probe, serve_probes, stop
 
 from cloudweave import quarantine
 from tests.e2e.test_policy import edit_policy
@@ -26,7 +25,6 @@ DEV1 = "10.41.0.1"
 STREAM_PORT, CAPPED_PORT, RELEASE_PORT = 7002, 7003, 7004
 DROP = {"name": "no-udp-7002-from-dev1", "match": {"proto": "udp", "dst_port": STREAM_PORT}, "from": ["port:dev1"]}
 CAP = {"name": "cap-udp-7003", "match": f"udp.dst == {CAPPED_PORT}", "action": "rate_limit", "rate": "300pps"}
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +59,6 @@ class Stream:
         finally:
             stop([self.sender, self.sink])
         return sent, [t for _, t in got]
-
-
-def log_times(workdir: str, text: str, after: float) -> list[float]:
-    """When the controller logged lines containing `text` (its log's wall clock), from `after` on."""
-    out = []
-    with open(os.path.join(workdir, "controller.log"), errors="replace") as fh:
-        for line in fh:
-            m = LOG_TIME.match(line)
-            if m and text in line:
-                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-                if t >= after:
-                    out.append(t)
-    return out
 
 
 def with_filters(*filters):

@@ -151,3 +151,30 @@ def test_the_fast_json_line_is_what_json_writes():
     for r in (rec, dict(rec, src_mac="00:00:00:00:00:99", obs_point=obs_point(KIND_FILTER, 0))):
         line = ann.annotate(r, "east", 1796000000.123456)
         assert json.loads(to_json(line)) == json.loads(json.dumps(line))
+
+
+def test_a_group_or_segment_has_its_own_thresholds(tmp_path):
+    text = open(f"{ROOT}/topologies/matrix.yaml").read() + """
+flow_logs: {}
+detection:
+  scan: {distinct: 50}
+  per:
+    ops: {scan: {distinct: 1000}}     # the operators' scanner
+    dev: {connections: {per_second: 100}}
+"""
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    model = load_model(str(path))[0]
+    d = model.detection
+    ops1, dev1, web1 = (model.endpoint(n) for n in ("ops1", "dev1", "web1"))
+    assert d.for_endpoint(ops1.name, ops1.groups, ops1.segment).scan_distinct == 1000
+    assert d.for_endpoint(dev1.name, dev1.groups, dev1.segment).connections_pps == 100
+    assert d.for_endpoint(dev1.name, dev1.groups, dev1.segment).scan_distinct == 50  # the rest as the defaults
+    assert d.for_endpoint(web1.name, web1.groups, web1.segment) is d
+    by = {e.name: e for e in model.endpoints}
+    det = Detector(d, thresholds=lambda src: d.for_endpoint(src, by[src].groups, by[src].segment))
+    scans = [a for src in ("ops1", "web1") for i in range(200) for a in det.feed(line(i * 0.001, src, "db1", i))]
+    assert [a.source for a in scans] == ["web1"]  # 200 ports: over web1's 50, under the scanner's 1000
+    path.write_text(text.replace("    ops: {scan", "    nobody: {scan"))
+    with pytest.raises(Exception, match="detection: per: 'nobody' is not a group, a segment or an endpoint"):
+        load_model(str(path))
