@@ -158,8 +158,9 @@ def _cpu_s(pid: int) -> float:
 
 
 def _table0_packets(workdir: str, site: str, text: str) -> int:
-    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", f"unix:{workdir}/{site}/br-int.mgmt",
-                          "table=0"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "--names", "dump-flows",
+                          f"unix:{workdir}/{site}/br-int.mgmt", "table=0"], capture_output=True, text=True,
+                         check=True).stdout
     return sum(int(m.group(1)) for line in out.splitlines() if text in line
                for m in [re.search(r"n_packets=(\d+)", line)] if m)
 
@@ -173,7 +174,7 @@ def bench_filters(workdir: str, rounds: int = 10) -> None:
     for dropped in (False, True):
         edit_live(workdir, (lambda doc: doc.__setitem__("filters", [FILTER])) if dropped else
                   (lambda doc: doc.pop("filters", None)))
-        text = "priority=39000" if dropped else 'in_port="dev1"'
+        text = "priority=39000" if dropped else "priority=100,in_port=dev1"
         n0, c0 = _table0_packets(workdir, ATTACKER_SITE, text), _cpu_s(pid)
         subprocess.run(ns_argv(workdir, ATTACKER, *flood), capture_output=True, timeout=60)
         time.sleep(1.5)  # the datapath's counters reach OpenFlow about twice a second
