@@ -238,8 +238,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # The controller loads and checks the file itself (a bad one: the same messages, exit 1); loading it
     # here first as well would double a large file's start-up.
+    if not args.file and not args.store:
+        print("cloudweave: run FILE, or run --store REMOTES (a replica compiles the store's policy)", file=sys.stderr)
+        return 2
+    if args.import_policy and not (args.file and args.store):
+        print("cloudweave: --import publishes FILE to --store: give both", file=sys.stderr)
+        return 2
     return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state,
-               args.quarantine)
+               args.quarantine, args.store, args.replica, args.import_policy)
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
@@ -314,8 +320,17 @@ def parser() -> argparse.ArgumentParser:
                        description="Run controller.app. The file is reloaded on change and on SIGHUP; an invalid "
                                    "edit is rejected and the running flows stay as they are. Tunnels run BFD every "
                                    "100 ms for failover; set CLOUDWEAVE_BFD_MS to change it (0 turns it off, for "
-                                   "peers that cannot answer BFD).")
-    s.add_argument("file")
+                                   "peers that cannot answer BFD). With --store, this is one replica of several: it "
+                                   "compiles the store's policy (FILE is imported when the store has none; later "
+                                   "edits go in with `cloudweave apply`), masters the switches of the shards it "
+                                   "holds and is a slave on the others (docs/replicas.md).")
+    s.add_argument("file", nargs="?", default=None)
+    s.add_argument("--store", default=None, metavar="REMOTES",
+                   help="run as a replica on this store: tcp:IP:PORT[,tcp:IP:PORT...] (cloudweave store)")
+    s.add_argument("--replica", default=None, metavar="NAME",
+                   help="this replica's name in the store, unique and kept across restarts (default: the host name)")
+    s.add_argument("--import", dest="import_policy", action="store_true",
+                   help="with --store: publish FILE even if the store already holds a policy")
     s.add_argument("--listen", default="tcp:127.0.0.1:6653",
                    help="OpenFlow listen address: tcp:HOST:PORT or unix:/path/to.sock (default %(default)s)")
     s.add_argument("--switch-target", default=None,
@@ -331,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quarantine", default=None,
                    help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE)")
     s.set_defaults(func=cmd_run)
+
+    from cloudweave.store.cli import add_parsers as add_store_parsers
+
+    add_store_parsers(sub)
 
     s = sub.add_parser("flowlog", help="the flow log: who talked to whom, and which rule decided it",
                        description="Print the flow records the controller collects (needs a flow_logs section): "

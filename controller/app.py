@@ -12,6 +12,7 @@ Importing this module patches os-ken (unix-socket listeners, OF1.5 parsers): it 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from os_ken import cfg
@@ -26,10 +27,11 @@ from cloudweave.quarantine import QuarantineFileError
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
 from controller.flowlog_service import FlowLogService
-from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
+from controller.messages import PacketIn, PortsSeen, RoleLost, SwitchDown, SwitchUp
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb_service import OvsdbService
+from controller.replica import PolicyUnavailable, ReplicaService
 from controller.session import error_name
 from controller.settings import Settings
 from controller.te_loop import TeLoop
@@ -64,8 +66,12 @@ class CloudweaveApp(app_manager.OSKenApp):
             LOG.info("metrics on http://%s:%d/metrics", *self.settings.metrics)
         self.reloads = ReloadRequests()
         self.te = TeLoop(self.settings.state, self.metrics)
+        self.replica: ReplicaService | None = None
         try:
-            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, sorted(self.te.auto_shares().items()))
+            auto, version = sorted(self.te.auto_shares().items()), None
+            if self.settings.store:
+                auto, version = self._join_replicas()
+            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, auto, version)
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)
@@ -75,23 +81,46 @@ class CloudweaveApp(app_manager.OSKenApp):
             # Starting without it would release every quarantined endpoint at once.
             LOG.error("%s; not starting (repair or remove the file)", exc)
             raise SystemExit(1) from None
-        self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published)
+        targets = (lambda: self.replica.targets) if self.replica else None
+        self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published, targets)
         self.limits = ConnLimitService(self.metrics, lambda: self.core.published)
         self.flowlog = FlowLogService(self.settings, self.metrics, lambda: self.core.published, self.core.post)
         self.reloads.install_sighup()
+
+    def _join_replicas(self) -> tuple[Any, int]:
+        """With a store: the stored policy (imported from the file when the store has none), written out to
+        this replica's policy directory, which the core then compiles from; the shares in force."""
+        st = self.settings
+        self.replica = ReplicaService(st.replica, st.store, st.switch_target, st.policy_dir, self.metrics)
+        try:
+            version, path = self.replica.fetch_policy(st.config or None, st.import_policy)
+        except PolicyUnavailable as exc:
+            LOG.error("replica %s: %s; not starting", st.replica, exc)
+            raise SystemExit(1) from None
+        LOG.info("replica %s: store %s, policy version %d (written out to %s)", st.replica, st.store, version,
+                 st.policy_dir)
+        self.settings = replace(st, config=path)
+        self.te.leading = lambda: self.replica is not None and self.replica.coordinator
+        self.te.persist = self.replica.te_save
+        self.te.take_restore = self.replica.te_take_restore
+        return self.replica.stored_shares(), version
 
     def start(self) -> Any:
         thread = super().start()
         published = lambda: self.core.published  # noqa: E731 - read the snapshot in force at each call
         self.threads += [hub.spawn(self.core.run), hub.spawn(self.ovsdb.run), hub.spawn(self.limits.run),
                          hub.spawn(self.te.run, published, self.core.post), hub.spawn(self.flowlog.run)]
-        self.reloads.watch(self.core.state.model.files, use_inotify=INOTIFY)
+        if self.replica is not None:
+            self.threads.append(self.replica.start(published, self.core.post))
+        else:
+            self.reloads.watch(self.core.state.model.files, use_inotify=INOTIFY)  # replicas follow the store
         return thread
 
     def stop(self) -> None:
         self.reloads.stop()
-        for service in (self.core, self.ovsdb, self.limits, self.te, self.flowlog):
-            service.stop()
+        for service in (self.core, self.ovsdb, self.limits, self.te, self.flowlog, self.replica):
+            if service is not None:
+                service.stop()
         super().stop()
 
     # ---- events -> the core -------------------------------------------------------------------------------
@@ -124,10 +153,18 @@ class CloudweaveApp(app_manager.OSKenApp):
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPGroupDescStatsReply,
                  ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPBarrierReply,
-                 ofp_event.EventOFPMeterDescStatsReply,
+                 ofp_event.EventOFPMeterDescStatsReply, ofp_event.EventOFPRoleReply,
                  ofp_event.EventOFPBundleCtrlMsg], MAIN_DISPATCHER)
     def _reply(self, ev: Any) -> None:
         self._deliver(ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
+    def _role_status(self, ev: Any) -> None:
+        msg = ev.msg
+        session = self.core.published.sessions.get(msg.datapath.id)
+        if session is not None and session.dp is msg.datapath and msg.role != msg.datapath.ofproto.OFPCR_ROLE_MASTER:
+            session.demoted(msg.generation_id)
+            self.core.post(RoleLost(msg.datapath.id, msg.generation_id))
 
     @set_ev_cls(ofp_event.EventOFPFlowDescStatsReply, MAIN_DISPATCHER)
     def _flow_desc_reply(self, ev: Any) -> None:

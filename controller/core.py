@@ -22,21 +22,26 @@ from os_ken.lib import hub
 from cloudweave import quarantine
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Site
+from cloudweave.store.shards import site_shards
 from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
 from controller.links import LinkWatch
 from controller.messages import (
+    Mastership,
+    NextHopsStored,
     PacketIn,
+    PolicyStored,
     PortsSeen,
     QuarantineAlarm,
     QuarantineSeen,
+    RoleLost,
     SwitchDown,
     SwitchUp,
     Tick,
     WeightsAdopted,
 )
-from controller.session import SwitchSession
+from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
 from flows.compile import SwitchState
@@ -55,13 +60,20 @@ class Published:
     state: State
     desired: MappingProxyType
     sessions: MappingProxyType
+    mastered: frozenset[str] | None = None  # with replicas: the sites this replica masters (None: alone, all)
+    policy_version: int = 0  # with replicas: the stored policy version in force
+    site_shards: tuple[tuple[str, str], ...] = ()  # with replicas: site -> shard
 
 
 class Core:
     def __init__(self, settings: Settings, metrics: Any, reloads: ReloadRequests, use_inotify: bool,
-                 auto: Any = ()):
-        """Raises ConfigError when the file does not load: the controller does not start on a bad file."""
+                 auto: Any = (), policy_version: int | None = None):
+        """Raises ConfigError when the file does not load: the controller does not start on a bad file.
+        `policy_version`: a replica's (the file is the store's policy of that version, written out)."""
         self.settings = settings
+        self.replicated = policy_version is not None
+        self.policy_version = policy_version or 0
+        self.mastership: Mastership | None = None
         self.metrics = metrics
         self.reloads = reloads
         self.use_inotify = use_inotify
@@ -128,6 +140,14 @@ class Core:
                 self._quarantine_alarm(msg)
             elif isinstance(msg, QuarantineSeen):
                 self._quarantine_seen[msg.endpoint] = msg.at
+            elif isinstance(msg, Mastership):
+                self._mastership(msg)
+            elif isinstance(msg, PolicyStored):
+                self._policy_stored(msg)
+            elif isinstance(msg, NextHopsStored):
+                self._next_hops_stored(msg)
+            elif isinstance(msg, RoleLost):
+                pass  # the session stopped writing already; the store's rows follow (controller.replica)
             elif isinstance(msg, WeightsAdopted):
                 self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
@@ -158,7 +178,71 @@ class Core:
         return True
 
     def _publish(self) -> Published:
-        return Published(self.state, MappingProxyType(dict(self.desired)), MappingProxyType(dict(self.sessions)))
+        mastered = None
+        shards: tuple[tuple[str, str], ...] = ()
+        if self.replicated:
+            shards = tuple(sorted(self._site_shards().items()))
+            mine = dict(self.mastership.mine) if self.mastership else {}
+            mastered = frozenset(site for site, shard in shards if shard in mine)
+        return Published(self.state, MappingProxyType(dict(self.desired)), MappingProxyType(dict(self.sessions)),
+                         mastered, self.policy_version, shards)
+
+    # ---- replicas ------------------------------------------------------------------------------------------
+
+    def _site_shards(self) -> dict[str, str]:
+        m = self.mastership
+        if m is None or m.shards < 1:
+            return {}
+        return site_shards((s.name for s in self.state.model.sites), m.shards)
+
+    def _role_for(self, site: str) -> Role:
+        if not self.replicated:
+            return EQUAL
+        m = self.mastership
+        shard = self._site_shards().get(site)
+        if m is None or shard is None:
+            return NO_ROLE
+        mine = dict(m.mine)
+        if shard in mine:
+            return Role("master", mine[shard])
+        return Role("slave", dict(m.committed).get(shard, 0))
+
+    def _masters(self, site: str) -> bool:
+        return self._role_for(site).kind in ("equal", "master")
+
+    def _set_roles(self) -> None:
+        for session in self.sessions.values():
+            session.set_role(self._role_for(session.site))
+        self.published = self._publish()
+        self.metrics.mastered.set(len(self.published.mastered or ()))
+
+    def _mastership(self, msg: Mastership) -> None:
+        before = self.published.mastered or frozenset()
+        self.mastership = msg
+        self._set_roles()
+        after = self.published.mastered or frozenset()
+        if after != before:
+            LOG.info("mastering %d of %d sites%s%s", len(after), len(self.state.model.sites),
+                     f"; took {', '.join(sorted(after - before))}" if after - before else "",
+                     f"; gave up {', '.join(sorted(before - after))}" if before - after else "")
+            for site in after - before:
+                self.ask_due.pop(site, None)  # a new master asks for its uplink gateway at once
+
+    def _policy_stored(self, msg: PolicyStored) -> None:
+        if self.reload():
+            self.policy_version = msg.version
+            self.published = self._publish()
+            LOG.info("policy version %d in force", msg.version)
+
+    def _next_hops_stored(self, msg: NextHopsStored) -> None:
+        """Next hops learned by other sites' masters: a new master starts from them instead of a drop."""
+        hops = dict(self.state.next_hops)
+        for site, mac in msg.hops:
+            if site not in hops or not self._masters(site):
+                hops[site] = mac
+        merged = tuple(sorted(hops.items()))
+        if merged != self.state.next_hops:
+            self._change(replace(self.state, next_hops=merged), "next hops from the store")
 
     def reload(self) -> bool:
         """Load the files again; apply the difference, or keep everything as it is if they are invalid."""
@@ -191,7 +275,9 @@ class Core:
         self.ask_due.clear()
         self.unknown_dpids.clear()
         self._attach_sessions()
-        if {os.path.realpath(f) for f in model.files} != self.reloads.files:
+        if self.replicated:
+            self._set_roles()  # the sites (and so the shards' sites) may have changed
+        if not self.replicated and {os.path.realpath(f) for f in model.files} != self.reloads.files:
             self.reloads.watch(model.files, use_inotify=self.use_inotify)
         self.metrics.reloads.labels("applied").inc()
         LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
@@ -229,6 +315,7 @@ class Core:
             session = SwitchSession(dp, site.name, self.metrics,
                                     lambda ports, dpid=dp.id: self.post(PortsSeen(dpid, ports, complete=True)))
             session.set_desired(self.desired.get(site.name))
+            session.set_role(self._role_for(site.name))
             self.sessions[dp.id] = session
         self.metrics.switches.set(len(self.sessions))
         self.published = self._publish()  # before its worker starts: the shim routes its replies by this
@@ -277,7 +364,7 @@ class Core:
     def _packet_in(self, msg: PacketIn) -> None:
         """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC."""
         site = self.state.model.site_by_dpid(msg.dpid)
-        if site is None or site.uplink_gateway is None:
+        if site is None or site.uplink_gateway is None or not self._masters(site.name):
             return
         answer = next_hop.parse_reply(msg.data, site)
         hops = dict(self.state.next_hops)
@@ -404,7 +491,8 @@ class Core:
         hops = dict(self.state.next_hops)
         for session in list(self.sessions.values()):
             site: Site | None = model.site_by_dpid(session.dpid)
-            if site is None or site.name not in self._asking[1] or self.ask_due.get(site.name, 0.0) > now:
+            if site is None or site.name not in self._asking[1] or self.ask_due.get(site.name, 0.0) > now or \
+                    not session.role.writes:
                 continue
             port = session.ports.get(site.uplink)
             if port is None:

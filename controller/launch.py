@@ -9,14 +9,21 @@ import sys
 import threading
 
 
-def run(config: str, listen: str, metrics: str, switch_target: str | None, log_level: str,
-        state: str | None = None, quarantine: str | None = None) -> int:
+def run(config: str | None, listen: str, metrics: str, switch_target: str | None, log_level: str,
+        state: str | None = None, quarantine: str | None = None, store: str | None = None,
+        replica: str | None = None, import_policy: bool = False) -> int:
     os.environ.setdefault("OSKEN_HUB_TYPE", "native")
+    if store:
+        os.environ["CLOUDWEAVE_STORE"] = store
+        if replica:
+            os.environ["CLOUDWEAVE_REPLICA"] = replica
+        if import_policy:
+            os.environ["CLOUDWEAVE_IMPORT"] = "1"
     if state:
         os.environ["CLOUDWEAVE_STATE"] = os.path.abspath(state)
     if quarantine:
         os.environ["CLOUDWEAVE_QUARANTINE"] = os.path.abspath(quarantine)
-    os.environ["CLOUDWEAVE_CONFIG"] = os.path.abspath(config)
+    os.environ["CLOUDWEAVE_CONFIG"] = os.path.abspath(config) if config else ""
     os.environ["CLOUDWEAVE_METRICS"] = metrics
     if switch_target:
         os.environ["CLOUDWEAVE_SWITCH_TARGET"] = switch_target

@@ -62,3 +62,36 @@ class QuarantineAlarm:
     evidence: Any  # a JSON-able mapping, not changed after posting
     hold_s: float
     raised_at: float  # wall clock, when the alarm was raised
+
+
+@dataclass(frozen=True)
+class PolicyStored:
+    """The store holds policy `version`, written out to the replica's policy directory: load it."""
+
+    version: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Mastership:
+    """What this replica masters (shard -> the generation it committed) and every shard's committed
+    generation, as the store has them; `shards` is the cluster's shard count (cloudweave.store.shards)."""
+
+    shards: int
+    mine: tuple[tuple[str, int], ...]
+    committed: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class NextHopsStored:
+    """The NAT uplink gateways' MACs as the store has them (learned by each site's master): site -> MAC."""
+
+    hops: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class RoleLost:
+    """A switch told this replica it is no longer its master (OFPT_ROLE_STATUS), with the new generation."""
+
+    dpid: int
+    generation: int

@@ -35,6 +35,11 @@ class Metrics:
                                      "(their inputs unchanged)", ["result"], registry=r)
         self.compile_failures = Counter("cloudweave_compile_failures", "Compiles that raised (state kept)",
                                         registry=r)
+        self.mastered = Gauge("cloudweave_replica_sites_mastered", "Sites this replica masters (with replicas)",
+                              registry=r)
+        self.replica_shards = Gauge("cloudweave_replica_shards", "Shards this replica masters", registry=r)
+        self.replica_claims = Counter("cloudweave_replica_claims", "Shard claims committed by this replica",
+                                      registry=r)
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
                                    registry=r)
 

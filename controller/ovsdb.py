@@ -21,6 +21,7 @@ IPFIX_MARK = "cloudweave-flowlog"  # on the IPFIX and Flow_Sample_Collector_Set 
 PROTOCOLS = ["OpenFlow13", "OpenFlow14", "OpenFlow15"]
 # OVS backs off up to 8 s between attempts by default; a restarted controller should get its switches back fast.
 CONTROLLER_MAX_BACKOFF_MS = 1000
+CONTROLLER_PROBE_MS = 1000  # with replicas; the least OVS accepts
 
 
 @dataclass
@@ -70,9 +71,13 @@ class SiteOvsdb:
     def close(self) -> None:
         self.conn.stop()
 
-    def sync(self, site: Site, tunnels: tuple[TunnelPort, ...], controller_target: str,
+    def sync(self, site: Site, tunnels: tuple[TunnelPort, ...], controller_targets: tuple[str, ...],
              bfd_ms: int = 100) -> SyncReport:
-        """Bring the bridge to the desired state, in one OVSDB transaction; idempotent."""
+        """Bring the bridge to the desired state, in one OVSDB transaction; idempotent. `controller_targets`:
+        every replica's (never empty: a bridge without a controller loses its flows)."""
+        wanted_targets = sorted(set(controller_targets))
+        if not wanted_targets:
+            raise ValueError("no controller target: a bridge whose controller list empties loses its flows")
         report = SyncReport()
         want_bfd = bfd(bfd_ms)
         api, br = self.api, site.bridge
@@ -104,9 +109,9 @@ class SiteOvsdb:
                 if br in existing:
                     report.bridge_changed.append(f"datapath-id={other_config['datapath-id']}")
             targets = [c for c in self._controller_targets(br)] if br in existing else []
-            if targets != [controller_target]:
-                txn.add(api.set_controller(br, [controller_target]))
-                report.bridge_changed.append(f"controller={controller_target}")
+            if targets != wanted_targets:
+                txn.add(api.set_controller(br, wanted_targets))
+                report.bridge_changed.append(f"controller={','.join(wanted_targets)}")
             wanted = {t.name: t for t in tunnels}
             for name, t in wanted.items():
                 opts, ext = tunnel_options(t), {MARK: t.peer}
@@ -130,10 +135,16 @@ class SiteOvsdb:
                 if row is not None and MARK in row["external_ids"] and name not in wanted:
                     txn.add(api.del_port(name, bridge=br))
                     report.removed.append(name)
-        for row in api.db_find("Controller", ("target", "=", controller_target),
-                               columns=["_uuid", "max_backoff"]).execute(check_error=True):
+        for row in api.db_list("Controller", columns=["_uuid", "target", "max_backoff", "inactivity_probe"]
+                               ).execute(check_error=True):
+            if row["target"] not in wanted_targets:
+                continue
             if row["max_backoff"] != [CONTROLLER_MAX_BACKOFF_MS]:
                 api.db_set("Controller", row["_uuid"], ("max_backoff", CONTROLLER_MAX_BACKOFF_MS)).execute(
+                    check_error=True)
+            if len(wanted_targets) > 1 and row["inactivity_probe"] != [CONTROLLER_PROBE_MS]:
+                # Replicas: a frozen one is noticed (and its connection dropped) within about two probes.
+                api.db_set("Controller", row["_uuid"], ("inactivity_probe", CONTROLLER_PROBE_MS)).execute(
                     check_error=True)
         return report
 

@@ -22,8 +22,13 @@ TICK_S = 0.1
 
 
 class OvsdbService:
-    def __init__(self, settings: Settings, metrics: Any, published: Callable[[], Any]):
+    def __init__(self, settings: Settings, metrics: Any, published: Callable[[], Any],
+                 targets: Callable[[], tuple[str, ...]] | None = None):
+        """`targets`: with replicas, every replica's switch target template; alone, only this one's."""
         self.settings = settings
+        self.targets = targets or (lambda: (settings.switch_target,))
+        self.mastered: frozenset[str] | None = None
+        self.synced_targets: dict[str, tuple[str, ...]] = {}
         self.metrics = metrics
         self.published = published
         self.active = True
@@ -64,22 +69,31 @@ class OvsdbService:
             if self.tunnels.get(name) != st.tunnels:  # a link came or went: now, not at the next resync
                 self.due[name] = 0.0
         self.tunnels = {n: st.tunnels for n, st in snap.desired.items()}
+        if snap.mastered != self.mastered:  # with replicas: a site this replica now masters is synced at once
+            for name in (snap.mastered or frozenset()) - (self.mastered or frozenset()):
+                self.due[name] = 0.0
+            self.mastered = snap.mastered
+        targets = tuple(sorted(self.targets()))
+        for name in wanted:
+            if self.synced_targets.get(name, targets) != targets:
+                self.due[name] = 0.0  # a replica came or went
         for name, when in sorted(self.due.items()):
-            if when <= now and name in snap.desired:
-                self._sync(wanted[name], snap.desired[name].tunnels)
+            if when <= now and name in snap.desired and (snap.mastered is None or name in snap.mastered):
+                self._sync(wanted[name], snap.desired[name].tunnels, targets)
 
     def _drop(self, name: str) -> None:
         conn = self.conns.pop(name, None)
         if conn is not None:
             conn.close()
 
-    def _sync(self, site: Site, tunnels: Any) -> None:
+    def _sync(self, site: Site, tunnels: Any, targets: tuple[str, ...]) -> None:
         name = site.name
         try:
             if name not in self.conns:
                 self.conns[name] = SiteOvsdb(site)
-            target = switch_target_for(self.settings.switch_target, site)
-            report = self.conns[name].sync(site, tunnels, target, self.settings.bfd_ms)
+            filled = tuple(switch_target_for(t, site) for t in targets)
+            report = self.conns[name].sync(site, tunnels, filled, self.settings.bfd_ms)
+            self.synced_targets[name] = targets
         except Exception as exc:  # noqa: BLE001 - an unreachable OVSDB is retried, not fatal
             count, said = self.failing.get(name, (0, ""))
             delay = min(RETRY_MAX_S, RETRY_S * 2 ** count)

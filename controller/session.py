@@ -16,6 +16,12 @@ FULL_AUDIT_S. (docs/design.md: why not OpenFlow flow monitors.)
 
 A slow or frozen switch delays only its own session: every request has a timeout, a failure is retried
 with exponential backoff, and its log line is written once per change of state, not once per try.
+
+With replicas (controller.replica), the session also holds this controller's OpenFlow role on the switch: it
+sends `OFPCR_ROLE_MASTER` with the generation its replica committed in the store, or `OFPCR_ROLE_SLAVE` with
+the generation the store shows, and it writes only as master. A switch that answers a stale generation, or
+that demotes it (role status: a newer master), is never written to again until a newer generation is
+committed for it. Alone (no store) it sends no role request: OVS's default, EQUAL, as before.
 """
 
 from __future__ import annotations
@@ -110,6 +116,23 @@ class _Pending:
     progress_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Role:
+    """`equal`: no replicas, nothing is sent (OVS's default role); `none`: replicas, but no word from the store
+    yet (write nothing, ask nothing); `master` / `slave`: the role to hold, with its generation_id."""
+
+    kind: str
+    generation: int = 0
+
+    @property
+    def writes(self) -> bool:
+        return self.kind in ("equal", "master")
+
+
+EQUAL = Role("equal")
+NO_ROLE = Role("none")
+
+
 @dataclass
 class Installed:
     """What the session knows is on the switch: canonical flows, groups and meters (ours only)."""
@@ -146,6 +169,10 @@ class SwitchSession:
         self._audit_at = 0.0
         self._full_audit_at = time.monotonic() + FULL_AUDIT_S
         self._thread: Any = None
+        self._role = EQUAL  # the role the core wants (set_role)
+        self._role_held = EQUAL  # the role the switch last confirmed for this connection (EQUAL on connect)
+        self._fenced_at: int | None = None  # a newer master's generation this switch told us about
+        self.in_step: SwitchState | None = None  # the desired state last found in force on the switch
 
     # ---- called from other threads (the core, the shim, services) ---------------------------------------
 
@@ -165,6 +192,27 @@ class SwitchSession:
         with self._lock:
             self._desired = state
         self._wake.set()
+
+    def set_role(self, role: Role) -> None:
+        with self._lock:
+            changed, self._role = role != self._role, role
+        if changed:
+            self._wake.set()
+
+    def demoted(self, generation: int) -> None:
+        """The switch says another controller became its master with `generation` (OFPT_ROLE_STATUS)."""
+        with self._lock:
+            self._role_held = Role("slave", generation)
+            self._fenced_at = generation if self._fenced_at is None else max(self._fenced_at, generation)
+        LOG.warning("site %s (dpid %#x): demoted to slave: another replica is master with generation %d; no "
+                    "more writes from here", self.site, self.dpid, generation)
+        self.in_step = None
+        self._wake.set()
+
+    @property
+    def role(self) -> Role:
+        """The role the switch confirmed for this connection."""
+        return self._role_held
 
     def ports_changed(self) -> None:
         """A port came or went: read the port list again (flows may be waiting for it)."""
@@ -222,7 +270,7 @@ class SwitchSession:
                 if self._failures and now < self._retry_at:
                     continue
                 self._step()
-                if time.monotonic() >= self._audit_at and self._failures == 0:
+                if time.monotonic() >= self._audit_at and self._failures == 0 and self._role_held.writes:
                     self._audit()
             except RequestFailed as exc:
                 if not self.active:
@@ -242,6 +290,7 @@ class SwitchSession:
 
     def _failed(self, why: str) -> None:
         self._failures += 1
+        self.in_step = None
         delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (self._failures - 1))
         self._retry_at = time.monotonic() + delay
         self.installed = None  # after a failure, read the switch back (Neutron's rule: full sync next)
@@ -311,11 +360,45 @@ class SwitchSession:
 
     # ---- reconcile -----------------------------------------------------------------------------------------
 
+    def _hold_role(self) -> bool:
+        """Ask the switch for the role the core wants, if it differs; True when this session may write."""
+        with self._lock:
+            want, held, fenced = self._role, self._role_held, self._fenced_at
+        if want.kind in ("equal", "none") or want == held:
+            return held.writes and want.writes
+        if want.kind == "master" and fenced is not None and want.generation <= fenced:
+            return False  # a newer master holds the switch: asking would be refused as stale
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        kind = ofp.OFPCR_ROLE_MASTER if want.kind == "master" else ofp.OFPCR_ROLE_SLAVE
+        try:
+            self._request(parser.OFPRoleRequest(self.dp, kind, 0, want.generation))
+        except RequestFailed as exc:
+            if "OFPRRFC_STALE" not in str(exc):
+                raise
+            with self._lock:
+                self._fenced_at = max(self._fenced_at or 0, want.generation)
+                self._role_held = Role("stale", want.generation)
+            LOG.warning("site %s (dpid %#x): the switch refused %s with generation %d as stale (a newer master "
+                        "holds it); writing nothing", self.site, self.dpid, want.kind.upper(), want.generation)
+            return False
+        with self._lock:
+            self._role_held = want
+        if want.kind == "master":
+            # What another master did meanwhile is unknown here: read everything back before the first plan.
+            self.installed = None
+            LOG.info("site %s (dpid %#x): master, generation %d", self.site, self.dpid, want.generation)
+        else:
+            self.in_step = None
+            LOG.info("site %s (dpid %#x): slave, generation %d", self.site, self.dpid, want.generation)
+        return True if want.kind == "master" else False
+
     def _step(self) -> None:
         with self._lock:
             desired = self._desired
         if self._ports_stale:
             self._read_ports()
+        if not self._hold_role():
+            return
         read_back = self.installed is None
         if desired is None:
             return
@@ -334,6 +417,7 @@ class SwitchSession:
         p.missing_ports = missing
         if not p.size and not read_back:
             self._recovered()
+            self.in_step = desired
             return  # nothing to send and nothing new learned: no line in the log
         if LOG.isEnabledFor(logging.DEBUG):  # what differed, for whoever debugs a flow that keeps changing
             for key in p.replace:
@@ -368,6 +452,7 @@ class SwitchSession:
         LOG.info("site %s (dpid %#x): %d flows desired, %d were on the switch: %s (%d flow-mods) in %.0f ms%s",
                  self.site, self.dpid, len(flows), had, p.summary(), p.size, elapsed * 1000, wait)
         self._recovered()
+        self.in_step = None if missing else desired
         self._audit_at = time.monotonic() + AUDIT_S
 
     def _audit(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from cloudweave.config.model import Site
@@ -24,13 +25,22 @@ class Settings:
     state: str | None = None  # the traffic engineer's state file (the learned matrix, the weights in force)
     quarantine: str | None = None  # the quarantine list (cloudweave.quarantine)
     flowlog: str | None = None  # the flow log (JSON lines; controller.flowlog_service)
+    store: str | None = None  # with replicas: the store's remotes (tcp:IP:PORT,...); None: alone, from the file
+    replica: str = ""  # with replicas: this replica's name
+    policy_dir: str = ""  # with replicas: where the stored policy is written out to be compiled
+    import_policy: bool = False  # with replicas: publish the file even if the store holds a policy
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
-        config = os.environ.get("CLOUDWEAVE_CONFIG")
-        if not config:
-            raise SystemExit("cloudweave: set CLOUDWEAVE_CONFIG to the topology/policy file "
-                             "(or start it with `cloudweave run FILE`)")
+        config = os.environ.get("CLOUDWEAVE_CONFIG", "")
+        store = os.environ.get("CLOUDWEAVE_STORE") or None
+        if not config and not store:
+            raise SystemExit("cloudweave: set CLOUDWEAVE_CONFIG to the topology/policy file, or CLOUDWEAVE_STORE "
+                             "to a store's remotes (or start it with `cloudweave run FILE`)")
+        replica = os.environ.get("CLOUDWEAVE_REPLICA") or socket.gethostname()
+        base = config or os.path.join(default_state_dir(), "cloudweave")
+        policy_dir = os.environ.get("CLOUDWEAVE_POLICY_DIR") or os.path.join(
+            os.path.dirname(os.path.abspath(base)), f".{os.path.basename(base)}.replica-{replica}")
         target = os.environ.get("CLOUDWEAVE_SWITCH_TARGET") or default_switch_target(listen_host, listen_port)
         metrics_env = os.environ.get("CLOUDWEAVE_METRICS", "127.0.0.1:9108")
         metrics = None
@@ -38,10 +48,18 @@ class Settings:
             host, _, port = metrics_env.rpartition(":")
             metrics = (host or "127.0.0.1", int(port))
         bfd_ms = int(os.environ.get("CLOUDWEAVE_BFD_MS", "100"))
-        state = os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
-        quarantine = os.environ.get("CLOUDWEAVE_QUARANTINE") or default_quarantine_path(config)
-        flowlog = os.environ.get("CLOUDWEAVE_FLOWLOG") or default_flowlog_path(config)
-        return Settings(config, target, metrics, bfd_ms, state, quarantine, flowlog)
+        state = None if store else os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
+        quarantine = os.environ.get("CLOUDWEAVE_QUARANTINE") or default_quarantine_path(base)
+        flowlog = os.environ.get("CLOUDWEAVE_FLOWLOG") or default_flowlog_path(base)
+        return Settings(config, target, metrics, bfd_ms, state, quarantine, flowlog, store, replica, policy_dir,
+                        os.environ.get("CLOUDWEAVE_IMPORT") == "1")
+
+
+def default_state_dir() -> str:
+    """Where a replica started without a file keeps what it writes (the stored policy written out, its lists)."""
+    if os.geteuid() == 0:
+        return "/var/lib/cloudweave"
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "cloudweave")
 
 
 def default_state_path(config: str) -> str:

@@ -40,6 +40,11 @@ class TeLoop:
         self.answered_at: dict[str, float] = {}  # site -> when its counters came in, this round
         self.reported_stale: set[str] = set()
         self.active = True
+        # With replicas (controller.replica): rounds only while this replica coordinates, the state kept in
+        # the store instead of a file, and a new coordinator's engine restored from it.
+        self.leading: Callable[[], bool] | None = None
+        self.persist: Callable[[dict], None] | None = None
+        self.take_restore: Callable[[], dict | None] | None = None
 
     # ---- state ----------------------------------------------------------------------------------------------
 
@@ -56,6 +61,9 @@ class TeLoop:
             return TrafficEngineer()
 
     def save(self, extra: dict) -> None:
+        if self.persist is not None:
+            self.persist(self.engine.to_json())
+            return
         if not self.state_path:
             return
         doc = dict(self.engine.to_json(), **extra)
@@ -128,6 +136,16 @@ class TeLoop:
         while self.active:
             started = time.monotonic()
             snap = published()
+            if self.leading is not None and not self.leading():
+                hub.sleep(0.2)
+                continue
+            restore = self.take_restore() if self.take_restore is not None else None
+            if restore is not None:
+                try:
+                    self.engine = TrafficEngineer.from_json(restore)
+                except (KeyError, TypeError, ValueError) as exc:
+                    LOG.warning("the store's traffic-engineering state does not load (%s); starting empty", exc)
+                    self.engine = TrafficEngineer()
             try:
                 if self.round(snap.state.model, snap.state.down, snap.sessions, hub.sleep):
                     post(WeightsAdopted(tuple(self.auto_shares().items())))
