@@ -229,10 +229,14 @@ class Core:
                 self.ask_due.pop(site, None)  # a new master asks for its uplink gateway at once
 
     def _policy_stored(self, msg: PolicyStored) -> None:
+        before = self.settings
+        self.settings = replace(before, config=msg.path)  # the applied file's name may differ from the last
         if self.reload():
             self.policy_version = msg.version
             self.published = self._publish()
             LOG.info("policy version %d in force", msg.version)
+        else:
+            self.settings = before
 
     def _next_hops_stored(self, msg: NextHopsStored) -> None:
         """Next hops learned by other sites' masters: a new master starts from them instead of a drop."""

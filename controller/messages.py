@@ -66,10 +66,12 @@ class QuarantineAlarm:
 
 @dataclass(frozen=True)
 class PolicyStored:
-    """The store holds policy `version`, written out to the replica's policy directory: load it."""
+    """The store holds policy `version`, written out to the replica's policy directory (`path`: its main
+    file, whose name is the applied file's): load it."""
 
     version: int
     digest: str
+    path: str
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ LOCK_TABLES = ("Cluster", "Shard")
 COORDINATOR_TABLES = ("Replica", "Demand", "Shares")
 COORDINATOR_LOCK = "cloudweave_coordinator"
 HEARTBEAT_S = 1.0
-LIVE_S = 5.0  # a replica not seen this long is not given shards (balance only: failover never waits for it)
+LIVE_S = 3.0  # a replica not seen this long is not given shards (balance only: failover never waits for it)
 FORGET_S = 120.0  # the coordinator removes replicas not seen this long (their controller targets go too)
 HANDOFF_S = 5.0  # a handoff to a receiver that never takes the lock lapses after this
 BALANCE_S = 2.0  # at most one voluntary release per this long
@@ -206,10 +206,10 @@ class ReplicaService:
         if have is None:
             return
         version, files = have
-        write_out(files, self.policy_dir)
+        path = write_out(files, self.policy_dir)
         self._policy_version = version
         LOG.info("policy version %d from the store (applied by %s)", version, pol.applied_by)
-        self._post(PolicyStored(version, pol.digest))
+        self._post(PolicyStored(version, pol.digest, path))
 
     def _follow_shards(self) -> None:
         cluster = _first(self.main.idl.tables["Cluster"].rows)

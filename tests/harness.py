@@ -227,10 +227,11 @@ class Store:
                 os.kill(p, signal.SIGKILL)
 
     def query(self, table: str) -> list[dict]:
-        """Rows of a table as the leader has them (ovsdb-client, JSON)."""
-        import json
+        """Rows of a table as the leader has them (a follower may still be catching up)."""
+        from cloudweave.store import client
 
-        out = subprocess.run(["ovsdb-client", "--timeout=5", "transact", self.remotes.split(",")[0],
-                              json.dumps(["Cloudweave", {"op": "select", "table": table, "where": []}])],
-                             capture_output=True, text=True, timeout=10)
-        return json.loads(out.stdout)[0]["rows"] if out.returncode == 0 else []
+        s = client.connect(self.remotes, [table], timeout_s=15)
+        try:
+            return [{c: getattr(r, c) for c in r._table.columns} for r in s.rows(table)]
+        finally:
+            s.close()

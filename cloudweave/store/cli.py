@@ -189,7 +189,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("dir", help="the member's directory (created)")
     t.add_argument("--raft", required=True, help="its Raft address: tcp:IP:PORT (or unix:/path on one host)")
     t.add_argument("--listen", required=True, help="where clients connect: ptcp:PORT:IP")
-    t.add_argument("--election-timer", type=int, default=1000, help="Raft election timer, ms (default %(default)s)")
+    t.add_argument("--election-timer", type=int, default=cluster.ELECTION_MS,
+                   help="Raft election timer, ms (default %(default)s; raise it on a loaded or large store)")
     t.add_argument("--probe", type=int, default=cluster.PROBE_MS,
                    help="inactivity probe on client connections, ms (default %(default)s)")
     t = ssub.add_parser("join", help="a member that joins a cluster (ovsdb-tool join-cluster)")
@@ -208,6 +209,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                       "clients on loopback TCP)")
     t.add_argument("dir")
     t.add_argument("--members", type=int, default=3)
-    t.add_argument("--election-timer", type=int, default=1000)
+    t.add_argument("--election-timer", type=int, default=cluster.ELECTION_MS)
     s.set_defaults(func=cmd_store)
 

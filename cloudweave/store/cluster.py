@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass
 from cloudweave.store import DB, LOCAL_SCHEMA, SCHEMA
 
 PROBE_MS = 1000  # the least OVS accepts; a frozen client's locks go after about twice this
+# Raft election timer: a follower calls an election 1-2 timers after the last heartbeat. 500 ms (OVS: 1000) keeps a
+# leader loss under 3 s of paused writes with clients that reconnect within 0.1-1 s (../shared/research/scaleout.md
+# §5.4); raise it on a loaded or large store (OVN operators run seconds there).
+ELECTION_MS = 500
 
 
 class StoreError(RuntimeError):
@@ -75,7 +79,7 @@ def _fresh(directory: str) -> None:
         raise StoreError(f"{directory} already holds a store member (cloudweave.db); remove it first")
 
 
-def create(directory: str, raft: str, listen: str, election_ms: int = 1000, probe_ms: int = PROBE_MS) -> Member:
+def create(directory: str, raft: str, listen: str, election_ms: int = ELECTION_MS, probe_ms: int = PROBE_MS) -> Member:
     """The first member of a new cluster (`ovsdb-tool create-cluster`)."""
     _fresh(directory)
     client_remote(listen)
@@ -158,7 +162,7 @@ def status(m: Member, timeout_s: float = 2.0) -> dict[str, str]:
 
 
 def local_cluster(root: str, members: int = 3, ports: list[int] | None = None, ip: str = "127.0.0.1",
-                  election_ms: int = 1000) -> list[Member]:
+                  election_ms: int = ELECTION_MS) -> list[Member]:
     """A whole cluster on this host (a test bed, a demo): Raft on unix sockets, clients on loopback TCP."""
     if ports is None:
         ports = [free_port(ip) for _ in range(members)]
