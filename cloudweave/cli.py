@@ -400,6 +400,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--controller", default=None,
                    help="attach to a running controller at this OpenFlow target (unix:/path or tcp:H:P) "
                         "instead of starting one")
+    t.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="start a 3-member store and N controller replicas instead of one controller "
+                        "(docs/replicas.md)")
     t = tsub.add_parser("exec", help="run a command in an endpoint's namespace; exits with its status")
     t.add_argument("host")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")

@@ -31,7 +31,7 @@ from controller.messages import PacketIn, PortsSeen, RoleLost, SwitchDown, Switc
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb_service import OvsdbService
-from controller.replica import PolicyUnavailable, ReplicaService
+from controller.replica import ReplicaService
 from controller.session import error_name
 from controller.settings import Settings
 from controller.te_loop import TeLoop
@@ -92,11 +92,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         this replica's policy directory, which the core then compiles from; the shares in force."""
         st = self.settings
         self.replica = ReplicaService(st.replica, st.store, st.switch_target, st.policy_dir, self.metrics)
-        try:
-            version, path = self.replica.fetch_policy(st.config or None, st.import_policy)
-        except PolicyUnavailable as exc:
-            LOG.error("replica %s: %s; not starting", st.replica, exc)
-            raise SystemExit(1) from None
+        version, path = self.replica.fetch_policy(st.config or None, st.import_policy)
         LOG.info("replica %s: store %s, policy version %d (written out to %s)", st.replica, st.store, version,
                  st.policy_dir)
         self.settings = replace(st, config=path)

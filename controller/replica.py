@@ -56,10 +56,6 @@ BALANCE_S = 2.0  # at most one voluntary release per this long
 TICK_MS = 20
 
 
-class PolicyUnavailable(RuntimeError):
-    pass
-
-
 def _first(rows: Any) -> Any:
     return next(iter(rows.values()), None)
 
@@ -94,23 +90,38 @@ class ReplicaService:
 
     # ---- start: the policy first ---------------------------------------------------------------------------
 
-    def fetch_policy(self, import_file: str | None, force_import: bool, timeout_s: float = 30.0) -> tuple[int, str]:
-        """Wait for the store; import `import_file` when the store has no policy (or `force_import`); write
-        the stored files out. (version, path of the main file) or PolicyUnavailable."""
-        try:
-            client.run_until([self.main], lambda: self.main.ready, timeout_s, f"connecting to {self.remotes}")
-        except client.StoreUnavailable as exc:
-            raise PolicyUnavailable(str(exc)) from None
-        have = ops.stored_policy(self.main)
-        if import_file and (have is None or force_import):
-            model, _ = load_model(import_file)  # ConfigError: the caller reports it; nothing is written
-            applied = ops.publish(self.main, read_files(import_file, model.files), len(model.sites))
-            LOG.info("imported %s into the store as policy version %d%s", import_file, applied.version,
-                     "" if applied.changed else " (the store already held exactly these files)")
+    def fetch_policy(self, import_file: str | None, force_import: bool) -> tuple[int, str]:
+        """Wait for the store (and for a policy in it); import `import_file` when the store has no policy (or
+        `force_import`); write the stored files out. (version, path of the main file). A replica may be
+        started before the store holds anything: it waits, and says so once."""
+        said = ""
+
+        def say(what: str) -> None:
+            nonlocal said
+            if what != said:
+                LOG.warning("replica %s: %s", self.name, what)
+                said = what
+
+        while True:
+            try:
+                client.run_until([self.main], lambda: self.main.ready, 5.0, f"connecting to {self.remotes}")
+            except client.StoreUnavailable as exc:
+                say(f"{exc}; still trying")
+                continue
             have = ops.stored_policy(self.main)
-        if have is None:
-            raise PolicyUnavailable(f"the store at {self.remotes} holds no policy yet: `cloudweave apply FILE "
-                                    f"--store {self.remotes}`, or start with FILE to import it")
+            if import_file and (have is None or force_import):
+                model, _ = load_model(import_file)  # ConfigError: the caller reports it; nothing is written
+                applied = ops.publish(self.main, read_files(import_file, model.files), len(model.sites))
+                LOG.info("imported %s into the store as policy version %d%s", import_file, applied.version,
+                         "" if applied.changed else " (the store already held exactly these files)")
+                have = ops.stored_policy(self.main)
+                import_file = None
+            if have is not None:
+                break
+            say(f"the store at {self.remotes} holds no policy yet; waiting for `cloudweave apply FILE --store "
+                f"{self.remotes}`")
+            client.run_until([self.main], lambda: ops.stored_policy(self.main) is not None or not self.main.ready,
+                             3600.0, "waiting for a policy")
         version, files = have
         self._policy_version = version
         return version, write_out(files, self.policy_dir)

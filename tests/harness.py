@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import yaml
 from cloudweave.testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
+
+from cloudweave.store.cluster import free_port  # noqa: F401 - re-exported for the tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,12 +28,6 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.1, what: 
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Controller:
@@ -227,11 +222,15 @@ class Store:
                 os.kill(p, signal.SIGKILL)
 
     def query(self, table: str) -> list[dict]:
-        """Rows of a table as the leader has them (a follower may still be catching up)."""
-        from cloudweave.store import client
+        return store_rows(self.remotes, table)
 
-        s = client.connect(self.remotes, [table], timeout_s=15)
-        try:
-            return [{c: getattr(r, c) for c in r._table.columns} for r in s.rows(table)]
-        finally:
-            s.close()
+
+def store_rows(remotes: str, table: str) -> list[dict]:
+    """Rows of a store's table as its leader has them (a follower may still be catching up)."""
+    from cloudweave.store import client
+
+    s = client.connect(remotes, [table], timeout_s=15)
+    try:
+        return [{c: getattr(r, c) for c in r._table.columns} for r in s.rows(table)]
+    finally:
+        s.close()

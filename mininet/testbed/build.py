@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from mininet.link import Link
 from mininet.node import Host
 
 from cloudweave.config.model import Model
+from cloudweave.store.cluster import free_port
 from flows.compile import compile_site
 from flows.cookies import OWNER, OWNER_MASK
 
@@ -105,10 +107,11 @@ class Testbed:
         self.nodes: dict[str, Host] = {}
         self.ovs: dict[str, OvsInstance] = {}
         self.controller: subprocess.Popen | None = None
+        self.replicas: dict[str, subprocess.Popen] = {}
 
     # ---- build --------------------------------------------------------------------------------------------
 
-    def build(self, controller_target: str | None, metrics: str) -> None:
+    def build(self, controller_target: str | None, metrics: str, replicas: int = 0) -> None:
         clash = ({s.name for s in self.model.sites} | {INTERNET}) & {e.name for e in self.model.endpoints}
         if clash:
             raise TestbedError(f"names used by both a site and an endpoint: {', '.join(sorted(clash))}")
@@ -120,6 +123,9 @@ class Testbed:
             self._internet()
         for ep in self.model.endpoints:
             self._endpoint(ep)
+        if replicas:
+            self._start_replicas(replicas)
+            return
         target = controller_target or self._start_controller(metrics)
         self.state.controller.setdefault("target", target)
         self.state.save()
@@ -217,6 +223,49 @@ class Testbed:
         self.state.save()
         return f"unix:{sock}"
 
+    def _start_replicas(self, count: int) -> None:
+        """A 3-member store on this host and `count` controller replicas, each on a unix socket of its own
+        that every site's bridge lists (docs/replicas.md). The first imports the topology into the store."""
+        from cloudweave.store import cluster
+
+        store_dir = os.path.join(self.state.workdir, "store")
+        if os.path.exists(store_dir):
+            import shutil
+
+            shutil.rmtree(store_dir)  # a new test bed starts with a new store
+        self.state.store = {"members": [os.path.join(store_dir, f"s{i + 1}") for i in range(3)], "remotes": ""}
+        self.state.save()
+        members = cluster.local_cluster(store_dir, 3)
+        self.state.store["remotes"] = ",".join(m.remote for m in members)
+        self.state.save()
+        for i in range(count):
+            self.start_replica(f"r{i + 1}", import_file=i == 0)
+
+    def start_replica(self, name: str, import_file: bool = False) -> subprocess.Popen:
+        """Start (or start again) one replica; it appears in the state file with its pid and log."""
+        sock = os.path.join(self.state.workdir, f"{name}.sock")
+        log = os.path.join(self.state.workdir, f"{name}.log")
+        for site in self.model.sites:
+            link = os.path.join(site_rundir(self.model, site.name), f"{name}.sock")
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(sock, link)
+        metrics = f"127.0.0.1:{free_port()}"
+        argv = [sys.executable, "-m", "cloudweave", "run", *([self.state.topology] if import_file else []),
+                "--store", self.state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
+                "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
+        from cloudweave import quarantine
+
+        env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(self.state.workdir, f"{name}-policy"),
+                   CLOUDWEAVE_QUARANTINE=quarantine.default_quarantine_path(self.state.topology))
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.replicas[name] = proc
+        self.state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
+        self.state.controller = {"pid": 0, "target": f"{len(self.state.replicas)} replicas", "log": log}
+        self.state.save()
+        return proc
+
     def wait_for_flows(self, timeout_s: float = 90.0) -> None:
         """Return once every site's bridge holds exactly its compiled flows (by count of our cookies)."""
         from cloudweave import quarantine
@@ -230,6 +279,12 @@ class Testbed:
                 said = _last_error(self.state.controller["log"])
                 raise TestbedError(f"the controller exited ({self.controller.returncode})"
                                    f"{': ' + said if said else ''}; see {self.state.controller['log']}")
+            for name, proc in self.replicas.items():
+                if proc.poll() is not None:
+                    log = self.state.replicas[name]["log"]
+                    said = _last_error(log)
+                    raise TestbedError(f"replica {name} exited ({proc.returncode}){': ' + said if said else ''}; "
+                                       f"see {log}")
             have = {s: self.flow_count(s) for s in want}
             if have == want:
                 return
@@ -247,12 +302,20 @@ class Testbed:
     # ---- tear down ----------------------------------------------------------------------------------------
 
     def teardown(self) -> None:
-        if self.controller is not None and self.controller.poll() is None:
-            self.controller.terminate()
-            try:
-                self.controller.wait(10)
-            except subprocess.TimeoutExpired:
-                self.controller.kill()
+        for proc in [self.controller, *self.replicas.values()]:
+            if proc is not None and proc.poll() is None:
+                kill(proc.pid, signal.SIGCONT)  # a test may have frozen it
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if self.state.store:
+            from cloudweave.store import cluster
+
+            for d in self.state.store["members"]:
+                if os.path.exists(os.path.join(d, "member.json")):
+                    cluster.stop(cluster.load(d))
         for ovs in self.ovs.values():
             ovs.stop()
         for node in self.nodes.values():

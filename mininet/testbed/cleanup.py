@@ -42,6 +42,21 @@ def force_cleanup(state: State) -> list[str]:
             time.sleep(0.05)
         kill(pid, signal.SIGKILL)
         done.append(f"stopped controller {pid}")
+    for name, r in state.replicas.items():
+        if r.get("pid") and alive(r["pid"]):
+            kill(r["pid"], signal.SIGCONT)
+            kill(r["pid"], signal.SIGKILL)
+            done.append(f"stopped replica {name} ({r['pid']})")
+    for d in state.store.get("members", []):
+        from cloudweave.store import cluster
+
+        try:
+            member = cluster.load(d)
+        except cluster.StoreError:
+            continue
+        if cluster.pid(member) is not None:
+            cluster.stop(member, timeout_s=2)
+            done.append(f"stopped store member {d}")
     for name, site in state.sites.items():
         stop_daemons(site["rundir"])
         done.append(f"stopped OVS of site {name}")
@@ -56,7 +71,7 @@ def force_cleanup(state: State) -> list[str]:
         if os.path.exists(path):
             os.unlink(path)
     for site in state.sites.values():
-        for name in ("db.sock", "controller.sock"):
+        for name in ("db.sock", "controller.sock", *(f"{r}.sock" for r in state.replicas)):
             path = os.path.join(site["rundir"], name)
             if os.path.lexists(path):
                 os.unlink(path)

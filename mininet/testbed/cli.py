@@ -17,7 +17,8 @@ from cloudweave.testbed.traffic import ns_argv
 UP_TIMEOUT_S = 180.0
 
 
-def up(topology: str, workdir: str, controller: str | None = None, metrics: str = "127.0.0.1:9108") -> int:
+def up(topology: str, workdir: str, controller: str | None = None, metrics: str = "127.0.0.1:9108",
+       replicas: int = 0) -> int:
     existing = State.load(workdir)
     if existing is not None and alive(existing.keeper_pid):
         print(f"cloudweave: a test bed is already running in {workdir} (keeper pid {existing.keeper_pid}); "
@@ -33,6 +34,8 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
             "--metrics", metrics]
     if controller:
         argv += ["--controller", controller]
+    if replicas:
+        argv += ["--replicas", str(replicas)]
     log = os.path.join(workdir, "testbed.log")
     with open(log, "ab") as fh:
         keeper = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -46,8 +49,13 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
                 print(f"cloudweave: test bed failed: {state.error}\n  everything it started is torn down; "
                       f"the log stays: {log}", file=sys.stderr)
                 return 1
-            print(f"test bed up: {len(state.sites)} sites, {len(state.hosts)} endpoints, controller "
-                  f"{state.controller.get('target')}; logs in {workdir}")
+            if state.replicas:
+                print(f"test bed up: {len(state.sites)} sites, {len(state.hosts)} endpoints, {len(state.replicas)} "
+                      f"controller replicas on a 3-member store ({state.store['remotes']}); logs in {workdir}; "
+                      f"`cloudweave status --store {state.store['remotes']}`")
+            else:
+                print(f"test bed up: {len(state.sites)} sites, {len(state.hosts)} endpoints, controller "
+                      f"{state.controller.get('target')}; logs in {workdir}")
             return 0
         if keeper.poll() is not None:
             _tear_down_failed(keeper, workdir)
@@ -119,7 +127,13 @@ def status(workdir: str) -> int:
     keeper = "running" if alive(state.keeper_pid) else "DEAD (run `cloudweave testbed down --force`)"
     print(f"test bed in {workdir}: {state.status}, keeper {state.keeper_pid} {keeper}")
     print(f"topology: {state.topology}")
-    print(f"controller: {state.controller.get('target')} (pid {state.controller.get('pid', 0) or 'attached'})")
+    if state.replicas:
+        print(f"store: {state.store.get('remotes')} (members in {', '.join(state.store.get('members', []))})")
+        for name, r in sorted(state.replicas.items()):
+            print(f"replica {name}: pid {r['pid']} {'running' if alive(r['pid']) else 'DEAD'}, {r['target']}, "
+                  f"metrics {r['metrics']}, log {r['log']}")
+    else:
+        print(f"controller: {state.controller.get('target')} (pid {state.controller.get('pid', 0) or 'attached'})")
     for name, site in sorted(state.sites.items()):
         print(f"site {name}: namespace pid {site['pid']}, OVS in {site['rundir']}")
     for name, pid in sorted(state.hosts.items()):
@@ -130,7 +144,10 @@ def status(workdir: str) -> int:
 def main(args: argparse.Namespace) -> int:
     workdir = os.path.abspath(args.workdir)
     if args.action == "up":
-        return up(args.topology, workdir, args.controller)
+        if args.replicas and args.controller:
+            print("cloudweave: --replicas starts its own controllers: not with --controller", file=sys.stderr)
+            return 2
+        return up(args.topology, workdir, args.controller, replicas=args.replicas)
     if args.action == "down":
         return down(workdir, args.force)
     if args.action == "status":

@@ -21,6 +21,8 @@ class State:
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> {"pid": ..., "rundir": ...}
     controller: dict[str, Any] = field(default_factory=dict)  # {"pid", "target", "log"} (pid 0: attached)
     others: dict[str, int] = field(default_factory=dict)  # other namespaces (the "internet") -> shell pid
+    replicas: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"pid", "target", "log", "metrics"}
+    store: dict[str, Any] = field(default_factory=dict)  # {"remotes", "members": [member directories]}
 
     @property
     def path(self) -> str:

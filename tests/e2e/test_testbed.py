@@ -26,14 +26,14 @@ pytestmark = pytest.mark.testbed
 STATS_SETTLE_S = 1.5
 
 
-def bring_up(tmp_path_factory, name: str, edit=None):
+def bring_up(tmp_path_factory, name: str, edit=None, replicas: int = 0):
     """The test bed of a shipped topology (changed by `edit(doc)` first, when given)."""
     workdir = tmp_path_factory.mktemp(name)
     src = os.path.join(ROOT, "topologies", f"{name}.yaml")
     model = load_model(src)[0]
     topo = str(workdir / f"{name}.yaml")
     rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites}, edit)
-    rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}")
+    rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}", replicas=replicas)
     if rc != 0:
         down(str(workdir), force=True)
         log = (workdir / "testbed.log").read_text()[-3000:]
