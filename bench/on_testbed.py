@@ -24,7 +24,8 @@ from tests.harness import rewrite_topology  # noqa: E402
 
 
 @contextmanager
-def running(topology: str, edit: Callable[[dict], None] | None = None) -> Iterator[tuple[str, dict]]:
+def running(topology: str, edit: Callable[[dict], None] | None = None,
+            replicas: int = 0) -> Iterator[tuple[str, dict]]:
     """Bring up topologies/<topology>.yaml (after `edit` of its document); yield the work directory and the
     document as written."""
     workdir = tempfile.mkdtemp(prefix=f"cw-{topology}-")
@@ -32,7 +33,7 @@ def running(topology: str, edit: Callable[[dict], None] | None = None) -> Iterat
     model = load_model(src)[0]
     config = os.path.join(workdir, f"{topology}.yaml")
     doc = rewrite_topology(src, config, {s.name: os.path.join(workdir, s.name) for s in model.sites}, edit=edit)
-    if up(config, workdir, metrics="off") != 0:
+    if up(config, workdir, metrics="off", replicas=replicas) != 0:
         sys.exit(f"test bed did not come up; see {workdir}/testbed.log")
     try:
         yield workdir, doc

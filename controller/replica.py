@@ -54,6 +54,7 @@ FORGET_S = 120.0  # the coordinator removes replicas not seen this long (their c
 HANDOFF_S = 5.0  # a handoff to a receiver that never takes the lock lapses after this
 BALANCE_S = 2.0  # at most one voluntary release per this long
 TICK_MS = 20
+IDLE_ROUND_S = 0.1  # with nothing changed, the timers (heartbeat, balance, handoff) are looked at this often
 
 
 def _first(rows: Any) -> Any:
@@ -85,6 +86,8 @@ class ReplicaService:
         self._te_pending: dict | None = None  # the traffic engineer's state to write (coordinator only)
         self.te_restore: dict | None = None  # the stored state a new coordinator's engine starts from
         self._closed = threading.Event()
+        self._seen: tuple = ()
+        self._next_round = 0.0
         self._post: Callable[[Any], None] = lambda msg: None
         self._published: Callable[[], Any] = lambda: None
 
@@ -171,11 +174,18 @@ class ReplicaService:
         return [self.main, self.coordinator_idl, *self.locks.values()]
 
     def round(self) -> None:
-        for s in self._sessions():
+        sessions = self._sessions()
+        for s in sessions:
             s.run()
         now = time.time()
         if not self.main.ready:
             return
+        # Work only when something changed (a row, a lock grant, the core's snapshot) or a timer may be due:
+        # a replica with nothing to do costs next to nothing.
+        seen = (tuple(s.seqno for s in sessions), tuple(s.holds_lock for s in sessions), id(self._published()))
+        if seen == self._seen and now < self._next_round:
+            return
+        self._seen, self._next_round = seen, now + IDLE_ROUND_S
         self._heartbeat(now)
         self._follow_policy()
         self._follow_shards()

@@ -270,8 +270,11 @@ class SwitchSession:
                 if self._failures and now < self._retry_at:
                     continue
                 self._step()
-                if time.monotonic() >= self._audit_at and self._failures == 0 and self._role_held.writes:
-                    self._audit()
+                if time.monotonic() >= self._audit_at and self._failures == 0:
+                    if self._role_held.writes:
+                        self._audit()
+                    else:
+                        self._audit_at = time.monotonic() + AUDIT_S  # a slave audits nothing: sleep until woken
             except RequestFailed as exc:
                 if not self.active:
                     # The switch went away mid-reconcile: nothing to retry on this connection; the next one is

@@ -100,6 +100,32 @@ def site_rundir(model: Model, site: str) -> str:
     return rundir
 
 
+def start_replica(state: State, model: Model, name: str, import_file: bool = False) -> subprocess.Popen:
+    """Start (or start again) one replica of a test bed: its socket linked into every site's run directory, its
+    pid and log in the state file (so that `down` stops it whoever started it)."""
+    from cloudweave import quarantine
+
+    sock = os.path.join(state.workdir, f"{name}.sock")
+    log = os.path.join(state.workdir, f"{name}.log")
+    for site in model.sites:
+        link = os.path.join(site_rundir(model, site.name), f"{name}.sock")
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(sock, link)
+    metrics = f"127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "cloudweave", "run", *([state.topology] if import_file else []),
+            "--store", state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
+            "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
+    env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(state.workdir, f"{name}-policy"),
+               CLOUDWEAVE_QUARANTINE=quarantine.default_quarantine_path(state.topology))
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
+    state.controller = {"pid": 0, "target": f"{len(state.replicas)} replicas", "log": log}
+    state.save()
+    return proc
+
+
 class Testbed:
     def __init__(self, model: Model, state: State):
         self.model = model
@@ -242,28 +268,8 @@ class Testbed:
             self.start_replica(f"r{i + 1}", import_file=i == 0)
 
     def start_replica(self, name: str, import_file: bool = False) -> subprocess.Popen:
-        """Start (or start again) one replica; it appears in the state file with its pid and log."""
-        sock = os.path.join(self.state.workdir, f"{name}.sock")
-        log = os.path.join(self.state.workdir, f"{name}.log")
-        for site in self.model.sites:
-            link = os.path.join(site_rundir(self.model, site.name), f"{name}.sock")
-            if os.path.lexists(link):
-                os.unlink(link)
-            os.symlink(sock, link)
-        metrics = f"127.0.0.1:{free_port()}"
-        argv = [sys.executable, "-m", "cloudweave", "run", *([self.state.topology] if import_file else []),
-                "--store", self.state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
-                "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
-        from cloudweave import quarantine
-
-        env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(self.state.workdir, f"{name}-policy"),
-                   CLOUDWEAVE_QUARANTINE=quarantine.default_quarantine_path(self.state.topology))
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = start_replica(self.state, self.model, name, import_file)
         self.replicas[name] = proc
-        self.state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
-        self.state.controller = {"pid": 0, "target": f"{len(self.state.replicas)} replicas", "log": log}
-        self.state.save()
         return proc
 
     def wait_for_flows(self, timeout_s: float = 90.0) -> None:
