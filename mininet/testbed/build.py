@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from cloudweave.testbed.ovs import OvsInstance, kill
+from cloudweave.testbed.ovs import OvsInstance, alive, kill
 from cloudweave.testbed.state import State
 from mininet.link import Link
 from mininet.node import Host
@@ -316,6 +316,15 @@ class Testbed:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        own = {p.pid for p in self.replicas.values()}
+        for r in self.state.replicas.values():  # replicas that someone else started again (a benchmark, a test)
+            if r["pid"] not in own and alive(r["pid"]):
+                kill(r["pid"], signal.SIGCONT)
+                kill(r["pid"], signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while alive(r["pid"]) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                kill(r["pid"], signal.SIGKILL)
         if self.state.store:
             from cloudweave.store import cluster
 

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     state.save()
     logging.info("test bed ready")
     stop.wait()
+    state = State.load(state.workdir) or state  # others may have added to it (a replica started again)
+    bed.state = state
     state.status = "stopping"
     state.save()
     bed.teardown()
