@@ -274,13 +274,22 @@ class ReplicaService:
         elif status == client.NOT_LOCKED:
             self._claimed.discard(shard)
 
+    def _switch_generations(self) -> dict[str, int]:
+        """site -> the generation its switch holds, where it refused ours as stale (0 elsewhere)."""
+        snap = self._published()
+        if snap is None:
+            return {}
+        return {s.site: s.switch_generation for s in snap.sessions.values() if s.switch_generation}
+
     def _claim(self, txn: Any, tables: Any, shard: str) -> int | None:
         cluster = _first(tables["Cluster"].rows)
         row = next((r for r in tables["Shard"].rows.values() if r.name == shard), None)
         if cluster is None or row is None:
             return None
         cluster.verify("generation")  # compare-and-set: two claims never get the same generation
-        gen = cluster.generation + 1
+        # Above every generation a switch said it holds: the counter must outgrow what the switches remember
+        # (a store created anew starts from 0).
+        gen = max([cluster.generation, *self._switch_generations().values()]) + 1
         cluster.generation = gen
         row.owner, row.generation, row.handoff, row.handoff_at = self.name, gen, "", 0.0
         return gen
@@ -292,8 +301,17 @@ class ReplicaService:
         self._claimed.discard(shard)
 
     def _follow_ownership(self) -> None:
-        """Stop acting on a shard once the store shows a newer claim; tell the core what this replica masters."""
+        """Stop acting on a shard once the store shows a newer claim; claim again above a switch that refused
+        this replica's generation; tell the core what this replica masters."""
         rows = {r.name: r for r in self.main.rows("Shard")}
+        snap = self._published()
+        behind = self._switch_generations()
+        if behind and snap is not None:
+            for site, shard in snap.site_shards:
+                if shard in self.mine and behind.get(site, 0) >= self.mine[shard] and shard in self._claimed:
+                    LOG.warning("shard %s: site %s's switch holds generation %d, above this claim (%d): claiming "
+                                "again above it", shard, site, behind[site], self.mine[shard])
+                    self._claimed.discard(shard)  # the next step claims again, while the lock is held
         for shard, gen in list(self.mine.items()):
             row = rows.get(shard)
             if row is not None and (row.generation > gen or (row.generation == gen and row.owner != self.name)):

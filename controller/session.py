@@ -173,6 +173,7 @@ class SwitchSession:
         self._role_held = EQUAL  # the role the switch last confirmed for this connection (EQUAL on connect)
         self._fenced_at: int | None = None  # a newer master's generation this switch told us about
         self.in_step: SwitchState | None = None  # the desired state last found in force on the switch
+        self.switch_generation = 0  # the role generation the switch said it holds, when it refused ours
 
     # ---- called from other threads (the core, the shim, services) ---------------------------------------
 
@@ -378,11 +379,17 @@ class SwitchSession:
         except RequestFailed as exc:
             if "OFPRRFC_STALE" not in str(exc):
                 raise
+            # What generation does the switch hold? (A role request that changes nothing answers it.) A store
+            # made anew starts counting from 0 below what its switches remember: the replica then claims above.
+            reply = self._request(parser.OFPRoleRequest(self.dp, ofp.OFPCR_ROLE_NOCHANGE, 0, 0))
+            held = int(reply[0].generation_id) if reply else want.generation
             with self._lock:
                 self._fenced_at = max(self._fenced_at or 0, want.generation)
                 self._role_held = Role("stale", want.generation)
-            LOG.warning("site %s (dpid %#x): the switch refused %s with generation %d as stale (a newer master "
-                        "holds it); writing nothing", self.site, self.dpid, want.kind.upper(), want.generation)
+            self.switch_generation = max(self.switch_generation, held)
+            LOG.warning("site %s (dpid %#x): the switch refused %s with generation %d as stale (it holds "
+                        "generation %d); writing nothing", self.site, self.dpid, want.kind.upper(), want.generation,
+                        held)
             return False
         with self._lock:
             self._role_held = want

@@ -128,7 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         age = now - r.seen
         state = "live" if age <= 5 else "NOT SEEN"
         print(f"  {r.name}: {state} (seen {age:.1f} s ago), pid {r.pid}, target {r.target}"
-              f"{', coordinator (traffic engineering)' if r.coordinator else ''}")
+              f"{', coordinator (traffic engineering)' if r.coordinator and age <= 5 else ''}")
     clus = next(iter(s.rows("Cluster")), None)
     k = clus.shards if clus is not None else 0
     by_shard: dict[str, list[str]] = {}

@@ -54,6 +54,8 @@ class Cluster:
     def owners(self) -> dict[str, str]:
         """site -> the replica the store names master of its shard."""
         rows = {r["name"]: r for r in self.store.query("Shard")}
+        if not rows:
+            return {}
         return {site: rows[shard]["owner"] for site, shard in site_shards(SITES, len(rows)).items() if shard in rows}
 
     def generation(self, site: str) -> int:
@@ -301,3 +303,51 @@ def test_an_invalid_apply_changes_nothing(cluster):
     assert [r["version"] for r in cluster.store.query("Policy")] == [1]
     time.sleep(1)
     assert cluster.flows() == before
+
+
+def test_a_new_coordinator_continues_from_the_stored_traffic_matrix(cluster):
+    start_three(cluster)
+
+    def coordinator() -> str | None:
+        names = [r["name"] for r in cluster.store.query("Replica") if r["coordinator"] and time.time() - r["seen"] < 3]
+        return names[0] if len(names) == 1 else None
+
+    old = wait_for(coordinator, 20, what="one coordinator")
+
+    def learned() -> dict[tuple, int]:
+        return {(r["route"], r["src"], r["dst"]): r["n"] for r in cluster.store.query("Demand")}
+
+    before = wait_for(learned, 20, what="the traffic matrix in the store")
+    shares = sorted((r["route"], r["src"], r["dst"], r["paths"], r["shares"]) for r in cluster.store.query("Shares"))
+    keys = len(set(before) | {s[:3] for s in shares})
+    cluster.replicas[old].signal(signal.SIGKILL)
+    new = wait_for(lambda: coordinator() not in (None, old) and coordinator(), 20, what="a new coordinator")
+    log = wait_for(lambda: re.search(r"coordinator: this replica runs traffic engineering \((\d+) learned keys from "
+                                     r"the store\)", cluster.replicas[new].log()), 20, what="the state restored")
+    assert int(log.group(1)) == keys > 0
+    # It goes on from there: the same keys, their sample counts carried on (not started again from 0), the
+    # shares in force unchanged without traffic to learn from.
+    time.sleep(4)
+    after = learned()
+    assert set(after) == set(before) and all(after[k] >= before[k] for k in before), (before, after)
+    assert sorted((r["route"], r["src"], r["dst"], r["paths"], r["shares"])
+                  for r in cluster.store.query("Shares")) == shares
+
+
+def test_a_store_made_anew_takes_over_switches_that_remember_higher_generations(cluster):
+    import shutil
+
+    start_three(cluster)  # claims and handoffs: the switches hold generations above the shard count
+    remembered = max(cluster.generation(s) for s in SITES)
+    assert remembered > len(SITES)
+    before = cluster.flows()
+    for r in cluster.replicas.values():
+        r.stop()
+    cluster.store.stop()
+    shutil.rmtree(os.path.join(cluster.workdir, "store"))
+    cluster.store = Store(cluster.workdir)  # counting from 0 again
+    r = cluster.add("r1", import_file=True)
+    wait_for(lambda: set(cluster.owners().values()) == {"r1"} and all(
+        master_line_at(r, s, cluster.generation(s)) for s in SITES), 30, what="r1 masters every switch")
+    assert "claiming again above it" in r.log()
+    assert cluster.flows() == before  # nothing to change: the same policy
