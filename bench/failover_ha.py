@@ -196,7 +196,9 @@ def part_sharding(args: argparse.Namespace) -> dict:
             print(f"  {count} replica(s): {args.sites} sites programmed in {took:.1f} s; CPU s per replica: "
                   f"{', '.join(f'{c:.1f}' for c in cpu)}", flush=True)
             if count == 3:
-                wait_for(lambda st=store: len({r["owner"] for r in st.query("Shard")}) == 3, 60, what="shards shared")
+                wait_for(lambda st=store: len({r["owner"] for r in st.query("Shard")}) == 3, 60,
+                         what=f"shards shared (logs in {workdir}): "
+                              f"{sorted((r['name'], r['owner'], r['handoff']) for r in store.query('Shard'))}")
                 time.sleep(3)
                 out["crash"] = crash_at_scale(store, reps, model)
                 print(f"  crash of a replica at {args.sites} sites: every site of its shards has a new master after "
@@ -212,7 +214,10 @@ def part_sharding(args: argparse.Namespace) -> dict:
         if store is not None:
             store.stop()
         sites.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"  logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 
@@ -251,6 +256,7 @@ def main() -> None:
     p.add_argument("--sites", type=int, default=30)
     p.add_argument("--skip-failover", action="store_true")
     p.add_argument("--skip-sharding", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the sharding part's directory (replica logs)")
     args = p.parse_args()
     print("bench/failover_ha.py: controller replicas on a 3-member store")
     ha = {} if args.skip_failover else part_failover(args)
