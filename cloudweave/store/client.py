@@ -1,7 +1,7 @@
 """The one module that talks OVSDB to the store (python-ovs). Everything above it sees plain values.
 
 A `StoreIdl` is one client session on the cluster: it follows the leader (python-ovs's `leader_only`, which
-checks `_Server.Database`), reconnects within about a second after a leader loss (python-ovs's backoff is
+checks `_Server.Database`), reconnects within half a second after a leader loss (python-ovs's backoff is
 capped here; its default, 1-8 s, made a leader loss cost 12 s median in ../shared/research/scaleout.md), and
 may queue on one OVSDB lock. A lock lives in one server process and is not replicated: a grant counts only
 once the session has reached the leader and is monitoring (`holds_lock`); even then it is a failure detector
@@ -25,7 +25,7 @@ import ovs.db.idl as _idl
 from cloudweave.store import SCHEMA
 
 LOCK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an OVSDB <id>: python-ovs waits forever on another name
-RECONNECT_MIN_MS, RECONNECT_MAX_MS = 100, 1000
+RECONNECT_MIN_MS, RECONNECT_MAX_MS = 100, 500
 Txn = _idl.Transaction
 TRY_AGAIN, SUCCESS, UNCHANGED, NOT_LOCKED = Txn.TRY_AGAIN, Txn.SUCCESS, Txn.UNCHANGED, Txn.NOT_LOCKED
 
@@ -54,8 +54,8 @@ class StoreIdl:
             helper.register_table(t)
         self.idl = _idl.Idl(split_remotes(remotes), helper, probe_interval=probe_ms, leader_only=True)
         reconnect = self.idl._session.reconnect
-        reconnect.set_backoff(1000, RECONNECT_MAX_MS)
-        reconnect.min_backoff = RECONNECT_MIN_MS  # set_backoff() clamps the minimum to 1 s
+        # Set directly: set_backoff() clamps the minimum to 1 s (and raises the maximum to it).
+        reconnect.min_backoff, reconnect.max_backoff = RECONNECT_MIN_MS, RECONNECT_MAX_MS
         if lock is not None:
             self.set_lock(lock)
 

@@ -239,7 +239,8 @@ def test_flows_deleted_by_hand_come_back_and_traffic_recovers_within_2s(three):
     assert want > 0 and ping(workdir, "lab1", "10.10.0.12")  # lab1 at onprem, lab2 at cloud2
     subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "del-flows", mgmt], check=True)
     deleted = time.monotonic()
-    assert ours() == 0 and sh(workdir, "lab1", "ping -c 1 -W 0.3 10.10.0.12").returncode != 0
+    # (Not "none are left now": the 1 s audit may already have put them back; its log line below says it
+    # found the switch empty.)
     answered = None
     while time.monotonic() - deleted < 5:
         if sh(workdir, "lab1", "ping -c 1 -W 0.2 10.10.0.12").returncode == 0:

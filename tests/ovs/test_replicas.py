@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pytest
 import yaml
+from cloudweave.testbed.ovs import OvsError
 
 from cloudweave.config import load_model
 from cloudweave.store.shards import site_shards
@@ -73,7 +74,18 @@ class Cluster:
         return roles
 
     def flows(self) -> dict[str, list[str]]:
-        return {s: self.sites.instances[s].flows() for s in SITES}
+        return {s: self._flows(s) for s in SITES}
+
+    def _flows(self, site: str) -> list[str]:
+        """A busy ovs-vswitchd now and then resets a management connection: ask again (not our controller)."""
+        for attempt in range(5):
+            try:
+                return self.sites.instances[site].flows()
+            except OvsError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
 
     def expected(self, config: str | None = None) -> dict[str, int]:
         model = load_model(config or self.sites.config)[0]
