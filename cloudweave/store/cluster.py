@@ -110,13 +110,16 @@ def load(directory: str) -> Member:
 
 
 def pid(m: Member) -> int | None:
+    """The running server's pid; None when it is not running (a killed one not yet reaped is a zombie, not
+    running: taking it for alive would skip the restart)."""
     try:
         with open(m.path("ovsdb-server.pid")) as fh:
             p = int(fh.read().strip())
-        os.kill(p, 0)
-        return p
-    except (OSError, ValueError):
+        with open(f"/proc/{p}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
         return None
+    return None if state in ("Z", "X") else p
 
 
 def start(m: Member) -> int:
