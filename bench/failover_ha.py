@@ -278,8 +278,9 @@ def main() -> None:
         took, n, mods = shards["crash"]
         print(f"  crash at {args.sites} sites:      new master on all {n} sites of its shards after "
               f"{took * 1000:.0f} ms, {mods} flow-mods")
+    skips = "".join(f" --{k.replace('_', '-')}" for k in ("skip_failover", "skip_sharding") if getattr(args, k))
     print(f"\nreproduce: .venv/bin/python bench/failover_ha.py --crashes {args.crashes} --freezes {args.freezes} "
-          f"--leader-losses {args.leader_losses} --sites {args.sites}")
+          f"--leader-losses {args.leader_losses} --sites {args.sites}{skips}")
 
 
 if __name__ == "__main__":
