@@ -27,7 +27,7 @@ from cloudweave.quarantine import QuarantineFileError
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
 from controller.flowlog_service import FlowLogService
-from controller.messages import PacketIn, PortsSeen, RoleLost, SwitchDown, SwitchUp
+from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb_service import OvsdbService
@@ -159,8 +159,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         msg = ev.msg
         session = self.core.published.sessions.get(msg.datapath.id)
         if session is not None and session.dp is msg.datapath and msg.role != msg.datapath.ofproto.OFPCR_ROLE_MASTER:
-            session.demoted(msg.generation_id)
-            self.core.post(RoleLost(msg.datapath.id, msg.generation_id))
+            session.demoted(msg.generation_id)  # it stops writing; the store's rows tell the core the rest
 
     @set_ev_cls(ofp_event.EventOFPFlowDescStatsReply, MAIN_DISPATCHER)
     def _flow_desc_reply(self, ev: Any) -> None:

@@ -35,7 +35,6 @@ from controller.messages import (
     PortsSeen,
     QuarantineAlarm,
     QuarantineSeen,
-    RoleLost,
     SwitchDown,
     SwitchUp,
     Tick,
@@ -146,8 +145,6 @@ class Core:
                 self._policy_stored(msg)
             elif isinstance(msg, NextHopsStored):
                 self._next_hops_stored(msg)
-            elif isinstance(msg, RoleLost):
-                pass  # the session stopped writing already; the store's rows follow (controller.replica)
             elif isinstance(msg, WeightsAdopted):
                 self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
@@ -495,8 +492,9 @@ class Core:
         hops = dict(self.state.next_hops)
         for session in list(self.sessions.values()):
             site: Site | None = model.site_by_dpid(session.dpid)
+            # Only the site's master asks (a replica's session holds EQUAL until its role is confirmed).
             if site is None or site.name not in self._asking[1] or self.ask_due.get(site.name, 0.0) > now or \
-                    not session.role.writes:
+                    not session.role.writes or not self._masters(site.name):
                 continue
             port = session.ports.get(site.uplink)
             if port is None:

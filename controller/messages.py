@@ -89,11 +89,3 @@ class NextHopsStored:
     """The NAT uplink gateways' MACs as the store has them (learned by each site's master): site -> MAC."""
 
     hops: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class RoleLost:
-    """A switch told this replica it is no longer its master (OFPT_ROLE_STATUS), with the new generation."""
-
-    dpid: int
-    generation: int

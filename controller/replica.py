@@ -37,7 +37,7 @@ from typing import Any
 import ovs.poller
 from os_ken.lib import hub
 
-from cloudweave.config import ConfigError, load_model
+from cloudweave.config import load_model
 from cloudweave.store import client, ops
 from cloudweave.store.policy import read_files, write_out
 from cloudweave.store.shards import assignment, lock_name, shard_name
@@ -504,7 +504,3 @@ def _write_te(txn: Any, tables: Any, doc: dict) -> None:
     for key, r in list(demand.items()) + list(shares.items()):
         if key not in seen:
             r.delete()
-
-
-def policy_error(exc: ConfigError) -> str:
-    return f"{len(exc.problems)} problem(s): " + "; ".join(str(p) for p in exc.problems[:3])

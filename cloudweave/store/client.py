@@ -6,7 +6,7 @@ capped here; its default, 1-8 s, made a leader loss cost 12 s median in ../share
 may queue on one OVSDB lock. A lock lives in one server process and is not replicated: a grant counts only
 once the session has reached the leader and is monitoring (`holds_lock`); even then it is a failure detector
 and a queue, never the fence: ownership is a row written by compare-and-set, and the fence is the switch's
-OpenFlow role generation (controller.ownership).
+OpenFlow role generation (controller.replica, controller.session).
 """
 
 from __future__ import annotations

@@ -144,6 +144,9 @@ def status(workdir: str) -> int:
 def main(args: argparse.Namespace) -> int:
     workdir = os.path.abspath(args.workdir)
     if args.action == "up":
+        if args.replicas < 0:
+            print("cloudweave: --replicas N: N is 1 or more", file=sys.stderr)
+            return 2
         if args.replicas and args.controller:
             print("cloudweave: --replicas starts its own controllers: not with --controller", file=sys.stderr)
             return 2
