@@ -7,6 +7,7 @@ is in the state file that `cloudweave tm` reads."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from tests.harness import ROOT, wait_for
 
 pytestmark = pytest.mark.testbed
 OFFERED_MBPS, STREAMS, PORT = 150, 100, 5001  # many flows: hashing 30 would often put 2/3 on one path
+SHIFT_S, JUDGED_S = 14, 6  # the shifted demand runs 14 s; its last 6 whole seconds are judged
 ADOPTED = re.compile(r"^(\S+ \S+) INFO cloudweave.te:   route realtime (\S+)->(\S+): (.*)$", re.M)
 
 
@@ -60,6 +62,13 @@ def udp(workdir: str, src: str, dst: str, dst_ip: str, seconds: int) -> list[flo
     return [100.0 * max(0.0, 1 - got.get(t, 0) / sent[t]) for t in seconds_sent]
 
 
+def settled(losses: list[float], seconds: int) -> tuple[float, float]:
+    """The median and the mean loss of the last `seconds`. The median is what must be low: on 2 shared cores
+    one second can lose several percent to whatever else runs (it did in CI); the mean bounds the rest."""
+    last = sorted(losses[-seconds:])
+    return last[seconds // 2], sum(last) / seconds
+
+
 def set_routes(workdir: str, routes: list | None) -> None:
     path = State.load(workdir).topology
     doc = yaml.safe_load(open(path))
@@ -89,33 +98,42 @@ def test_auto_weights_beat_shortest_path_and_follow_a_shift(te):
     auto = udp(workdir, "client", "server", "10.71.0.21", 12)
     adopted = [m for m in ADOPTED.findall(log(workdir))[before:] if m[1:3] == ("onprem", "cloud1")]
     assert adopted and "onprem -> cloud2 -> cloud1" in adopted[-1][3], adopted
-    auto_loss = sum(auto[-6:]) / 6
-    assert auto_loss < 3, auto  # the detour carries the rest
-    assert auto_loss < sp_loss / 5
+    auto_median, auto_loss = settled(auto, 6)
+    assert auto_median < 3 and auto_loss < sp_loss / 5, [round(x, 1) for x in auto]  # the detour carries the rest
     print(f"onprem->cloud1 at {OFFERED_MBPS} Mbit/s: shortest path loses {sp_loss:.1f} %, auto weights "
           f"{auto_loss:.1f} % (last 6 s); per second: {[round(x) for x in auto]}")
 
-    # The matrix is read while the shifted demand still runs: once it stops, the next rounds learn that it did
-    # (the mean falls to 0 and the shares go back), which is right but not what this checks.
-    during: dict = {}
+    # The matrix is taken while the shifted demand still runs: once it stops, the next rounds learn that it did
+    # (the mean falls to 0 and the shares go back), which is right but not what this checks. Only a copy of the
+    # state file is taken then: starting `cloudweave tm` (a Python process) during the traffic costs the
+    # userspace datapaths on 2 cores enough to lose packets and, once, BFD on a tunnel. It reads the copy after.
+    during = os.path.join(workdir, "te-state-during-shift.json")
+    shifted_before = len([m for m in ADOPTED.findall(log(workdir)) if m[1:3] == ("cloud2", "onprem")])
+    started = time.monotonic()
+    copied: dict = {}
 
-    def read_matrix() -> None:
-        time.sleep(9)
-        tm = subprocess.run([sys.executable, "-m", "cloudweave", "tm", State.load(workdir).topology, "--state",
-                             os.path.join(workdir, "te-state.json"), "--json"], capture_output=True, text=True,
-                            cwd=ROOT)
-        during["tm"] = tm
+    def copy_state() -> None:
+        wait_for(lambda: len([m for m in ADOPTED.findall(log(workdir)) if m[1:3] == ("cloud2", "onprem")])
+                 > shifted_before, timeout_s=10, what="the shares for cloud2->onprem")
+        time.sleep(1)
+        shutil.copyfile(os.path.join(workdir, "te-state.json"), during)
+        copied["at_s"] = time.monotonic() - started
 
-    reader = threading.Thread(target=read_matrix)
+    reader = threading.Thread(target=copy_state)
     reader.start()
-    shift = udp(workdir, "edge", "client", "10.71.0.11", 12)  # the demand moves: cloud2 -> onprem
+    shift = udp(workdir, "edge", "client", "10.71.0.11", SHIFT_S)  # the demand moves: cloud2 -> onprem
     reader.join()
     moved = [m for m in ADOPTED.findall(log(workdir)) if m[1:3] == ("cloud2", "onprem")]
     assert moved and "cloud2 -> cloud1 -> onprem" in moved[-1][3], moved
-    assert sum(shift[-6:]) / 6 < 3, shift
+    assert copied.get("at_s", SHIFT_S) < SHIFT_S - JUDGED_S - 1, copied  # the judged seconds come after it
+    shift_median, shift_loss = settled(shift, JUDGED_S)
+    assert shift_median < 3 and shift_loss < sp_loss / 5, [round(x, 1) for x in shift]
     print(f"cloud2->onprem after the shift: per-second loss {[round(x) for x in shift]}")
 
-    doc = json.loads(during["tm"].stdout)
+    tm = subprocess.run([sys.executable, "-m", "cloudweave", "tm", State.load(workdir).topology, "--state", during,
+                         "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert tm.returncode == 0, tm.stderr
+    doc = json.loads(tm.stdout)
     keys = {(k["src"], k["dst"]): k for k in doc["keys"]}
     assert len(keys) == 6  # every ordered pair of the three sites
     shift_key = keys[("cloud2", "onprem")]
