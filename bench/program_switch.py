@@ -28,8 +28,11 @@ sys.path.insert(0, ROOT)
 
 from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
 
+from controller.codec import canonical_actual  # noqa: E402
+from controller.flow_desc import RawFlowDescBody, canonical_flows  # noqa: E402
+from controller.osken_fixes import install as install_osken_fixes  # noqa: E402
 from flows.cookies import OWNER, OWNER_MASK  # noqa: E402
-from tests.harness import Controller, wait_for  # noqa: E402
+from tests.harness import Controller, flow_desc_body, wait_for  # noqa: E402
 
 OURS = f"cookie={OWNER:#x}/{OWNER_MASK:#x}"
 
@@ -59,6 +62,23 @@ def count(ovs: NetnsOvs) -> int:
     return sum(1 for line in out.splitlines() if "cookie=" in line)
 
 
+def decode_times(ovs: NetnsOvs) -> tuple[int, float, float]:
+    """The bridge's flows as the switch sends them, decoded to canonical flows by os-ken's objects (the
+    controller before controller/flow_desc.py) and by the direct decoder: (flows, os-ken s, direct s)."""
+    from os_ken.ofproto import ofproto_v1_5 as ofp
+
+    install_osken_fixes()
+    body = RawFlowDescBody(flow_desc_body(ovs.mgmt("br-int")))
+    t = time.perf_counter()
+    theirs = dict(canonical_actual(e, ofp) for e in body)
+    osken_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ours = dict(canonical_flows(body))
+    direct_s = time.perf_counter() - t
+    assert ours == theirs
+    return len(ours), osken_s, direct_s
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoints", type=int, default=100_000)
@@ -77,7 +97,7 @@ def main() -> None:
                            check=True, cwd=ROOT)
         load_and_compile_s = time.perf_counter() - t
         n = sum(1 for line in open(flows_file) if line.startswith("table="))
-        ctl_times, ofctl_times, reconnect_times = [], [], []
+        ctl_times, ofctl_times, reconnect_times, decodes = [], [], [], []
         for _ in range(args.rounds):
             # The controller, into an empty bridge (it also creates the tunnel ports the flows name).
             ovs.ofctl("del-flows", "br-int", OURS)
@@ -105,6 +125,7 @@ def main() -> None:
                            check=True)
             ofctl_times.append(time.perf_counter() - t)
             assert count(ovs) == n
+            decodes.append(decode_times(ovs))
         c, o = statistics.median(ctl_times), statistics.median(ofctl_times)
         print(f"flows programmed into an empty bridge: {n} (hub site, {args.endpoints} endpoints)")
         print(f"controller (read switch, diff, one bundle, commit): median {c:.2f} s  "
@@ -114,6 +135,9 @@ def main() -> None:
         print(f"ratio controller / ovs-ofctl: {c / o:.2f}")
         print(f"controller restart with all flows in place (read, diff, 0 flow-mods): median "
               f"{statistics.median(reconnect_times):.2f} s  rounds {', '.join(f'{x:.2f}' for x in reconnect_times)}")
+        print(f"decoding the switch's reply of {decodes[0][0]} flows to canonical flows: os-ken's objects median "
+              f"{statistics.median(d[1] for d in decodes):.2f} s, direct decoder (controller/flow_desc.py) median "
+              f"{statistics.median(d[2] for d in decodes):.2f} s (same reply, same run)")
         print(f"(load + compile of the {args.endpoints}-endpoint file, for reference: {load_and_compile_s:.2f} s)")
         print(f"reproduce: .venv/bin/python bench/program_switch.py --endpoints {args.endpoints} "
               f"--rounds {args.rounds}")

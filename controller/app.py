@@ -26,6 +26,7 @@ from cloudweave.config import ConfigError
 from cloudweave.quarantine import QuarantineFileError
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
+from controller.flow_desc import install as install_flow_desc
 from controller.flowlog_service import FlowLogService
 from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
 from controller.metrics import Metrics
@@ -40,6 +41,7 @@ from controller.watch import ReloadRequests
 
 install_unix_socket_support()
 install_osken_fixes()
+install_flow_desc()
 
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
 LOG = logging.getLogger("cloudweave")

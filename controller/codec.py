@@ -62,7 +62,18 @@ def _norm(value: Any) -> Any:
 
 
 def canonical_match(match: tuple[tuple[str, Any], ...], ports: dict[str, int]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, _port(ports, v) if k == "in_port" else _norm(v)) for k, v in match))
+    # _norm inlined: this runs once per desired flow (100,000 on a restart, while the switch replies)
+    out = []
+    for k, v in match:
+        if k == "in_port":
+            v = _port(ports, v)
+        elif isinstance(v, str):
+            v = v.lower()
+        elif isinstance(v, list):
+            v = tuple(v)
+        out.append((k, v))
+    out.sort()
+    return tuple(out)
 
 
 def canonical_actions(flow: Flow, ports: dict[str, int]) -> tuple[tuple[Any, ...], ...]:
@@ -147,18 +158,28 @@ def _registers(field: str, value: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
-    """The canonical form of one flow entry (OFPFlowDesc) from the switch."""
-    match = tuple(sorted(kv for k, v in stats.match.items() for kv in _registers(k, v)))
+def canonical_match_fields(items: Any) -> tuple[tuple[str, Any], ...]:
+    """A switch's match fields, (name, os-ken value) pairs, in canonical form (unsorted)."""
+    return tuple(kv for k, v in items for kv in _registers(k, v))
+
+
+def canonical_instructions(instructions: Any, ofp: Any) -> tuple[tuple[Any, ...], ...]:
+    """A switch's instructions (os-ken objects) as canonical actions."""
     actions: list[tuple[Any, ...]] = []
-    for inst in stats.instructions:
+    for inst in instructions:
         if inst.type == ofp.OFPIT_APPLY_ACTIONS:
             actions += _actual_actions(inst.actions, ofp)
         elif inst.type == ofp.OFPIT_GOTO_TABLE:
             actions.append(("goto", inst.table_id))
         else:
             actions.append(("other", repr(inst)))
-    return (stats.table_id, stats.priority, match), (stats.cookie, tuple(actions))
+    return tuple(actions)
+
+
+def canonical_actual(stats: Any, ofp: Any) -> tuple[CanonKey, CanonContent]:
+    """The canonical form of one flow entry (OFPFlowDesc) from the switch."""
+    match = tuple(sorted(canonical_match_fields(stats.match.items())))
+    return (stats.table_id, stats.priority, match), (stats.cookie, canonical_instructions(stats.instructions, ofp))
 
 
 def _actual_actions(actions: list[Any], ofp: Any) -> list[tuple[Any, ...]]:

@@ -44,7 +44,6 @@ from controller.codec import (
     CanonGroup,
     CanonKey,
     CanonMeter,
-    canonical_actual,
     canonical_group_actual,
     canonical_meter_actual,
     canonical_meter_desired,
@@ -53,6 +52,7 @@ from controller.codec import (
     group_mod,
     meter_mod,
 )
+from controller.flow_desc import canonical_flows
 from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys, plan_meters
 from flows.compile import SwitchState
 from flows.cookies import OWNER, OWNER_MASK, is_our_group, is_our_meter
@@ -62,6 +62,7 @@ LOG = logging.getLogger("cloudweave")
 AUDIT_S = float(os.environ.get("CLOUDWEAVE_AUDIT_S", "1.0"))
 FULL_AUDIT_S = float(os.environ.get("CLOUDWEAVE_FULL_AUDIT_S", "300"))
 REQUEST_TIMEOUT_S = float(os.environ.get("CLOUDWEAVE_REQUEST_TIMEOUT_S", "5.0"))  # without progress
+PART_POLL_S = 0.02  # how often a reader looks for the next part of a multipart reply
 RETRY_MIN_S, RETRY_MAX_S = 0.25, 8.0
 SEND_CHUNK_BYTES = 1 << 20
 RECENT_ERRORS = 1024  # errors kept for correlation with the bundle that caused them
@@ -110,6 +111,8 @@ class RequestFailed(Exception):
 @dataclass
 class _Pending:
     multi: bool
+    xid: int
+    what: str  # the request's name, for messages
     done: Wakeup = field(default_factory=Wakeup)
     replies: list[Any] = field(default_factory=list)
     error: Any = None
@@ -321,21 +324,45 @@ class SwitchSession:
 
     def _request(self, msg: Any, multi: bool = False, timeout_s: float = REQUEST_TIMEOUT_S) -> list[Any]:
         """Send and wait for the reply (every part of a multipart one); no progress for `timeout_s` fails."""
+        return self._finish(self._start(msg, multi), timeout_s)
+
+    def _start(self, msg: Any, multi: bool = False) -> _Pending:
+        """Send a request whose reply `_finish` waits for."""
         msg.set_xid(self.new_xid())
-        p = _Pending(multi)
+        p = _Pending(multi, msg.xid, type(msg).__name__)
         with self._lock:
             self._pending[msg.xid] = p
+        if not self.dp.send_msg(msg):
+            self._forget(p)
+            raise RequestFailed("the connection is closing")
+        return p
+
+    def _forget(self, *pending: _Pending) -> None:
+        with self._lock:
+            for p in pending:
+                self._pending.pop(p.xid, None)
+
+    def _finish(self, p: _Pending, timeout_s: float = REQUEST_TIMEOUT_S,
+                on_part: Callable[[Any], None] | None = None) -> list[Any]:
+        """Wait for a started request's reply; `on_part` sees each part of it as it arrives (while the switch
+        is still writing the next ones)."""
+        seen = 0
+        p.progress_at = max(p.progress_at, time.monotonic())  # time spent before waiting is not the switch's
         try:
-            if not self.dp.send_msg(msg):
-                raise RequestFailed("the connection is closing")
-            while not p.done.wait(timeout=timeout_s):
+            while True:
+                done = p.done.wait(timeout=PART_POLL_S if on_part else timeout_s)
+                if on_part is not None:
+                    while seen < len(p.replies):
+                        on_part(p.replies[seen])
+                        seen += 1
+                if done:
+                    break
                 if time.monotonic() - p.progress_at >= timeout_s:
-                    raise RequestFailed(f"no answer to {type(msg).__name__} within {timeout_s:.1f} s")
+                    raise RequestFailed(f"no answer to {p.what} within {timeout_s:.1f} s")
         finally:
-            with self._lock:
-                self._pending.pop(msg.xid, None)
+            self._forget(p)
         if p.error:
-            raise RequestFailed(f"{type(msg).__name__}: {p.error}")
+            raise RequestFailed(f"{p.what}: {p.error}")
         return p.replies
 
     def _read_ports(self) -> None:
@@ -350,17 +377,26 @@ class SwitchSession:
         self.ports = {name: no for name, no, _ in seen}
         self._post_ports(seen)
 
-    def _read_installed(self) -> Installed:
+    def _read_installed(self, meanwhile: Callable[[], Any]) -> tuple[Installed, Any]:
+        """Read our flows, groups and meters back, and what `meanwhile()` returns: it runs while ovs-vswitchd
+        writes its reply (100,000 flows take it about a second), and each part of the reply is decoded as it
+        arrives."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
-        flows = self._request(parser.OFPFlowDescStatsRequest(
-            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()), multi=True)
-        groups = self._request(parser.OFPGroupDescStatsRequest(self.dp, 0), multi=True)
-        meters = self._request(parser.OFPMeterDescStatsRequest(self.dp, 0, ofp.OFPM_ALL), multi=True)
-        return Installed(dict(canonical_actual(s, ofp) for r in flows for s in r.body),
-                         dict(canonical_group_actual(g, ofp) for r in groups for g in r.body
-                              if is_our_group(g.group_id)),
+        started = [self._start(parser.OFPFlowDescStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, OWNER, OWNER_MASK, parser.OFPMatch()), multi=True)]
+        try:
+            started.append(self._start(parser.OFPGroupDescStatsRequest(self.dp, 0), multi=True))
+            started.append(self._start(parser.OFPMeterDescStatsRequest(self.dp, 0, ofp.OFPM_ALL), multi=True))
+            result = meanwhile()
+            flows: dict = {}
+            self._finish(started[0], on_part=lambda r: flows.update(canonical_flows(r.body)))
+            groups, meters = self._finish(started[1]), self._finish(started[2])
+        finally:
+            self._forget(*started)
+        return Installed(flows, dict(canonical_group_actual(g, ofp) for r in groups for g in r.body
+                                     if is_our_group(g.group_id)),
                          dict(canonical_meter_actual(m, ofp) for r in meters for m in r.body
-                              if is_our_meter(m.meter_id)))
+                              if is_our_meter(m.meter_id))), result
 
     # ---- reconcile -----------------------------------------------------------------------------------------
 
@@ -413,11 +449,12 @@ class SwitchSession:
         if desired is None:
             return
         started = time.monotonic()
-        if read_back:
-            self.installed = self._read_installed()
+        if read_back:  # the desired flows' canonical form is made while the switch writes its reply
+            self.installed, touched = self._read_installed(lambda: self._canon.update(desired, self.ports))
             self.metrics.reads.labels(self.site).inc()
+        else:
+            touched = self._canon.update(desired, self.ports)
         installed = self.installed
-        touched = self._canon.update(desired, self.ports)
         flows, groups, missing = self._canon.flows, self._canon.groups, self._canon.missing
         # After a read-back (or new ports) compare everything; else only the keys of the units that changed,
         # since everything else is as it was installed.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -234,3 +236,43 @@ def store_rows(remotes: str, table: str) -> list[dict]:
         return [{c: getattr(r, c) for c in r._table.columns} for r in s.rows(table)]
     finally:
         s.close()
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "the switch closed the connection"
+        out += chunk
+    return out
+
+
+def flow_desc_body(mgmt: str) -> bytes:
+    """Every flow of the bridge as ovs-vswitchd sends it: a flow-desc request on its management socket, the
+    bodies of the reply's parts joined."""
+    from os_ken.ofproto import ofproto_v1_5 as ofp
+    from os_ken.ofproto import ofproto_v1_5_parser as parser
+
+    class _Datapath:
+        ofproto, ofproto_parser = ofp, parser
+
+    req = parser.OFPFlowDescStatsRequest(_Datapath(), 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0,
+                                         parser.OFPMatch())
+    req.set_xid(2)
+    req.serialize()
+    parts: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(mgmt.removeprefix("unix:"))
+        sock.sendall(struct.pack("!BBHI", ofp.OFP_VERSION, ofp.OFPT_HELLO, 8, 1) + bytes(req.buf))
+        while True:
+            version, kind, length, xid = struct.unpack("!BBHI", _recv(sock, 8))
+            msg = _recv(sock, length - 8)
+            assert kind != ofp.OFPT_ERROR, msg
+            if kind == ofp.OFPT_ECHO_REQUEST:
+                sock.sendall(struct.pack("!BBHI", version, ofp.OFPT_ECHO_REPLY, length, xid) + msg)
+            elif kind == ofp.OFPT_MULTIPART_REPLY and xid == 2:
+                _, flags = struct.unpack_from("!HH", msg)
+                parts.append(msg[8:])
+                if not flags & ofp.OFPMPF_REPLY_MORE:
+                    return b"".join(parts)
