@@ -16,6 +16,7 @@ from cloudweave.testbed.traffic import LOAD, log_times, ns_argv, probe, serve_pr
 
 from cloudweave import quarantine
 from tests.e2e.test_policy import edit_policy
+from tests.e2e.test_routes import appctl
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, wait_for
 
@@ -149,7 +150,27 @@ def test_a_quarantined_endpoint_is_cut_off_and_everyone_else_keeps_talking(bed):
     print(f"quarantine: traffic back {(min(arrivals) - written) * 1000:.0f} ms after the release was written "
           f"({(min(arrivals) - released) * 1000:.0f} ms after the command started)")
     assert min(arrivals) - written < 0.5
-    # Both ways, by the UDP echo. (ICMP to dev2 after a release failed in full runs, after test_policy.py's
-    # test bed: not explained yet, not reproduced alone; issue #11's note.)
+    # Both ways, by the UDP echo and by ping.
     wait_for(lambda: probe(workdir, "dev1", [f"udp:{DEV2}:7001"])[f"udp:{DEV2}:7001"], timeout_s=10,
              what="dev2 reached again")
+    assert_pings_after_release(workdir)
+
+
+def assert_pings_after_release(workdir: str) -> None:
+    """dev1 pings dev2 again. OVS 3.1's userspace datapath at times keeps a megaflow that drops dev2's echo
+    replies after the release (about 1 full CI-order run in 3 here): its tables forward them (ofproto/trace
+    below), `dpctl/dump-flows` shows `actions:drop` for them, `revalidator/wait` keeps it and
+    `revalidator/purge` cures it at once. Antrea met the same netdev-datapath bug (antrea-io/antrea#1608,
+    #897). What the controller owns, the tables, must forward; the packets then must pass, after a purge
+    when the datapath kept the stale flow, which the test prints."""
+    trace = appctl(workdir, "west", "ofproto/trace", "br-int", "in_port=dev2,icmp,dl_src=02:00:00:41:01:02,"
+                   f"dl_dst=02:00:00:41:01:01,nw_src={DEV2},nw_dst={DEV1},icmp_type=0")
+    assert "Datapath actions: tnl_push(" in trace, trace
+    if probe(workdir, "dev1", [f"icmp:{DEV2}"]) == {f"icmp:{DEV2}": True}:
+        return
+    stale = [ln for ln in appctl(workdir, "west", "dpctl/dump-flows").splitlines()
+             if f"ipv4(src={DEV2},proto=1" in ln and ln.endswith("actions:drop")]
+    appctl(workdir, "west", "revalidator/purge")
+    print(f"west's datapath kept a stale drop flow for dev2's ICMP after the release: {stale}; purged")
+    assert stale, "ping fails, and not by the datapath's known stale flow"
+    assert probe(workdir, "dev1", [f"icmp:{DEV2}"]) == {f"icmp:{DEV2}": True}
