@@ -158,7 +158,7 @@ def test_a_quarantined_endpoint_is_cut_off_and_everyone_else_keeps_talking(bed):
 
 def assert_pings_after_release(workdir: str) -> None:
     """dev1 pings dev2 again. OVS 3.1's userspace datapath at times keeps a megaflow that drops dev2's echo
-    replies after the release (about 1 full CI-order run in 3 here): its tables forward them (ofproto/trace
+    replies after the release (in both full CI-order e2e runs made to find it): its tables forward them (ofproto/trace
     below), `dpctl/dump-flows` shows `actions:drop` for them, `revalidator/wait` keeps it and
     `revalidator/purge` cures it at once. Antrea met the same netdev-datapath bug (antrea-io/antrea#1608,
     #897). What the controller owns, the tables, must forward; the packets then must pass, after a purge
