@@ -238,6 +238,14 @@ def store_rows(remotes: str, table: str) -> list[dict]:
         s.close()
 
 
+def appctl(workdir: str, site: str, *args: str) -> str:
+    """`ovs-appctl` on a test-bed site's ovs-vswitchd."""
+    from cloudweave.testbed.state import State
+
+    target = os.path.join(State.load(workdir).sites[site]["rundir"], "ovs-vswitchd.ctl")
+    return subprocess.run(["ovs-appctl", "-t", target, *args], capture_output=True, text=True, check=True).stdout
+
+
 def _recv(sock: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:

@@ -16,7 +16,7 @@ from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
 
 from tests.e2e.test_testbed import bring_up
-from tests.harness import wait_for
+from tests.harness import appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 EAST_NAT, WEST_NAT = "198.51.100.51", "198.51.100.52"
@@ -50,10 +50,6 @@ def seen(workdir: str, src: str, proto: str, host: str = INTERNET_SERVER, port: 
     target = f"seen-{proto}:{host}:{port}"
     return probe(workdir, src, [target], timeout=2.0)[target]
 
-
-def appctl(workdir: str, site: str, *args: str) -> str:
-    target = os.path.join(workdir, site, "ovs-vswitchd.ctl")
-    return subprocess.run(["ovs-appctl", "-t", target, *args], capture_output=True, text=True, check=True).stdout
 
 
 def test_the_internet_sees_the_site_nat_address(nat):

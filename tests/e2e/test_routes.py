@@ -20,7 +20,7 @@ from cloudweave.testbed.traffic import LOAD, ns_argv, serve_probes, stop
 
 from flows.routing import route_group_id
 from tests.e2e.test_testbed import STATS_SETTLE_S, bring_up
-from tests.harness import wait_for
+from tests.harness import appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 SERVER, VIP = "10.61.0.21", "10.61.0.100"
@@ -80,10 +80,6 @@ def routes(tmp_path_factory):
         stop(procs)
         down(workdir)
 
-
-def appctl(workdir: str, site: str, *args: str) -> str:
-    target = os.path.join(State.load(workdir).sites[site]["rundir"], "ovs-vswitchd.ctl")
-    return subprocess.run(["ovs-appctl", "-t", target, *args], capture_output=True, text=True, check=True).stdout
 
 
 def live_tunnels(workdir: str, site: str) -> int:

@@ -16,9 +16,8 @@ from cloudweave.testbed.traffic import LOAD, log_times, ns_argv, probe, serve_pr
 
 from cloudweave import quarantine
 from tests.e2e.test_policy import edit_policy
-from tests.e2e.test_routes import appctl
 from tests.e2e.test_testbed import bring_up
-from tests.harness import ROOT, wait_for
+from tests.harness import ROOT, appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 DEV2 = "10.41.0.11"  # dev2's address (web1 has it too, in the other segment)
