@@ -21,7 +21,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as parser
 
-from controller.codec import CanonContent, CanonKey, canonical_instructions, canonical_match_fields
+from controller.codec import CanonContent, CanonKey, canonical_actual, canonical_instructions, canonical_match_fields
 
 _ENTRY = struct.Struct(ofp.OFP_FLOW_DESC_0_PACK_STR)  # length, table, priority, timeouts, flags, importance, cookie
 _HH = struct.Struct("!HH")
@@ -51,8 +51,18 @@ def _init_fast() -> None:
 _init_fast()
 
 
+class MalformedReply(ValueError):
+    """A flow-desc entry whose length cannot be: decoding it would never end, or read past the reply."""
+
+
+def _check_length(length: int, offset: int, end: int) -> None:
+    if length < _ENTRY.size or offset + length > end:
+        raise MalformedReply(f"flow-desc entry of {length} bytes at offset {offset} of a {end}-byte reply")
+
+
 class RawFlowDescBody:
-    """A flow-desc reply's body as the switch sent it; iterating gives os-ken's OFPFlowDesc objects."""
+    """A flow-desc reply's body as the switch sent it; iterating gives os-ken's OFPFlowDesc objects. (No
+    __len__: list() and += would call it and parse the body twice.)"""
 
     __slots__ = ("raw",)
 
@@ -63,11 +73,9 @@ class RawFlowDescBody:
         offset = 0
         while offset < len(self.raw):
             entry = parser.OFPFlowDesc.parser(self.raw, offset)
+            _check_length(entry.length, offset, len(self.raw))
             yield entry
             offset += entry.length
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 _PARSE_MULTIPART = parser._MSG_PARSERS[ofp.OFPT_MULTIPART_REPLY]  # os-ken's, for every other multipart reply
@@ -112,7 +120,6 @@ def _instructions(raw: bytes) -> tuple[tuple[Any, ...], ...]:
 def canonical_flows(body: Any) -> Iterator[tuple[CanonKey, CanonContent]]:
     """Every entry of a flow-desc reply's body in canonical form (codec.canonical_actual's, exactly)."""
     if not isinstance(body, RawFlowDescBody):  # os-ken's objects (the body was parsed before install())
-        from controller.codec import canonical_actual
         yield from (canonical_actual(s, ofp) for s in body)
         return
     raw = body.raw
@@ -121,6 +128,7 @@ def canonical_flows(body: Any) -> Iterator[tuple[CanonKey, CanonContent]]:
     offset, end = 0, len(raw)
     while offset < end:
         length, table, priority, _, _, _, _, cookie = _ENTRY.unpack_from(raw, offset)
+        _check_length(length, offset, end)
         at = offset + _ENTRY.size
         _, match_len = _HH.unpack_from(raw, at)
         match: list[tuple[str, Any]] = []

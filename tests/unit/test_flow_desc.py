@@ -12,7 +12,7 @@ from os_ken.ofproto import ofproto_v1_5 as ofp
 
 from cloudweave.config import load_model
 from controller.codec import canonical_actual, canonical_desired, flow_add
-from controller.flow_desc import RawFlowDescBody, canonical_flows
+from controller.flow_desc import MalformedReply, RawFlowDescBody, canonical_flows
 from controller.osken_fixes import install as install_osken_fixes
 from flows.compile import compile_model
 from tests.unit.test_wire import ROOT, FakeDatapath
@@ -88,3 +88,14 @@ def test_os_ken_leaves_the_body_of_a_flow_desc_reply_as_bytes():
     msg = ofproto_parser.msg(dp, ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, len(buf), 9, buf)
     assert isinstance(msg.body, RawFlowDescBody) and msg.body.raw == entry
     assert list(canonical_flows(msg.body)) == [((0, 10, (("in_port", 1),)), (0, (("goto", 1),)))]
+
+
+def test_an_entry_of_impossible_length_is_refused_not_looped_on():
+    """A zero length would never advance (os-ken raised OFPMalformedMessage); a long one would read past."""
+    dp = FakeDatapath()
+    good = reply_entry(dp, (0, 10, (("in_port", 1),)), (0, (("goto", 1),)))
+    for bad in (b"\0\0" + good[2:], struct.pack("!H", len(good) + 8) + good[2:]):
+        with pytest.raises(MalformedReply):
+            list(canonical_flows(RawFlowDescBody(good + bad)))
+        with pytest.raises((MalformedReply, struct.error)):  # os-ken's parser itself reads past a long one
+            list(RawFlowDescBody(good + bad))
