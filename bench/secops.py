@@ -9,7 +9,10 @@
 - the collector: real OVS-shaped IPFIX datagrams sent to the controller's decode path at rising rates,
   records decoded per second and losses counted;
 - throughput of a conntracked pair (web2 -> api1) with flow logs on and off, alternated in one run;
-- release -> traffic back, from the quarantine list written to the first packet through.
+- release -> traffic back, from the quarantine list written to the first packet through;
+- an outside flood (topologies/nat.yaml: hping3 from the internet namespace, a spoofed source, through east's
+  port forward to blue1): first packet at the victim -> the limit in force at the uplinks, and what the
+  victim still receives from it once limited, against what was sent.
 
 Run: .venv/bin/python bench/secops.py [--rounds 20] [--benign-s 120] [--skip collector,benign,...]
 """
@@ -30,6 +33,7 @@ from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign
 from on_testbed import ROOT, edit_live, running
 
 from cloudweave import quarantine
+from tests.harness import appctl
 
 ATTACKER, VICTIM, VICTIM_IP, ATTACKER_SITE = "dev1", "dev2", "10.41.0.11", "east"
 ATTACKS = {
@@ -300,6 +304,78 @@ def bench_throughput(workdir: str, rounds: int = 3) -> None:
           f"{on / off:.2f}x")
 
 
+OUTSIDE = "198.51.100.66"  # the flood's spoofed source: no endpoint
+
+
+def with_an_outside_victim(doc: dict) -> None:
+    doc["flow_logs"] = {"new": 1, "unreplied": "1/16", "drops": "1/16"}
+    doc["detection"] = {}
+    blue = doc["segments"]["blue"]
+    blue["forwards"].append({"proto": "udp", "port": 5000, "to": "blue1", "to_port": 5000})
+    del blue["max_connections"]  # a flood fills it by design; the limit is what is measured here
+
+
+def outside_once(workdir: str, topology: str, nat_ip: str, seconds: float = 5.0) -> dict:
+    from cloudweave.testbed.build import INTERNET
+
+    cap = subprocess.Popen(ns_argv(workdir, "blue1", *LOAD, "capture", OUTSIDE, "--seconds", str(seconds + 2)),
+                           stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(ns_argv(workdir, "blue1", *LOAD, "sink", "5000", "--seconds", str(seconds + 2)),
+                            stdout=subprocess.PIPE, text=True)
+    assert cap.stdout.readline().strip() == "ready" and sink.stdout.readline().strip() == "ready"
+    started = time.time()
+    flood = subprocess.Popen(ns_argv(workdir, INTERNET, "timeout", "-s", "INT", str(seconds), "hping3", "--udp",
+                                     "--flood", "-a", OUTSIDE, "-p", "5000", nat_ip),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    entry = None
+    while time.time() < started + seconds and entry is None:
+        entry = quarantined(topology).get(OUTSIDE)
+        time.sleep(0.05)
+    out = flood.communicate(timeout=30)[0]
+    times = json.loads(cap.communicate(timeout=30)[0])["times"]
+    sink.communicate(timeout=30)
+    sent = int(m.group(1)) if (m := re.search(r"(\d+) packets transmitted", out)) else 0
+    result = {"detected": entry is not None, "sent_pps": sent / seconds}
+    if entry is not None:
+        alarm = entry.evidence.get("alarm", entry.since)
+        committed = log_times(workdir, "site east (dpid", alarm - 0.002)
+        cut = committed[0] if committed else entry.since
+        first = times[0] if times else started
+        lo, hi = cut + 0.2, started + seconds - 0.2
+        result.update(first_to_limit=cut - first, first_to_alarm=alarm - first,
+                      limited_pps=sum(1 for t in times if lo <= t < hi) / (hi - lo),
+                      before_pps=sum(1 for t in times if t < cut) / max(cut - first, 1e-3))
+        release(topology, OUTSIDE)
+    time.sleep(6.5)  # quiet for the detector's longest window: armed again
+    # Each round against a fresh conntrack table: the flood's spoofed connections (tens of thousands a round,
+    # 30 s each) would otherwise slow the next rounds' datapath, and with it their detection.
+    appctl(workdir, "east", "dpctl/flush-conntrack")
+    return result
+
+
+def bench_outside(rounds: int) -> None:
+    with running("nat", with_an_outside_victim) as (workdir, doc):
+        topology = State.load(workdir).topology
+        nat_ip = doc["sites"]["east"]["nat_ip"]
+        results = []
+        for _ in range(rounds):
+            r = outside_once(workdir, topology, nat_ip)
+            results.append(r)
+            print(f"  outside flood: {r['sent_pps']:.0f} pps sent; " + (
+                f"first packet -> limit in force {r['first_to_limit'] * 1000:.0f} ms (alarm after "
+                f"{r['first_to_alarm'] * 1000:.0f} ms); {r['before_pps']:.0f} pps reached the victim before, "
+                f"{r['limited_pps']:.0f} pps once limited" if r["detected"] else "NOT DETECTED"), flush=True)
+    got = [r for r in results if r["detected"]]
+    print(f"outside flood -> limit (1000pps at every uplink): {len(got)}/{len(results)} detected", end="")
+    if got:
+        lat = [r["first_to_limit"] * 1000 for r in got]
+        print(f"; first packet -> limit: median {statistics.median(lat):.0f} ms, p95 {p95(lat):.0f} ms; delivered "
+              f"once limited: median {statistics.median(r['limited_pps'] for r in got):.0f} pps of a median "
+              f"{statistics.median(r['sent_pps'] for r in got):.0f} pps sent")
+    else:
+        print()
+
+
 def bench_release(workdir: str, topology: str, rounds: int = 10) -> None:
     back = []
     for _ in range(rounds):
@@ -324,16 +400,7 @@ def bench_release(workdir: str, topology: str, rounds: int = 10) -> None:
           f"{len(back)} releases ({rounds - len(back)} without traffic back)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=20, help="repeats of the scan and of the one-flow flood")
-    ap.add_argument("--benign-s", type=int, default=120)
-    ap.add_argument("--skip", default="", help="comma-separated: attacks, benign, collector, throughput, release, "
-                    "filters")
-    args = ap.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
-    if "collector" not in skip:
-        bench_collector()
+def on_matrix(skip: set[str], args: argparse.Namespace) -> None:
     with running("matrix", with_security_ops) as (workdir, _):
         topology = State.load(workdir).topology
         if "attacks" not in skip:
@@ -346,6 +413,22 @@ def main() -> None:
             bench_release(workdir, topology)
         if "filters" not in skip:
             bench_filters(workdir)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20, help="repeats of the scan and of the one-flow flood")
+    ap.add_argument("--benign-s", type=int, default=120)
+    ap.add_argument("--skip", default="", help="comma-separated: attacks, benign, collector, throughput, release, "
+                    "filters, outside")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if "collector" not in skip:
+        bench_collector()
+    if {"attacks", "benign", "throughput", "release", "filters"} - skip:
+        on_matrix(skip, args)
+    if "outside" not in skip:
+        bench_outside(max(5, args.rounds // 2))
     print(f"reproduce: .venv/bin/python bench/secops.py --rounds {args.rounds} --benign-s {args.benign_s}"
           + (f" --skip {args.skip}" if args.skip else ""))
 

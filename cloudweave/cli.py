@@ -162,6 +162,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from cloudweave import quarantine as q
     from cloudweave.config.errors import Invalid
     from cloudweave.config.values import duration_s
+    from flows.quarantine import limit_rate, outside_address
 
     path = args.state or q.default_quarantine_path(args.file)
     try:
@@ -184,14 +185,19 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         model, rc = _load(args.file)
         if model is None:
             return rc
-        if args.endpoint not in {e.name for e in model.endpoints}:
-            print(f"cloudweave: '{args.endpoint}' is not an endpoint of {args.file}", file=sys.stderr)
+        outside = not model.has_endpoint(args.endpoint) and outside_address(args.endpoint) is not None
+        if not outside and not model.has_endpoint(args.endpoint):
+            print(f"cloudweave: '{args.endpoint}' is neither an endpoint of {args.file} nor an IPv4 address",
+                  file=sys.stderr)
             return 2
+        if outside:  # one spelling of an address, as the detector and the flow log write it
+            args.endpoint = str(outside_address(args.endpoint))
         if args.action == "release":
             if not q.release(path, args.endpoint):
                 print(f"cloudweave: {args.endpoint} is not quarantined", file=sys.stderr)
                 return 2
-            print(f"{args.endpoint} released; the controller restores its traffic")
+            print(f"{args.endpoint} released; the controller " + (
+                "lifts its limit" if outside else "restores its traffic"))
             return 0
         hold = None
         if args.hold is not None:
@@ -201,8 +207,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(f"cloudweave: --for: {exc}", file=sys.stderr)
                 return 2
         q.add(path, args.endpoint, args.reason or "", "cli", hold)
-        site = model.endpoint(args.endpoint).site
-        print(f"{args.endpoint} quarantined at site {site}" + (f" for {hold:g} s" if hold else " until released"))
+        if outside:
+            where = ", ".join(s.name for s in model.sites if s.uplink) or "no site (none has an uplink)"
+            print(f"{args.endpoint} (outside) held to {limit_rate(model)} at the uplinks of {where}", end="")
+        else:
+            print(f"{args.endpoint} quarantined at site {model.endpoint(args.endpoint).site}", end="")
+        print(f" for {hold:g} s" if hold else " until released")
         return 0
     except (q.QuarantineFileError, OSError) as exc:
         print(f"cloudweave: {exc}", file=sys.stderr)
@@ -361,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=None, help="only records from or to this endpoint (or address)")
     s.add_argument("--verdict", choices=["allow", "deny", "drop", "rate_limit", "service"], default=None)
     s.add_argument("--rule", default=None, help="only records decided by a rule whose text or file:line has this")
-    s.add_argument("--kind", choices=["new", "unreplied", "icmp", "filter", "quarantine"], default=None)
+    s.add_argument("--kind", choices=["new", "unreplied", "icmp", "filter", "quarantine", "limited"], default=None)
     s.add_argument("--site", default=None)
     s.add_argument("--since", default=None, metavar="DURATION", help="only the last DURATION (examples: 30s, 5m)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -371,22 +381,24 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("quarantine", help="cut an endpoint off at its site, release it, or list who is cut off",
                        description="Quarantine: everything the endpoint sends or is sent is dropped at its site, "
-                                   "whatever the policy says, until it is released or its hold time is over. The "
+                                   "whatever the policy says, until it is released or its hold time is over. An "
+                                   "IPv4 address that is no endpoint (outside: it comes in by an uplink) is not "
+                                   "cut off but held to detection's limit (default 1000pps) at every uplink. The "
                                    "running controller follows the list at once; it survives restarts. Open "
                                    "connections resume on release (conntrack is kept).")
     qsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = qsub.add_parser("list", help="the endpoints quarantined now, with why and since when")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="every entry, also ended ones, as JSON")
-    q = qsub.add_parser("add", help="quarantine an endpoint")
+    q = qsub.add_parser("add", help="quarantine an endpoint, or limit an outside address")
     q.add_argument("file")
-    q.add_argument("endpoint")
+    q.add_argument("endpoint", help="an endpoint's name, or an outside IPv4 address")
     q.add_argument("--for", dest="hold", default=None, metavar="DURATION",
                    help="release it after this long (examples: 90s, 15m); default: until released")
     q.add_argument("--reason", default=None, help="why, for the log and the list")
-    q = qsub.add_parser("release", help="end an endpoint's quarantine")
+    q = qsub.add_parser("release", help="end an endpoint's quarantine, or an outside address's limit")
     q.add_argument("file")
-    q.add_argument("endpoint")
+    q.add_argument("endpoint", help="an endpoint's name, or an outside IPv4 address")
     for q in qsub.choices.values():
         q.add_argument("--state", default=None, help="the quarantine list (default: .FILE.quarantine.json "
                                                      "beside FILE)")

@@ -44,6 +44,7 @@ from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
 from flows.compile import SwitchState
+from flows.quarantine import limit_rate, limited_addresses, outside_address
 from flows.topology import TUNNEL_PREFIX
 
 LOG = logging.getLogger("cloudweave")
@@ -421,8 +422,9 @@ class Core:
         if not kept:
             return False
         for e in kept:
-            LOG.warning("quarantine: endpoint %s kept %.0f s more: it still sends (the quarantine dropped its "
-                        "traffic %.1f s ago)", e.endpoint, KEEP_QUIET_S, now - self._quarantine_seen[e.endpoint])
+            LOG.warning("quarantine: %s kept %.0f s more: it still sends (the quarantine saw its traffic %.1f s "
+                        "ago)", _held(e.endpoint, self.state.model), KEEP_QUIET_S,
+                        now - self._quarantine_seen[e.endpoint])
             try:
                 quarantine.add(path, e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence)
             except (OSError, quarantine.QuarantineFileError) as exc:
@@ -453,23 +455,29 @@ class Core:
 
     def _log_quarantine(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:
         entries = {e.endpoint: e for e in self._quarantine_entries}
-        known = {e.name for e in model.endpoints}
+        limited = set(map(str, limited_addresses(model, after)))
         for name in sorted(after - before):
             e = entries[name]
             until = "until released" if e.until is None else f"for {e.until - e.since:.0f} s"
-            if name not in known:
-                LOG.warning("quarantine: '%s' is not an endpoint of %s; nothing to cut off", name, self.settings.config)
+            why = f"({e.source}: {e.reason or 'no reason given'})"
+            if name in limited:
+                uplinks = ", ".join(s.name for s in model.sites if s.uplink) or "none"
+                LOG.warning("quarantine: outside address %s held to %s at every uplink (sites %s), %s %s", name,
+                            limit_rate(model), uplinks, until, why)
+            elif not model.has_endpoint(name):
+                LOG.warning("quarantine: '%s' is neither an endpoint of %s nor an address; nothing to cut off",
+                            name, self.settings.config)
                 continue
-            site = model.endpoint(name).site
-            LOG.warning("quarantine: endpoint %s at site %s cut off, %s (%s: %s)", name, site, until, e.source,
-                        e.reason or "no reason given")
+            else:
+                LOG.warning("quarantine: endpoint %s at site %s cut off, %s %s", name, model.endpoint(name).site,
+                            until, why)
             self.metrics.quarantine_changes.labels("quarantined", e.source).inc()
         for name in sorted(before - after):
             ended = name in entries and not entries[name].active(now)
-            LOG.warning("quarantine: endpoint %s released (%s)", name, "its hold time is over" if ended else
+            LOG.warning("quarantine: %s released (%s)", _held(name, model), "its hold time is over" if ended else
                         "its entry was removed")
             self.metrics.quarantine_changes.labels("released", "expiry" if ended else "removed").inc()
-        self.metrics.quarantined.set(len(after & known))
+        self.metrics.quarantined.set(sum(1 for name in after if model.has_endpoint(name)) + len(limited))
 
     def _tick(self) -> None:
         self._check_quarantine()
@@ -504,3 +512,8 @@ class Core:
             ofp, parser = dp.ofproto, dp.ofproto_parser
             session.send_soon(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, parser.OFPMatch(in_port=ofp.OFPP_CONTROLLER),
                                                   [parser.OFPActionOutput(port, 0)], next_hop.request(site)))
+
+
+def _held(name: str, model: Any) -> str:
+    """A quarantine entry as the log names it."""
+    return f"outside address {name}" if not model.has_endpoint(name) and outside_address(name) else f"endpoint {name}"

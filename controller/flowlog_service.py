@@ -23,11 +23,13 @@ from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
 from controller.settings import default_flowlog_path
 from flows.flowlog import COLLECTOR_SET_ID
+from flows.quarantine import outside_address
 
 LOG = logging.getLogger("cloudweave.flowlog")
 ROTATE_BYTES = 64 << 20
 RETRY_S = 2.0
 BATCH = 512  # datagrams read from one socket before looking at the others
+HELD = ("quarantine", "limited")  # records of what a quarantine or an outside address's limit still sees
 
 
 class _Collector:
@@ -171,7 +173,7 @@ class FlowLogService:
     def _handle(self, lines: list[dict]) -> None:
         for line in lines:
             self.metrics.flowlog_records.labels(line["site"], line["kind"]).inc()
-            if line["kind"] == "quarantine" and line["time"] - self._seen_said.get(line["src"], 0.0) >= 1.0:
+            if line["kind"] in HELD and line["time"] - self._seen_said.get(line["src"], 0.0) >= 1.0:
                 self._seen_said[line["src"]] = line["time"]  # at most one a second: the core holds it while seen
                 self.post(QuarantineSeen(line["src"], line["time"]))
         self._write(lines)
@@ -182,15 +184,25 @@ class FlowLogService:
                 self._alarm(alarm)
 
     def _alarm(self, alarm: Alarm) -> None:
+        """An endpoint is quarantined; an outside address (a flood through an uplink) is rate-limited at every
+        uplink: a flood's victim is never the one cut off."""
         d = self._model.detection
         self.metrics.detector_alarms.labels(alarm.signal).inc()
         self.metrics.detection_seconds.observe(max(0.0, alarm.at - alarm.first))
         ep = self._endpoint(alarm.source)
-        exempt = ep is None or ep.name in d.exempt or any(g in d.exempt for g in ep.groups)
-        act = d.action == "quarantine" and not exempt and alarm.source not in self._quarantined
-        LOG.warning("detection: %s%s", alarm.describe(), "; quarantining it" if act else
-                    " (not an endpoint: logged only)" if ep is None else " (exempt: logged only)" if exempt
-                    else "" if d.action == "log" and alarm.source not in self._quarantined else " (logged only)")
+        outside = ep is None and outside_address(alarm.source) is not None
+        exempt = ep is not None and (ep.name in d.exempt or any(g in d.exempt for g in ep.groups))
+        held = alarm.source in self._quarantined
+        act = d.action == "quarantine" and (ep is not None or outside) and not exempt and not held
+        if act:
+            what = f"; limiting it to {d.limit} at every uplink" if outside else "; quarantining it"
+        elif held:
+            what = " (already held)"
+        elif ep is None and not outside:
+            what = " (not an endpoint nor an address: logged only)"
+        else:
+            what = " (exempt: logged only)" if exempt else ""
+        LOG.warning("detection: %s%s", alarm.describe(), what)
         if act:
             self.post(QuarantineAlarm(alarm.source, alarm.describe(), alarm.evidence(), d.hold_s, alarm.at))
 
@@ -200,10 +212,7 @@ class FlowLogService:
         return d if ep is None else d.for_endpoint(ep.name, ep.groups, ep.segment)
 
     def _endpoint(self, name: str) -> Any:
-        try:
-            return self._model.endpoint(name)
-        except KeyError:
-            return None
+        return self._model.endpoint(name) if self._model.has_endpoint(name) else None
 
     def _write(self, lines: list[dict]) -> None:
         if self._out is None or self._out.closed:

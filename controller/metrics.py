@@ -67,8 +67,8 @@ class Metrics:
         self.te_stale = Gauge("cloudweave_te_site_stale", "1 when a site did not answer the traffic counters",
                               ["site"], registry=r)
 
-        self.quarantined = Gauge("cloudweave_quarantined_endpoints", "Endpoints cut off by quarantine",
-                                 registry=r)
+        self.quarantined = Gauge("cloudweave_quarantined_endpoints",
+                                 "Endpoints cut off by quarantine, and outside addresses held to the limit", registry=r)
         self.flowlog_records = Counter("cloudweave_flowlog_records", "Flow-log records received and decoded",
                                        ["site", "kind"], registry=r)
         self.flowlog_lost = Counter("cloudweave_flowlog_lost", "Flow-log records lost: missing by their sequence "

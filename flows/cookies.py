@@ -39,6 +39,7 @@ KINDS = {
     "filter": 22,
     "quarantine": 23,
     "flowlog": 24,
+    "limit": 25,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

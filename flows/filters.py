@@ -6,6 +6,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from itertools import product
 
+from cloudweave.config.filters import MAX_FILTERS
 from cloudweave.config.model import Endpoint, Filter, FlowLogs, Model
 from flows import cookies
 from flows.acl import PORT_FIELD, net_match, port_pieces
@@ -16,6 +17,7 @@ from flows.values import ETH_IPV4, Action, Flow, MatchValue, Meter, Resubmit, Se
 
 FILTER_TOP = 39_000  # the first filter's priority; each next one is one lower (config.filters.MAX_FILTERS)
 QUARANTINE_PRIORITY = 40_000  # above every filter (flows.quarantine)
+LIMIT_PRIORITY = FILTER_TOP - MAX_FILTERS  # below every filter: what a filter drops or limits, it decides
 
 
 def filter_priority(f: Filter) -> int:

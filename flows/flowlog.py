@@ -18,9 +18,9 @@ from flows.values import ETH_IPV4, Flow, Resubmit, Sample, SetField, flow
 
 COLLECTOR_SET_ID = 0xC10D  # the bridge's Flow_Sample_Collector_Set row the controller owns
 KIND_SHIFT = 24
-KIND_NEW, KIND_UNREPLIED, KIND_FILTER, KIND_QUARANTINE, KIND_ICMP = 1, 2, 3, 4, 5
+KIND_NEW, KIND_UNREPLIED, KIND_FILTER, KIND_QUARANTINE, KIND_ICMP, KIND_LIMITED = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {KIND_NEW: "new", KIND_UNREPLIED: "unreplied", KIND_FILTER: "filter", KIND_QUARANTINE: "quarantine",
-              KIND_ICMP: "icmp"}
+              KIND_ICMP: "icmp", KIND_LIMITED: "limited"}
 RPL = 0x08  # ct_state: the packet goes in the reply direction
 PRIO_SAMPLER = 65000  # above every other acl_egress flow (invalid: 60000)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
+from ipaddress import IPv4Address
 from typing import Any
 
 from cloudweave.config.model import Model, Segment
@@ -26,7 +27,7 @@ from flows.filters import filter_flows
 from flows.flowlog import sampler_flows
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import segment_flows, segment_scope, table_misses
-from flows.quarantine import quarantine_flows
+from flows.quarantine import limit_flows, limit_rate, limited_addresses, quarantine_flows
 from flows.routing import AutoShares, RoutingCompiler
 from flows.services import service_flows
 from flows.state import SwitchState, TunnelPort, Unit
@@ -90,6 +91,11 @@ class _Inputs:
                 continue  # an entry for an endpoint the file no longer has: nothing to cut off
             out.setdefault(ep.site, []).append((ep, self.model.segment(ep.segment)))
         return {site: tuple(eps) for site, eps in out.items()}
+
+    @cached_property
+    def limited(self) -> tuple[IPv4Address, ...]:
+        """The outside addresses held to the limit at every uplink: entries that name no endpoint."""
+        return limited_addresses(self.model, self.quarantined)
 
     @cached_property
     def acl(self) -> acl.AclScope:
@@ -199,6 +205,9 @@ class IncrementalCompiler:
                     visit.add(m.endpoint(name).site)
                 except KeyError:
                     pass
+        if limited_addresses(model, quarantined) != limited_addresses(old, old_quarantined) or (
+                limit_rate(model) != limit_rate(old) and limited_addresses(model, quarantined)):
+            visit |= {s.name for m in (model, old) for s in m.sites if s.uplink}
         if model.endpoints == old.endpoints:
             self._changed_segments = frozenset()
             return visit
@@ -399,6 +408,11 @@ def _units(x: _Inputs, site: str, changed: frozenset[str] | None = None, memo: M
         key = (cut_off, me.uplink, model.flow_logs, me.dpid)
         out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink, model.flow_logs, me.dpid),
                                                    [])))
+    if x.limited and me.uplink:
+        rate = limit_rate(model)
+        key = (x.limited, me.uplink, rate, model.flow_logs, me.dpid)
+        out.append((("limit",), key, lambda: (limit_flows(x.limited, me.uplink, rate, model.flow_logs, me.dpid),
+                                              [])))
     if model.flow_logs is not None and tracked:
         key = (model.flow_logs, me.dpid)
         out.append((("flowlog",), key, lambda: (sampler_flows(model.flow_logs, me.dpid), [])))

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 from flows.values import Flow, Group, Meter
 
 Unit = tuple[str, ...]  # what a part of a site's flows is of: ("overlay", "prod"), ("acl_rules",), ...
+METERED_UNITS = (("filters",), ("limit",))  # the units whose flows may name a meter (flows.incremental)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class SwitchState:
     @cached_property
     def meters(self) -> tuple[Meter, ...]:
         """The meters its flows send through, by id (a flow's Meter action carries the meter's settings)."""
-        return meters_of(f for unit, flows in self.units if unit == ("filters",) for f in flows)
+        return meters_of(f for unit, flows in self.units if unit in METERED_UNITS for f in flows)
 
 
 def meters_of(flows: Iterable[Flow]) -> tuple[Meter, ...]:

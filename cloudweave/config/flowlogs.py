@@ -11,6 +11,7 @@
       action: quarantine       # quarantine | log
       hold: 10m                # a quarantine's hold time (it ends once the signal stayed quiet that long)
       exempt: [monitoring]     # groups or endpoints never quarantined (scanners, monitoring)
+      limit: 1000pps           # an outside address that floods (through an uplink) is held to this, not cut off
       per:                     # thresholds of a group's or a segment's endpoints (the rest: as above)
         backup: {connections: {per_second: 20000}}
 """
@@ -23,12 +24,13 @@ from typing import Any
 
 from cloudweave.config import values as v
 from cloudweave.config.errors import Invalid, Loc
+from cloudweave.config.filters import rate
 from cloudweave.config.model import Detection, FlowLogs
 from cloudweave.config.yamlpos import LDict, known_keys, show
 
 Report = Callable[[Loc, str], None]
 FLOW_LOG_KEYS = ("new", "unreplied", "drops")
-DETECTION_KEYS = ("scan", "flood", "connections", "per", "action", "hold", "exempt")
+DETECTION_KEYS = ("scan", "flood", "connections", "per", "action", "hold", "exempt", "limit")
 MIN_PROBABILITY = 1 / 65535  # a sample action's probability is n/65535
 _FRACTION = re.compile(r"\s*([0-9]{1,9})\s*[/:]\s*([0-9]{1,9})\s*")
 
@@ -154,6 +156,12 @@ def read_detection(raw: Any, loc: Loc, flow_logs: FlowLogs | None, names: set[st
     except Invalid as exc:
         error(raw.loc, f"detection: {exc}")
         return None
+    if "limit" in raw:
+        try:
+            out["limit"] = rate(raw["limit"])
+        except Invalid as exc:
+            error(raw.val_locs["limit"], f"detection: limit: {exc}")
+            return None
     for name in out.get("exempt", ()):
         if name not in names:
             error(raw.val_locs["exempt"], f"detection: exempt: '{name}' is neither a group nor an endpoint")

@@ -276,7 +276,9 @@ class Detection:
     """Anomaly detection on the flow records, per source endpoint: a scan (distinct destination and port
     pairs of new connections in a window), a flood (packets nobody answered, per second, over a window) and a
     connection flood (new connections per second, over a window: a SYN flood, a flood from changing ports).
-    `action`: quarantine or log. `exempt`: groups or endpoints never quarantined."""
+    `action`: quarantine or log. `exempt`: groups or endpoints never quarantined. `limit`: the rate an
+    address outside (no endpoint: a flood through an uplink) is held to at every uplink, where quarantine would
+    cut off an endpoint (its victim is never the one cut off)."""
 
     scan_distinct: int = 100
     scan_window_s: float = 5.0
@@ -287,6 +289,7 @@ class Detection:
     action: str = "quarantine"
     hold_s: float = 600.0
     exempt: tuple[str, ...] = ()
+    limit: Rate = Rate(1000, "pktps")
     per: tuple[tuple[str, Detection], ...] = ()  # a group's or a segment's own thresholds, in file order
     loc: Loc = _loc()
 
@@ -362,6 +365,9 @@ class Model:
 
     def endpoint(self, name: str) -> Endpoint:
         return self._endpoints[name]
+
+    def has_endpoint(self, name: str) -> bool:
+        return name in self._endpoints
 
     def endpoints_of_segment(self, segment: str) -> tuple[Endpoint, ...]:
         """The segment's endpoints, by name."""

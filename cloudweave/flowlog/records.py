@@ -15,6 +15,7 @@ from flows.filters import deciding_filter
 from flows.flowlog import (
     KIND_FILTER,
     KIND_ICMP,
+    KIND_LIMITED,
     KIND_NAMES,
     KIND_NEW,
     KIND_QUARANTINE,
@@ -46,7 +47,8 @@ class Annotator:
         # How many packets one record stands for: the switch samples with probability n/65535.
         self.factor = {kind: 0xFFFF / sampled_probability(p) for kind, p in (
             (KIND_NEW, logs.new), (KIND_UNREPLIED, logs.unreplied), (KIND_FILTER, logs.drops),
-            (KIND_QUARANTINE, logs.drops), (KIND_ICMP, logs.unreplied))} if logs is not None else {}
+            (KIND_QUARANTINE, logs.drops), (KIND_ICMP, logs.unreplied), (KIND_LIMITED, logs.drops))
+        } if logs is not None else {}
         self._decide = lru_cache(maxsize=1 << 16)(self._decide_uncached)
         # A new connection to a service VIP is recorded before the split picks its backend.
         self.services = {(r.service.segment, str(r.service.vip), r.service.proto, r.service.port): r
@@ -74,6 +76,8 @@ class Annotator:
             line["verdict"], line["rules"] = "drop", ((f"filter '{f.name}'", str(f.loc)),) if f else ()
         elif kind_id == KIND_QUARANTINE:
             line["verdict"], line["rules"] = "drop", (("quarantine", line["src"]),)
+        elif kind_id == KIND_LIMITED:  # what an outside address's limit let through
+            line["verdict"], line["rules"] = "rate_limit", (("quarantine (limit)", line["src"]),)
         elif src_ep is not None and (src_ep.segment, dst_ip, proto, line["dport"]) in self.services:
             r = self.services[(src_ep.segment, dst_ip, proto, line["dport"])]
             line["dst"] = f"service {r.name}"
@@ -88,7 +92,7 @@ class Annotator:
 
     def _decide_uncached(self, src: str, dst: str, src_ip: str, dst_ip: str, proto: int, port: int | None
                          ) -> Verdict:
-        names = {e.name: e for e in (self.model.endpoint(n) for n in (src, dst) if self._is_endpoint(n))}
+        names = {e.name: e for e in (self.model.endpoint(n) for n in (src, dst) if self.model.has_endpoint(n))}
         a = names.get(src) or IPv4Address(src_ip)
         b = names.get(dst) or IPv4Address(dst_ip)
         by_filter = deciding_filter(self.model, a, b, proto, port)
@@ -103,13 +107,6 @@ class Annotator:
                        f"'{v.segment.name}'", str(v.segment.loc))
                       for v in sides for r in (v.rules or (None,))) or ((d.reason, ""),)
         return Verdict("allow" if d.allowed else "deny", rules)
-
-    def _is_endpoint(self, name: str) -> bool:
-        try:
-            self.model.endpoint(name)
-            return True
-        except KeyError:
-            return False
 
 
 def is_new(line: dict[str, Any]) -> bool:

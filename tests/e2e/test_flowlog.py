@@ -6,6 +6,7 @@ each get their sender quarantined while every other endpoint keeps its traffic; 
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -195,11 +196,20 @@ def test_an_attacker_is_quarantined_and_everyone_else_keeps_talking(bed, attack)
     wait_for(lambda: probe(workdir, attacker, [back])[back], timeout_s=10, what=f"{attacker}'s traffic back")
 
 
+def with_security_ops_and_a_udp_forward(doc):
+    """blue1 also serves UDP 5000 to the internet through east's NAT address; no connection limit (what a
+    flood would fill, cutting the victim off by design, is not what these tests look at)."""
+    with_security_ops(doc)
+    blue = doc["segments"]["blue"]
+    blue["forwards"].append({"proto": "udp", "port": 5000, "to": "blue1", "to_port": 5000})
+    del blue["max_connections"]
+
+
 @pytest.fixture(scope="module")
 def nat_bed(tmp_path_factory):
     from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 
-    workdir, model = bring_up(tmp_path_factory, "nat", with_security_ops)
+    workdir, model = bring_up(tmp_path_factory, "nat", with_security_ops_and_a_udp_forward)
     servers = []
     try:
         servers = serve_probes(workdir, [INTERNET], [80], []) + serve_probes(workdir, ["blue1"], [80], [])
@@ -259,3 +269,62 @@ def test_an_automatic_quarantine_ends_once_its_hold_is_over_and_the_endpoint_is_
     finally:
         edit_policy(workdir, lambda doc: doc["detection"].update(hold="2m"))
         _release_all(workdir)
+
+
+FLOODER = "198.51.100.66"  # spoofed by hping3 in the internet namespace: an address outside, no endpoint
+
+
+def test_an_outside_flooder_is_rate_limited_at_the_uplinks_and_its_victim_keeps_talking(nat_bed):
+    """A UDP flood from outside, from changing ports, through east's port forward to blue1: the detector flags
+    the outside address, and it is held to the detection's limit (1000pps) at every uplink, not cut off;
+    blue1, the victim, is not quarantined and keeps its traffic, as does everyone else. Release lifts it."""
+    import re
+
+    from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
+
+    from tests.harness import appctl
+
+    workdir, model = nat_bed
+    nat_east = str(model.site("east").nat_ip)
+    topology = State.load(workdir).topology
+    assert _quarantined(workdir) == frozenset()
+    seconds = 8.0
+    counter = subprocess.Popen(ns_argv(workdir, "blue1", *LOAD, "sink", "5000", "--seconds", str(seconds + 1.5)),
+                               stdout=subprocess.PIPE, text=True)
+    assert counter.stdout.readline().strip() == "ready"
+    started = time.time()
+    flood = subprocess.Popen(ns_argv(workdir, INTERNET, "timeout", "-s", "INT", str(seconds), "hping3", "--udp",
+                                     "-i", "u100", "-a", FLOODER, "-p", "5000", nat_east),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trace = f"in_port=up0,udp,nw_src={FLOODER},nw_dst={nat_east},udp_src=4000,udp_dst=5000"
+    metered = re.compile(r"^\s*0\. .*priority 34000.*\n.*meter:\d+", re.M)
+    try:
+        wait_for(lambda: FLOODER in _quarantined(workdir), timeout_s=10, what=f"{FLOODER} limited")
+        entry = next(e for e in quarantine.load(quarantine.default_quarantine_path(topology))
+                     if e.endpoint == FLOODER)
+        assert entry.source == "auto" and entry.evidence["signal"] == "connections"
+        # The victim and everyone else keep their traffic while the flood goes on; the victim is not held.
+        web = f"tcp:{INTERNET_SERVER}:80"
+        assert probe(workdir, INTERNET, [f"tcp:{nat_east}:8080"]) == {f"tcp:{nat_east}:8080": True}
+        assert probe(workdir, "blue1", [web]) == {web: True} and probe(workdir, "green1", [web]) == {web: True}
+        assert _quarantined(workdir) == {FLOODER}
+        for site in ("east", "west"):  # at every uplink, as a meter in the first table
+            assert metered.search(appctl(workdir, site, "ofproto/trace", "br-int", trace)), site
+        wait_for(lambda: [r for r in flowlog(workdir, "--kind", "limited") if r["src"] == FLOODER], timeout_s=5,
+                 what="records of what the limit lets through")
+        out = flood.communicate(timeout=30)[0]
+        per_second = {int(k): n for k, n in json.loads(counter.communicate(timeout=30)[0]).items()}
+    finally:
+        stop([flood, counter])
+        _release_all(workdir)
+    sent = int(re.search(r"(\d+) packets transmitted", out).group(1))
+    # Whole seconds with the limit in force throughout (the bundle is in within milliseconds of the entry).
+    held = [n for t, n in per_second.items() if t >= entry.since + 0.2 and t + 1 <= started + seconds - 0.2]
+    assert len(held) >= 4, per_second
+    limited = statistics.mean(held)
+    print(f"outside flood: {sent / seconds:.0f} pps sent, {limited:.0f} pps delivered once limited "
+          f"({entry.since - started:.2f} s from the flood's start to the limit in force)")
+    assert sent / seconds > 2500, out  # a flood, well over the limit
+    assert 700 <= limited <= 1300, f"{limited:.0f} pps delivered through a 1000pps limit"
+    wait_for(lambda: not metered.search(appctl(workdir, "east", "ofproto/trace", "br-int", trace)),
+             timeout_s=5, what="the limit lifted")

@@ -169,7 +169,7 @@ def test_quarantine_is_followed_while_running_and_kept_across_a_restart(secured)
 def test_quarantine_cli_refuses_what_it_cannot_do(secured):
     sites, _ = secured
     r = _cli("quarantine", "add", sites.config, "nobody")
-    assert r.returncode == 2 and "'nobody' is not an endpoint of" in r.stderr
+    assert r.returncode == 2 and "'nobody' is neither an endpoint of" in r.stderr
     r = _cli("quarantine", "release", sites.config, "web2")
     assert r.returncode == 2 and "web2 is not quarantined" in r.stderr
     r = _cli("quarantine", "add", sites.config, "web2", "--for", "soon")

@@ -178,3 +178,84 @@ detection:
     path.write_text(text.replace("    ops: {scan", "    nobody: {scan"))
     with pytest.raises(Exception, match="detection: per: 'nobody' is not a group, a segment or an endpoint"):
         load_model(str(path))
+
+
+def _limit_model(tmp_path, extra: str = ""):
+    path = tmp_path / "nat.yaml"
+    path.write_text(open(f"{ROOT}/topologies/nat.yaml").read() + "\nflow_logs: {}\ndetection:\n  limit: 500pps\n"
+                    + extra)
+    return path, load_model(str(path))[0]
+
+
+def test_an_outside_flooder_is_limited_where_an_endpoint_would_be_quarantined(tmp_path):
+    """The flow-log service's decision: an endpoint's alarm quarantines it, an outside address's alarm limits
+    it (the same entry in the list), a name that is neither is logged only, an exempt endpoint too."""
+    from types import SimpleNamespace
+
+    from cloudweave.flowlog.detect import Alarm
+    from controller.flowlog_service import FlowLogService
+    from controller.metrics import Metrics
+
+    _, model = _limit_model(tmp_path, "  exempt: [green1]\n")
+    assert model.detection.limit.value == 500 and model.detection.limit.unit == "pktps"
+    posted = []
+    svc = FlowLogService(SimpleNamespace(flowlog=str(tmp_path / "log"), config=str(tmp_path / "nat.yaml")),
+                         Metrics(), lambda: None, posted.append)
+    svc._model = model
+    for source in ("blue1", "198.51.100.7", "green1", "not-an-address"):
+        svc._alarm(Alarm("flood", source, 9000.0, 8000.0, 0.5, 2.0, 1.9, ()))
+    assert [m.endpoint for m in posted] == ["blue1", "198.51.100.7"]
+    svc._quarantined = frozenset({"198.51.100.7"})
+    svc._alarm(Alarm("connections", "198.51.100.7", 3000.0, 2000.0, 1.0, 3.0, 2.5, ()))
+    assert len(posted) == 2  # already held: not posted again
+
+
+def test_an_outside_address_is_metered_at_every_uplink_and_only_there(tmp_path):
+    from flows.filters import FILTER_TOP, LIMIT_PRIORITY
+    from flows.incremental import IncrementalCompiler
+    from flows.values import Meter
+
+    _, model = _limit_model(tmp_path, "filters:\n  - {name: f1, match: 'ip.src == 198.51.100.7', action: drop}\n")
+    c = IncrementalCompiler()
+    before = c.compile(model)
+    held = frozenset({"198.51.100.7", "blue1"})
+    after = c.compile(model, quarantined=held)
+    assert c.stats.handled  # a change handler, not the fallback
+    for site in model.sites:
+        new = set(after[site.name].flows) - set(before[site.name].flows)
+        limits = [f for f in new if f.priority == LIMIT_PRIORITY]
+        assert len(limits) == 1, site.name
+        f = limits[0]
+        assert dict(f.match) == {"in_port": site.uplink, "eth_type": 0x0800, "ipv4_src": "198.51.100.7",
+                                 "reg5": 0}
+        meter = f.actions[0]
+        assert isinstance(meter, Meter) and (meter.rate, meter.unit) == (500, "pktps")
+        assert after[site.name].meters == (meter,)  # the session installs it before the flow that names it
+        # Below every filter: a filter that drops the address decides it first.
+        assert all(g.priority > LIMIT_PRIORITY for g in after[site.name].flows if g.priority <= FILTER_TOP and
+                   g.cookie >> 40 & 0xFF == 22)
+    full = IncrementalCompiler().compile(model, quarantined=held)
+    assert {s: st.flows for s, st in full.items()} == {s: st.flows for s, st in after.items()}
+    released = c.compile(model)
+    assert {s: st.flows for s, st in released.items()} == {s: st.flows for s, st in before.items()}
+
+
+def test_the_limit_is_checked_with_its_place(tmp_path):
+    path, _ = _limit_model(tmp_path)
+    path.write_text(path.read_text().replace("limit: 500pps", "limit: lots"))
+    with pytest.raises(Exception) as e:
+        load_model(str(path))
+    lines = path.read_text().splitlines()
+    row = next(i for i, x in enumerate(lines, 1) if "limit: lots" in x)
+    assert f"nat.yaml:{row}:10: detection: limit: 'lots' is not a rate (examples: 2000pps, 500kbit, 10Mbit)" \
+        in str(e.value)
+
+
+def test_what_a_limit_lets_through_is_recorded_as_such(tmp_path):
+    from flows.flowlog import KIND_LIMITED
+
+    _, model = _limit_model(tmp_path)
+    rec = {"obs_point": obs_point(KIND_LIMITED), "src_mac": "02:aa:00:00:00:01", "dst_mac": "02:aa:00:00:00:02",
+           "src": "198.51.100.7", "dst": str(model.site("east").nat_ip), "proto": 6, "sport": 1, "dport": 8080}
+    line = Annotator(model).annotate(rec, "east", 1.0)
+    assert (line["kind"], line["src"], line["verdict"]) == ("limited", "198.51.100.7", "rate_limit")
