@@ -174,3 +174,30 @@ def test_quarantine_cli_refuses_what_it_cannot_do(secured):
     assert r.returncode == 2 and "web2 is not quarantined" in r.stderr
     r = _cli("quarantine", "add", sites.config, "web2", "--for", "soon")
     assert r.returncode == 2 and "--for:" in r.stderr
+    r = _cli("quarantine", "add", sites.config, "198.51.100.007")  # not an address Python or OVS would read
+    assert r.returncode == 2 and "'198.51.100.007' is neither an endpoint of" in r.stderr
+
+
+def test_an_outside_address_goes_on_the_list_and_off_again(secured):
+    """matrix.yaml has no uplink: the address is listed and logged, and no flow changes anywhere."""
+    sites, _ = secured
+    ctl = sites.controller().start()  # the fixture's was stopped by the restart test
+    try:
+        for name in sites.instances:
+            assert "FAILED" not in ctl.wait_reconciles(name, 1)
+        before = {name: ovs.flows() for name, ovs in sites.instances.items()}
+        r = _cli("quarantine", "add", sites.config, "198.51.100.7", "--reason", "by hand")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "198.51.100.7 (outside) held to 1000pps at the uplinks of no site (none has " \
+                                   "an uplink) until released"
+        path = quarantine.default_quarantine_path(sites.config)
+        assert [(e.endpoint, e.source) for e in quarantine.load(path)] == [("198.51.100.7", "cli")]
+        wait_for(lambda: "quarantine: outside address 198.51.100.7 held to 1000pps at every uplink (sites none)"
+                 in ctl.log(), timeout_s=5, what="the controller's log")
+        r = _cli("quarantine", "release", sites.config, "198.51.100.7")
+        assert r.returncode == 0 and "lifts its limit" in r.stdout
+        wait_for(lambda: "quarantine: outside address 198.51.100.7 released (its entry was removed)" in ctl.log(),
+                 timeout_s=5, what="the release logged")
+        assert {name: ovs.flows() for name, ovs in sites.instances.items()} == before
+    finally:
+        ctl.stop()
