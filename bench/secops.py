@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
@@ -56,6 +57,11 @@ def with_security_ops(doc: dict) -> None:
 def p95(values: list[float]) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+
+
+def spread_ms(seconds: Iterable[float]) -> str:
+    ms = [x * 1000 for x in seconds]
+    return f"median {statistics.median(ms):.0f} ms, p95 {p95(ms):.0f} ms, max {max(ms):.0f} ms"
 
 
 def quarantined(topology: str) -> dict:
@@ -113,10 +119,8 @@ def bench_attacks(workdir: str, topology: str, rounds: int) -> None:
         got = [r for r in rs if r["detected"]]
         detected += len(got)
         if got:
-            lat = [r["first_to_isolation"] * 1000 for r in got]
-            print(f"  {name}: {len(got)}/{len(rs)} detected; median {statistics.median(lat):.0f} ms, p95 "
-                  f"{p95(lat):.0f} ms, max {max(lat):.0f} ms; packets after isolation: max "
-                  f"{max(r['after'] for r in got)}")
+            print(f"  {name}: {len(got)}/{len(rs)} detected; {spread_ms(r['first_to_isolation'] for r in got)}; "
+                  f"packets after isolation: max {max(r['after'] for r in got)}")
         else:
             print(f"  {name}: 0/{len(rs)} detected")
     total = sum(len(rs) for rs in results.values())
@@ -366,14 +370,10 @@ def bench_outside(rounds: int) -> None:
                 f"{r['first_to_alarm'] * 1000:.0f} ms); {r['before_pps']:.0f} pps reached the victim before, "
                 f"{r['limited_pps']:.0f} pps once limited" if r["detected"] else "NOT DETECTED"), flush=True)
     got = [r for r in results if r["detected"]]
-    print(f"outside flood -> limit (1000pps at every uplink): {len(got)}/{len(results)} detected", end="")
-    if got:
-        lat = [r["first_to_limit"] * 1000 for r in got]
-        print(f"; first packet -> limit: median {statistics.median(lat):.0f} ms, p95 {p95(lat):.0f} ms; delivered "
-              f"once limited: median {statistics.median(r['limited_pps'] for r in got):.0f} pps of a median "
-              f"{statistics.median(r['sent_pps'] for r in got):.0f} pps sent")
-    else:
-        print()
+    said = (f"; first packet -> limit: {spread_ms(r['first_to_limit'] for r in got)}; delivered once limited: "
+            f"median {statistics.median(r['limited_pps'] for r in got):.0f} pps of a median "
+            f"{statistics.median(r['sent_pps'] for r in got):.0f} pps sent" if got else "")
+    print(f"outside flood -> limit (1000pps at every uplink): {len(got)}/{len(results)} detected{said}")
 
 
 def bench_release(workdir: str, topology: str, rounds: int = 10) -> None:
