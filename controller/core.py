@@ -1,10 +1,12 @@
 """The core: the one writer of the controller's state, fed by one queue.
 
 State is (model, links seen down, learned next hops, TE weights), a frozen value. A message that changes it
-makes a new state, compiles its desired flows (controller.desired: only the units whose inputs changed), and
-commits state and flows together, only once the compile succeeded: a failure leaves both as they were. The
-sessions of the switches whose desired state changed are handed the new one; every other switch hears
-nothing. Services read `published` (an immutable snapshot) and post messages; they never write here.
+makes a new state, compiles the desired flows of the sites whose switches are connected (controller.desired:
+only the units whose inputs changed), and commits state and flows together, only once the compile
+succeeded: a failure leaves both as they were. A site whose switch connects later is compiled then, from the
+state in force (its units memoised). The sessions of the switches whose desired state changed are handed the
+new one; every other switch hears nothing. Services read `published` (an immutable snapshot) and post
+messages; they never write here.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held lo
 
 @dataclass(frozen=True)
 class Published:
-    """What services may read: the state in force, its desired flows, and the sessions (by dpid)."""
+    """What services may read: the state in force, the desired flows of the connected sites, every site's
+    tunnel ports, and the sessions (by dpid)."""
 
     state: State
     desired: MappingProxyType
     sessions: MappingProxyType
+    tunnels: MappingProxyType
     mastered: frozenset[str] | None = None  # with replicas: the sites this replica masters (None: alone, all)
     policy_version: int = 0  # with replicas: the stored policy version in force
     site_shards: tuple[tuple[str, str], ...] = ()  # with replicas: site -> shard
@@ -89,7 +93,9 @@ class Core:
         cut_off = quarantine.active(self._quarantine_entries)
         self.state = State(model, auto=tuple(auto), quarantined=cut_off)
         self._log_quarantine(frozenset(), cut_off, model)
-        self.desired: dict[str, SwitchState] = self.compiler.compile(self.state)
+        # No switch is connected yet: each site is compiled as its switch connects (a 100,000-endpoint start
+        # compiled 900,000 flows of three sites before the one switch there was could be programmed).
+        self.desired: dict[str, SwitchState] = self.compiler.compile(self.state, sites=())
         gc.freeze()  # see _change
         LOG.info("loaded %s: %s", settings.config, describe(None, model))
         self.queue: Any = hub.Queue()
@@ -156,7 +162,7 @@ class Core:
     def _change(self, state: State, why: str) -> bool:
         """Compile `state` and commit it with its flows; on failure keep everything as it was."""
         try:
-            desired = self.compiler.compile(state)
+            desired = self.compiler.compile(state, sites=self._connected())
         except Exception:  # noqa: BLE001 - a compiler bug must not take the controller down
             LOG.exception("could not compile the flows for %s; the state in force stays", why)
             self.metrics.compile_failures.inc()
@@ -175,6 +181,23 @@ class Core:
         LOG.debug("%s: %d of %d sites changed", why, len(changed), len(desired))
         return True
 
+    def _connected(self, *more: str) -> list[str]:
+        """The sites whose switches are connected (and `more`), that the model has."""
+        names = {s.name for s in self.state.model.sites}
+        return sorted(({s.site for s in self.sessions.values()} | set(more)) & names)
+
+    def _desired_for(self, site: str) -> SwitchState | None:
+        """The site's desired state, compiled now if it was not (its switch just connected)."""
+        if site not in self.desired:
+            try:
+                self.desired = self.compiler.compile(self.state, sites=self._connected(site))
+            except Exception:  # noqa: BLE001 - a compiler bug: the switch is left as it is, and said so
+                LOG.exception("could not compile the flows of site %s; its switch is left as it is", site)
+                self.metrics.compile_failures.inc()
+                return None
+            gc.freeze()
+        return self.desired.get(site)
+
     def _publish(self) -> Published:
         mastered = None
         shards: tuple[tuple[str, str], ...] = ()
@@ -183,7 +206,7 @@ class Core:
             mine = dict(self.mastership.mine) if self.mastership else {}
             mastered = frozenset(site for site, shard in shards if shard in mine)
         return Published(self.state, MappingProxyType(dict(self.desired)), MappingProxyType(dict(self.sessions)),
-                         mastered, self.policy_version, shards)
+                         MappingProxyType(dict(self.compiler.tunnels)), mastered, self.policy_version, shards)
 
     # ---- replicas ------------------------------------------------------------------------------------------
 
@@ -316,7 +339,7 @@ class Core:
             self.links.reconnected(site.name)
             session = SwitchSession(dp, site.name, self.metrics,
                                     lambda ports, dpid=dp.id: self.post(PortsSeen(dpid, ports, complete=True)))
-            session.set_desired(self.desired.get(site.name))
+            session.set_desired(self._desired_for(site.name))
             session.set_role(self._role_for(site.name))
             self.sessions[dp.id] = session
         self.metrics.switches.set(len(self.sessions))
@@ -351,7 +374,7 @@ class Core:
 
     def _check_links(self) -> None:
         """Recompile around links whose tunnels went down, and back when they return."""
-        peers = {(s, t.name): t.peer for s, st in self.desired.items() for t in st.tunnels}
+        peers = {(s, t.name): t.peer for s, tunnels in self.compiler.tunnels.items() for t in tunnels}
         down = self.links.down(peers)
         if down == self.state.down:
             return

@@ -65,10 +65,10 @@ class OvsdbService:
                 self._drop(name)
                 self.sites[name] = site
                 self.due[name] = 0.0
-        for name, st in snap.desired.items():
-            if self.tunnels.get(name) != st.tunnels:  # a link came or went: now, not at the next resync
+        for name, tunnels in snap.tunnels.items():
+            if self.tunnels.get(name) != tunnels:  # a link came or went: now, not at the next resync
                 self.due[name] = 0.0
-        self.tunnels = {n: st.tunnels for n, st in snap.desired.items()}
+        self.tunnels = dict(snap.tunnels)
         if snap.mastered != self.mastered:  # with replicas: a site this replica now masters is synced at once
             for name in (snap.mastered or frozenset()) - (self.mastered or frozenset()):
                 self.due[name] = 0.0
@@ -78,8 +78,8 @@ class OvsdbService:
             if self.synced_targets.get(name, targets) != targets:
                 self.due[name] = 0.0  # a replica came or went
         for name, when in sorted(self.due.items()):
-            if when <= now and name in snap.desired and (snap.mastered is None or name in snap.mastered):
-                self._sync(wanted[name], snap.desired[name].tunnels, targets)
+            if when <= now and name in snap.tunnels and (snap.mastered is None or name in snap.mastered):
+                self._sync(wanted[name], snap.tunnels[name], targets)
 
     def _drop(self, name: str) -> None:
         conn = self.conns.pop(name, None)

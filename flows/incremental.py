@@ -154,14 +154,22 @@ class IncrementalCompiler:
         self._scopes_graph: SiteGraph | None = None
         self._prev: tuple[Model, Any, dict, dict, frozenset[str]] | None = None
         self._keys: dict[str, dict[tuple, Unit]] = {}  # site -> every flow key -> its unit
+        self._current: set[str] = set()  # the sites the last compile included: their memo is of `_prev`
+        self._tunnels: tuple[Any, dict[str, tuple[TunnelPort, ...]]] = (None, {})
         self.stats = CompileStats()
+
+    @property
+    def tunnels(self) -> Mapping[str, tuple[TunnelPort, ...]]:
+        """Every site's tunnel ports as of the last compile, also of the sites it left out (the OVSDB side
+        makes them before a switch connects)."""
+        return self._tunnels[1]
 
     def compile(self, model: Model, down: frozenset[tuple[str, str]] = frozenset(),
                 next_hops: Mapping[str, str] | None = None, auto: AutoShares | None = None,
                 sites: list[str] | None = None, quarantined: frozenset[str] = frozenset()
                 ) -> dict[str, SwitchState]:
-        """Every site's state (or only `sites`'), reusing every unit whose inputs did not change.
-        `quarantined`: the endpoints cut off (controller.quarantine)."""
+        """Every site's state (or only `sites`', and of no other site any more), reusing every unit whose inputs
+        did not change. `quarantined`: the endpoints cut off (controller.quarantine)."""
         self.stats = CompileStats()
         graph_key = (model.sites, model.links, down)
         if self._graph is None or self._graph[0] != graph_key:
@@ -169,6 +177,8 @@ class IncrementalCompiler:
         graph = self._graph[1]
         if self._scopes_graph is not graph:
             self._scopes, self._scopes_graph = {}, graph
+        if self._tunnels[0] is not graph:
+            self._tunnels = (graph, {s.name: tunnel_ports(model, graph, s.name) for s in model.sites})
         hops, auto = dict(next_hops or {}), dict(auto or {})
         inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope, quarantined)
         names = [s.name for s in model.sites] if sites is None else sites
@@ -178,11 +188,19 @@ class IncrementalCompiler:
         out = {name: self._site(inputs, name) if visit is None or name in visit or name not in self._states
                else self._states[name] for name in names}
         self._prev = (model, graph_key, hops, auto, quarantined)
+        self._current = set(out)
         if sites is None:
             for gone in set(self._memo) - set(out):
                 del self._memo[gone]
                 self._states.pop(gone, None)
                 self._keys.pop(gone, None)
+        else:
+            # A site left out is not kept up to date: its state would be of older inputs than `_prev`, which
+            # the change handlers compare against. Its units stay memoised (by value): compiling it later costs
+            # only the units whose inputs changed meanwhile.
+            for other in set(self._states) - set(out):
+                del self._states[other]
+                self._keys.pop(other, None)
         return out
 
     def _affected(self, model: Model, graph_key: Any, hops: dict, auto: dict, quarantined: frozenset[str]
@@ -231,12 +249,14 @@ class IncrementalCompiler:
         return self._scopes[homes]
 
     def _site(self, x: _Inputs, site: str) -> SwitchState:
-        model, graph = x.model, x.graph
+        model = x.model
         me = model.site(site)
         memo = self._memo.get(site, {})
         fresh: dict[Unit, tuple[Any, UnitOut]] = {}
         parts: list[tuple[Unit, UnitOut]] = []
-        changed = self._changed_segments
+        # The change handler's "these segments did not change" is since the last compile: true of a site's memo
+        # only if that compile included the site.
+        changed = self._changed_segments if site in self._current else None
         for unit, key, make in _units(x, site, changed, memo):
             have = memo.get(unit)
             if key is SAME and have is not None:  # a segment the change handler knows did not change
@@ -257,8 +277,7 @@ class IncrementalCompiler:
             fresh[unit] = (key, out)
             parts.append((unit, out))
         self._memo[site] = fresh
-        tunnels = tuple(TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
-                        for peer in graph.neighbours(site))
+        tunnels = self.tunnels[site]
         prev = self._states.get(site)
         if (prev is not None and prev.dpid == me.dpid and prev.tunnels == tunnels and len(prev.units) == len(parts)
                 and all(a[0] == b[0] and a[1] is b[1][0] for a, b in zip(prev.units, parts, strict=True))
@@ -296,6 +315,12 @@ class IncrementalCompiler:
                     index[f.key] = unit
         self._keys[site] = index  # only once it is whole: a failed assembly indexes everything next time
         return SwitchState(site, dpid, tunnels, tuple(units), tuple(sorted(groups, key=lambda g: g.group_id)))
+
+
+def tunnel_ports(model: Model, graph: SiteGraph, site: str) -> tuple[TunnelPort, ...]:
+    me = model.site(site)
+    return tuple(TunnelPort(tunnel_port_name(peer), peer, model.site(peer).vtep, me.vtep)
+                 for peer in graph.neighbours(site))
 
 
 def _checked(out: tuple[list[Flow], list[Group]]) -> UnitOut:

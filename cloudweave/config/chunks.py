@@ -56,8 +56,15 @@ class ChunkCache:
     def __init__(self) -> None:
         self._files: dict[str, dict[str, _Section]] = {}
         self.parsed = 0
+        self._known: dict[int, tuple[Parsed, int | None]] = {}  # a first load's: see _parses_by_line
 
     def parse(self, path: str, chunk: str, line: int) -> Parsed | None:
+        known = self._known.get(line)
+        # The whole file's parse of the key on this line stands for the chunk's only if the chunk ends where
+        # the next key (of its mapping, or of one around it) begins: else it holds more than that key's value.
+        if known is not None and str(known[0][0]) == chunk.split(":", 1)[0].strip() and \
+                known[1] in (None, line + chunk.count("\n")):
+            return known[0]
         tree, problems = load_located(path, chunk)
         self.parsed += 1
         if problems or not isinstance(tree, LDict) or len(tree) != 1:
@@ -67,11 +74,48 @@ class ChunkCache:
 
 def load_chunked(path: str, text: str, cache: ChunkCache, sections: Any = None) -> tuple[Any, list[Problem]]:
     """yamlpos.load_located(path, text, sections), from cached chunks where it can be."""
+    if path not in cache._files:
+        return _first_load(path, text, cache, sections)
     doc = _try_chunked(path, text, cache)
     if doc is None:
         cache._files.pop(path, None)
         return load_located(path, text, sections)
     return doc, []
+
+
+def _first_load(path: str, text: str, cache: ChunkCache, sections: Any) -> tuple[Any, list[Problem]]:
+    """A file not in the cache is parsed whole, once: one parser over 10 MB is 1.5 times faster than one per
+    entry (bench/edit_latency.py's start). Its chunks are then cut as usual and each takes its parse from the
+    whole file's tree (what parsing the chunk alone gives, by where a chunk may be cut), for the next load."""
+    doc, problems = load_located(path, text, sections)
+    if problems or not isinstance(doc, LDict) or (sections is not None and any(k not in sections for k in doc)):
+        return doc, problems  # what the whole-file reader says; the next load tries chunks again
+    cache._known = _parses_by_line(doc)
+    try:
+        if _try_chunked(path, text, cache) is None:
+            cache._files.pop(path, None)
+    finally:
+        cache._known = {}
+    return doc, problems
+
+
+def _parses_by_line(doc: LDict) -> dict[int, tuple[Parsed, int | None]]:
+    """Each section's, and each entry of a mapping section's, key, value and positions, by the key's line; with
+    the line where the next key begins (of the same mapping, or of the one around it; None: no key follows)."""
+    out: dict[int, tuple[Parsed, int | None]] = {}
+    keys = list(doc)
+    for i, key in enumerate(keys):
+        at = doc.key_locs[key]
+        after = doc.key_locs[keys[i + 1]].line if i + 1 < len(keys) else None
+        out[at.line] = ((key, doc[key], at, doc.val_locs[key]), after)
+        value = doc[key]
+        if isinstance(value, LDict):
+            names = list(value)
+            for j, name in enumerate(names):
+                loc = value.key_locs[name]
+                nxt = value.key_locs[names[j + 1]].line if j + 1 < len(names) else after
+                out.setdefault(loc.line, ((name, value[name], loc, value.val_locs[name]), nxt))
+    return out
 
 
 def _try_chunked(path: str, text: str, cache: ChunkCache) -> LDict | None:

@@ -383,6 +383,8 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
 
 
 def _is_address(text: str) -> bool:
+    if "." not in text and ":" not in text:
+        return False  # the usual name, decided without ipaddress trying both families
     try:
         ip_address(text)
         return True

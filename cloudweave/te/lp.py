@@ -17,10 +17,16 @@ from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
 
 from cloudweave.te.paths import Path, arcs
+
+
+def _solver() -> tuple:
+    """scipy takes most of a second to import, and only a controller with `auto` routes solves anything."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    return linprog, coo_matrix
 
 Arc = tuple[Hashable, Hashable]
 Demand = tuple[Hashable, Hashable]
@@ -56,6 +62,7 @@ def mlu(loads: Mapping[Arc, float], capacity: Mapping[Arc, float]) -> float:
 def split_over_paths(demands: Mapping[Demand, float], paths: Mapping[Demand, list[Path]],
                      capacity: Mapping[Arc, float]) -> Split:
     """Shares over each demand's candidate paths minimising the MLU (then total path length)."""
+    linprog, coo_matrix = _solver()
     ds = [d for d in demands if demands[d] > 0]
     for d in ds:
         if not paths.get(d):
@@ -136,6 +143,7 @@ def split_with_more_paths(demands: Mapping[Demand, float], paths: dict[Demand, l
 
 def optimal_mlu(nodes: list[Hashable], capacity: Mapping[Arc, float], demands: Mapping[Demand, float]) -> float:
     """The least MLU of any routing (fractional multi-commodity flow, one commodity per source)."""
+    linprog, coo_matrix = _solver()
     sources = sorted({s for (s, _), v in demands.items() if v > 0}, key=str)
     arc_list = sorted(capacity, key=str)
     na, nn = len(arc_list), len(nodes)

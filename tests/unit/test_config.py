@@ -6,6 +6,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloudweave.config import ConfigError, load_model
 
@@ -173,3 +175,23 @@ def test_check_command_exit_codes_and_no_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "cloudweave", "check", str(garbage)], capture_output=True,
                          text=True, cwd=ROOT)
     assert run.returncode == 1 and "Traceback" not in run.stderr and str(garbage) in run.stderr
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="0123456789.: x\u0661\x00", max_size=17) | st.ip_addresses(v=4).map(str))
+def test_an_address_reads_as_ipaddress_reads_it(text):
+    """values.ipv4's fast path (the C parser) takes exactly what ipaddress takes, to the same value."""
+    import ipaddress
+
+    from cloudweave.config import values
+    from cloudweave.config.errors import Invalid
+
+    try:
+        want = ipaddress.ip_address(text)
+    except ValueError:
+        want = None
+    try:
+        got = values.ipv4(text)
+    except Invalid:
+        got = None
+    assert got == (want if isinstance(want, ipaddress.IPv4Address) else None)
