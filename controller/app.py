@@ -12,6 +12,7 @@ Importing this module patches os-ken (unix-socket listeners, OF1.5 parsers): it 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +46,7 @@ install_flow_desc()
 
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
 LOG = logging.getLogger("cloudweave")
+ERROR_REPEAT_S = 60.0  # an OpenFlow error of one kind from one switch is said at most this often
 
 
 class CloudweaveApp(app_manager.OSKenApp):
@@ -53,6 +55,7 @@ class CloudweaveApp(app_manager.OSKenApp):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.logger = LOG
+        self._errors_said: dict[tuple[int, int, int], float] = {}  # (dpid, type, code) -> when said at error
         conf = cfg.CONF
         self.settings = Settings.from_env(conf.ofp_listen_host, conf.ofp_tcp_listen_port)
         self.metrics = Metrics()
@@ -171,6 +174,13 @@ class CloudweaveApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev: Any) -> None:
         msg = ev.msg
-        LOG.error("switch %#x: OpenFlow error %s (xid %#x)", msg.datapath.id,
-                  error_name(msg.datapath.ofproto, msg.type, msg.code), msg.xid)
+        # A rejected reconcile is retried with backoff and worded once by its session; the switch's error for
+        # each attempt is said once a minute per kind, the repeats at debug level.
+        key, now = (msg.datapath.id, msg.type, msg.code), time.monotonic()
+        repeat = now - self._errors_said.get(key, -ERROR_REPEAT_S) < ERROR_REPEAT_S
+        if not repeat:
+            self._errors_said[key] = now
+        LOG.log(logging.DEBUG if repeat else logging.ERROR, "switch %#x: OpenFlow error %s (xid %#x)%s",
+                msg.datapath.id, error_name(msg.datapath.ofproto, msg.type, msg.code), msg.xid,
+                "" if repeat else f" (the same again within {ERROR_REPEAT_S:.0f} s: at debug level)")
         self._deliver(msg)

@@ -190,12 +190,18 @@ class Core:
         """The site's desired state, compiled now if it was not (its switch just connected)."""
         if site not in self.desired:
             try:
-                self.desired = self.compiler.compile(self.state, sites=self._connected(site))
+                desired = self.compiler.compile(self.state, sites=self._connected(site))
             except Exception:  # noqa: BLE001 - a compiler bug: the switch is left as it is, and said so
                 LOG.exception("could not compile the flows of site %s; its switch is left as it is", site)
                 self.metrics.compile_failures.inc()
                 return None
+            before, self.desired = self.desired, desired
             gc.freeze()
+            # The others' states are the very objects they were (the same inputs), unless the compiler had to
+            # start again from scratch: then their sessions hear of it as after any change.
+            for other in self.sessions.values():
+                if other.site in desired and desired[other.site] is not before.get(other.site):
+                    other.set_desired(desired[other.site])
         return self.desired.get(site)
 
     def _publish(self) -> Published:

@@ -104,6 +104,13 @@ class Wakeup:
                 return True
 
 
+def _named(rejected: list[tuple[int, Any]], sent: dict[int, str], ofp: Any) -> str:
+    """The first rejected messages and why, the same text for the same rejection (so said once, not at every
+    retry)."""
+    out = "; ".join(f"{sent[xid]}: {error_name(ofp, err.type, err.code)}" for xid, err in rejected[:3])
+    return out + ("; ..." if len(rejected) > 3 else "")
+
+
 class RequestFailed(Exception):
     """A request to the switch was not answered in time, was refused, or the switch went away."""
 
@@ -551,11 +558,9 @@ class SwitchSession:
         self._request(self.dp.ofproto_parser.OFPBarrierRequest(self.dp))
         with self._lock:
             rejected = [(xid, self._errors.pop(xid)) for xid in sent if xid in self._errors]
-        for xid, err in rejected[:5]:
-            LOG.error("site %s: the switch rejected %s: %s", self.site, sent[xid],
-                      error_name(self.dp.ofproto, err.type, err.code))
         if rejected:
-            raise RequestFailed(f"the switch rejected {len(rejected)} of {len(msgs)} meter-mods")
+            raise RequestFailed(f"the switch rejected {len(rejected)} of {len(msgs)} meter-mods "
+                                f"({_named(rejected, sent, self.dp.ofproto)})")
         for mid in add:
             LOG.info("site %s: meter %#x added: %s %s", self.site, mid, add[mid][1], add[mid][0])
 
@@ -583,13 +588,25 @@ class SwitchSession:
         with self._lock:
             rejected = [(xid, self._errors.pop(xid)) for xid in sent if xid in self._errors]
         if rejected:
-            self._request(parser.OFPBundleCtrlMsg(self.dp, bundle_id, ofp.OFPBCT_DISCARD_REQUEST, flags, []))
-            for xid, err in rejected[:5]:
-                LOG.error("site %s: the switch rejected %s: %s", self.site, sent[xid],
-                          error_name(ofp, err.type, err.code))
-            raise RequestFailed(f"the switch rejected {len(rejected)} of {p.size} messages; bundle {bundle_id} "
-                                f"discarded, its flows stay as they were")
-        self._request(parser.OFPBundleCtrlMsg(self.dp, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags, []))
+            try:
+                self._request(parser.OFPBundleCtrlMsg(self.dp, bundle_id, ofp.OFPBCT_DISCARD_REQUEST, flags, []))
+            except RequestFailed:
+                pass  # OVS fails the whole bundle at the first rejected message: nothing is left to discard
+            # One message, the same for the same rejection: _failed says it once, not at every retry.
+            raise RequestFailed(f"the switch rejected {len(rejected)} of {p.size} messages "
+                                f"({_named(rejected, sent, ofp)}); the bundle was discarded, the switch's flows "
+                                "stay as they were")
+        try:
+            self._request(parser.OFPBundleCtrlMsg(self.dp, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags, []))
+        except RequestFailed:
+            # What only the commit finds (a full table) fails the bundle there; the switch names the message
+            # it refused just before its answer to the commit.
+            with self._lock:
+                rejected = [(xid, self._errors.pop(xid)) for xid in sent if xid in self._errors]
+            if not rejected:
+                raise
+            raise RequestFailed(f"the switch refused to commit {p.size} messages ({_named(rejected, sent, ofp)}); "
+                                "the switch's flows stay as they were") from None
 
     def _wrap(self, msg: Any, bundle_id: int, flags: int) -> tuple[int, bytes]:
         wrapped = self.dp.ofproto_parser.OFPBundleAddMsg(self.dp, bundle_id, flags, msg, [])
