@@ -45,7 +45,10 @@ def tcp(host: str, lo: int, hi: int, count: int, window: int = 16, give_up_s: fl
         del started[sock]
 
     begun = time.monotonic()
+    behind_max = max(1.0, rate / 20)  # connections a paced client may owe: after a stall it does not catch up
     while sent < count or started:
+        if rate and (time.monotonic() - begun) * rate > sent + behind_max:
+            begun = time.monotonic() - (sent + behind_max) / rate  # at `rate` again, not in a burst
         while sent < count and len(started) < window and (not rate or sent < (time.monotonic() - begun) * rate):
             s = socket.socket()
             s.setblocking(False)

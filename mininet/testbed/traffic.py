@@ -88,9 +88,18 @@ def iperf(workdir: str, server: str, client: str, server_ip: str, seconds: int =
 
 
 def stop(processes: Iterable[subprocess.Popen]) -> None:
+    """Terminate, then kill what is left. A `timeout` wrapper passes SIGTERM on to its command; killed, it
+    would leave the command running (an hping3 flood outlived its test that way)."""
+    processes = list(processes)
     for p in processes:
-        p.kill()
-        p.wait()
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 VIP = "10.41.0.100"  # topologies/matrix.yaml's api service, as the security-operations tests add it

@@ -189,7 +189,7 @@ def test_an_attacker_is_quarantined_and_everyone_else_keeps_talking(bed, attack)
         assert _quarantined(workdir) == {attacker}  # only the attacker: never its victim
         proc.wait(60)
     finally:
-        proc.kill()
+        stop([proc])  # the `timeout` wrapper passes SIGTERM on to the attack (killed, it would leave it running)
         _release_all(workdir)
     wait_for(lambda: not _quarantined(workdir), timeout_s=10, what="released")
     back = {"lb1": "tcp:10.41.0.12:8080", "dev1": "icmp:10.41.0.11", "web3": "tcp:10.41.0.22:9004"}[attacker]
