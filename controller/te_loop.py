@@ -18,6 +18,7 @@ from os_ken.lib import hub
 
 from cloudweave.config.model import Model
 from cloudweave.te.engine import Key, TrafficEngineer, capacities
+from cloudweave.te.lp import prepare_solver
 from cloudweave.te.rates import Outcome
 from cloudweave.te.statefile import BadState, load_state
 from controller.messages import WeightsAdopted
@@ -133,9 +134,15 @@ class TeLoop:
 
     def run(self, published: Callable[[], Any], post: Callable[[Any], None]) -> None:
         """Every poll interval, a round; new weights go to the core as a message (it owns the state)."""
+        solver_ready = False
         while self.active:
             started = time.monotonic()
             snap = published()
+            if not solver_ready and any(r.auto for r in snap.state.model.routes):
+                # scipy's import (most of a second of CPU) now, before there is traffic to engineer, not in
+                # the first round that solves: on two cores that second cost the datapaths packets.
+                prepare_solver()
+                solver_ready = True
             if self.leading is not None and not self.leading():
                 hub.sleep(0.2)
                 continue

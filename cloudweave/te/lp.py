@@ -21,6 +21,11 @@ import numpy as np
 from cloudweave.te.paths import Path, arcs
 
 
+def prepare_solver() -> None:
+    """Import the solver now (controller.te_loop does, once a route is `auto`)."""
+    _solver()
+
+
 def _solver() -> tuple:
     """scipy takes most of a second to import, and only a controller with `auto` routes solves anything."""
     from scipy.optimize import linprog
