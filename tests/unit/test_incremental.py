@@ -75,8 +75,9 @@ def edit(w: World, kind: str, draw) -> None:
         e = draw(st.sampled_from(movable))
         site = draw(st.sampled_from([s.name for s in m.sites]))
         eps[eps.index(e)] = dataclasses.replace(e, site=site, port=f"mv{w.serial}")
-    elif kind == "remove" and movable:
-        eps.remove(draw(st.sampled_from(movable)))
+    elif kind == "remove" and (removable := [e for e in movable if f"port:{e.name}" not in
+                                             {s for f in m.filters for s in f.sources}]):
+        eps.remove(draw(st.sampled_from(removable)))  # not one a filter names: check refuses such a file
     elif kind == "add" and eps:
         e = draw(st.sampled_from(eps))
         eps.append(dataclasses.replace(e, name=f"new{w.serial}", port=f"np{w.serial}", ip=_free_ip(m, e.segment, draw),
