@@ -39,11 +39,14 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"  {k['route']:<14} {k['src'] + ' -> ' + k['dst']:<22} {_rate(k.get('rate')):>12} "
                      f"{_rate(mean):>12} {_rate(prediction):>12}  {weights}{stale}")
     util = doc.get("utilisation") or {}
+    background = doc.get("background") or {}
     if util:
-        lines.append("link utilisation by these routes, at the proposed weights and the learned means:")
+        lines.append("link utilisation at the proposed weights and the learned means (other traffic included):")
         cap = doc.get("capacity_bps", {})
         for link, u in sorted(util.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {link:<24} {u:7.1%}  of {_rate(cap.get(link))}")
+            other = (background.get(link) or {}).get("mean")
+            other_text = f"  other traffic {_rate(other)}" if other else ""
+            lines.append(f"  {link:<24} {u:7.1%}  of {_rate(cap.get(link))}{other_text}")
     mlu = doc.get("mlu")
     if mlu:
         lines.append(f"maximum link utilisation: {mlu['proposed']:.1%} proposed, {mlu['in_force']:.1%} with the "

@@ -166,8 +166,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         if session is not None and session.dp is msg.datapath and msg.role != msg.datapath.ofproto.OFPCR_ROLE_MASTER:
             session.demoted(msg.generation_id)  # it stops writing; the store's rows tell the core the rest
 
-    @set_ev_cls(ofp_event.EventOFPFlowDescStatsReply, MAIN_DISPATCHER)
-    def _flow_desc_reply(self, ev: Any) -> None:
+    @set_ev_cls([ofp_event.EventOFPFlowDescStatsReply, ofp_event.EventOFPPortStatsReply], MAIN_DISPATCHER)
+    def _stats_reply(self, ev: Any) -> None:
         if not self._deliver(ev.msg):
             self.te.on_reply(ev.msg)  # the traffic engineer's counters
 

@@ -60,7 +60,9 @@ class Metrics:
         self.te_prediction = Gauge("cloudweave_te_prediction_bps", "Burst-covering prediction for the next interval",
                                    ["route", "src", "dst"], registry=r)
         self.te_utilisation = Gauge("cloudweave_te_link_utilisation", "Predicted utilisation of a link direction "
-                                    "by split: auto routes at the proposed weights", ["link"], registry=r)
+                                    "at the proposed weights, other traffic included", ["link"], registry=r)
+        self.te_background = Gauge("cloudweave_te_background_bps", "Learned mean of a link direction's other traffic "
+                                   "(what it carried beyond the auto routes' own paths)", ["link"], registry=r)
         self.te_mlu = Gauge("cloudweave_te_mlu", "Maximum link utilisation of the auto routes", ["weights"],
                             registry=r)
         self.te_solve_seconds = Gauge("cloudweave_te_solve_seconds", "Duration of the last TE solve", registry=r)

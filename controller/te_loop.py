@@ -1,6 +1,8 @@
 """The traffic-engineering loop of the controller: every poll interval, read the byte counters of the
-`split: auto` routes' first-hop flows (one cookie-filtered flow-desc request per source site, answered or
-not within the interval), feed te.engine, apply new shares when it says so, persist the state, export it.
+`split: auto` routes' first-hop flows (one cookie-filtered flow-desc request per source site) and of every
+site's tunnel ports (one port-stats request per site with links: what each link carried, as received at its
+far end), answered or not within the interval; feed te.engine, apply new shares when it says so, persist
+the state, export it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from cloudweave.te.rates import Outcome
 from cloudweave.te.statefile import BadState, load_state
 from controller.messages import WeightsAdopted
 from flows import cookies
-from flows.routing import route_cookie
-from flows.topology import SiteGraph
+from flows.routing import PATH_MARK_MASK, PATH_MARK_SHIFT, route_cookie
+from flows.topology import SiteGraph, tunnel_port_name
 
 LOG = logging.getLogger("cloudweave.te")
 ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)
@@ -36,9 +38,12 @@ class TeLoop:
         self.state_path = state_path
         self.metrics = metrics
         self.engine = self._load()
-        self.waiting: dict[int, str] = {}  # xid -> site
+        self.waiting: dict[int, str] = {}  # xid -> site, of the flow-desc requests
         self.bodies: dict[str, list[Any]] = defaultdict(list)
-        self.answered_at: dict[str, float] = {}  # site -> when its counters came in, this round
+        self.answered_at: dict[str, float] = {}  # site -> when its flow counters came in, this round
+        self.waiting_ports: dict[int, str] = {}  # xid -> site, of the port-stats requests
+        self.port_bodies: dict[str, list[Any]] = defaultdict(list)
+        self.ports_at: dict[str, float] = {}  # site -> when its port counters came in, this round
         self.reported_stale: set[str] = set()
         self.active = True
         # With replicas (controller.replica): rounds only while this replica coordinates, the state kept in
@@ -78,13 +83,17 @@ class TeLoop:
     # ---- counters ---------------------------------------------------------------------------------------------
 
     def on_reply(self, msg: Any) -> None:
-        site = self.waiting.get(msg.xid)
+        """A flow-desc or port-stats reply that no session asked for (the shim hands them here)."""
+        flows = msg.xid in self.waiting
+        waiting, bodies, done = (self.waiting, self.bodies, self.answered_at) if flows else \
+            (self.waiting_ports, self.port_bodies, self.ports_at)
+        site = waiting.get(msg.xid)
         if site is None:
             return
-        self.bodies[site] += msg.body
+        bodies[site] += msg.body
         if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-            self.answered_at[site] = time.monotonic()  # the rate's interval ends when the counters were read
-            del self.waiting[msg.xid]
+            done[site] = time.monotonic()  # the rate's interval ends when the counters were read
+            del waiting[msg.xid]
 
     def _request(self, session: Any, site: str) -> None:
         """Sent by the switch's session (never from here: a frozen switch must not stall this loop)."""
@@ -96,12 +105,20 @@ class TeLoop:
         self.waiting[msg.xid] = site
         session.send_soon(msg)
 
-    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], wait: Any,
-                 timeout_s: float) -> dict[Key, int | None]:
+    def _request_ports(self, session: Any, site: str) -> None:
+        dp = session.dp
+        msg = dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY)
+        msg.set_xid(session.new_xid())
+        self.waiting_ports[msg.xid] = site
+        session.send_soon(msg)
+
+    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], wait: Any, timeout_s: float
+                 ) -> tuple[dict[Key, int | None], dict[tuple[Key, int], int], dict[tuple[str, str], int | None]]:
+        """Each key's byte counter (None: its site did not answer), each (key, bucket)'s, each link direction's."""
         sites = sorted({k[1] for k in keys})
-        self.waiting.clear()
-        self.bodies.clear()
-        self.answered_at.clear()
+        linked = sorted({s for link in model.links for s in link.sites})
+        for d in (self.waiting, self.bodies, self.answered_at, self.waiting_ports, self.port_bodies, self.ports_at):
+            d.clear()
         why = {}
         for site in sites:
             session = sessions.get(model.site(site).dpid)
@@ -110,14 +127,29 @@ class TeLoop:
                 why[site] = f"no answer within {timeout_s:.1f} s"
             else:
                 why[site] = "its switch is not connected"
+        for site in linked:
+            session = sessions.get(model.site(site).dpid)
+            if session is not None:
+                self._request_ports(session, site)
         deadline = time.monotonic() + timeout_s
-        while self.waiting and time.monotonic() < deadline:
+        while (self.waiting or self.waiting_ports) and time.monotonic() < deadline:
             wait(0.02)
         by_cookie: dict[str, dict[int, int]] = {}
+        buckets: dict[tuple[Key, int], int] = defaultdict(int)
+        key_of = {route_cookie(*k): k for k in keys}
         for site in self.answered_at:
             totals: dict[int, int] = defaultdict(int)
             for f in self.bodies[site]:
-                totals[f.cookie] += int(dict(f.stats.fields).get("byte_count", 0))
+                # Every routed packet passes exactly one pinned-path flow (ct_mark names its bucket); the group's
+                # flow sees a connection's first packets too, before the bucket pins them: not counted.
+                mark = f.match.get("ct_mark")
+                if mark is None:
+                    continue
+                count = int(dict(f.stats.fields).get("byte_count", 0))
+                totals[f.cookie] += count
+                if f.cookie in key_of:
+                    value = mark[0] if isinstance(mark, tuple) else mark
+                    buckets[(key_of[f.cookie], ((value & PATH_MARK_MASK) >> PATH_MARK_SHIFT) - 1)] += count
             by_cookie[site] = totals
         for site in sites:
             if site not in by_cookie and site not in self.reported_stale:
@@ -128,7 +160,22 @@ class TeLoop:
                 LOG.info("site %s answers the traffic counters again", site)
                 self.reported_stale.discard(site)
             self.metrics.te_stale.labels(site).set(0 if site in by_cookie else 1)
-        return {k: by_cookie[k[1]].get(route_cookie(*k), 0) if k[1] in by_cookie else None for k in keys}
+        counters = {k: by_cookie[k[1]].get(route_cookie(*k), 0) if k[1] in by_cookie else None for k in keys}
+        return counters, dict(buckets), self._link_totals(model, sessions)
+
+    def _link_totals(self, model: Model, sessions: Mapping[int, Any]) -> dict[tuple[str, str], int | None]:
+        """Bytes each direction of each link carried, as its far end's tunnel port received them; None where
+        that site did not answer or has no such port. Received, not sent: OVS 3.1's userspace tunnel ports
+        count a routed packet's transmission about twice (measured on the test bed: 14.5 Mbit/s sent for
+        the 7.8 Mbit/s the far end received and the pinned-path flow counted)."""
+        out: dict[tuple[str, str], int | None] = {}
+        for link in model.links:
+            for a, b in (link.sites, link.sites[::-1]):
+                session = sessions.get(model.site(b).dpid)
+                port = session.ports.get(tunnel_port_name(a)) if session is not None else None
+                got = {p.port_no: p.rx_bytes for p in self.port_bodies.get(b, ())} if b in self.ports_at else {}
+                out[(a, b)] = got.get(port)
+        return out
 
     # ---- a round ------------------------------------------------------------------------------------------------
 
@@ -169,16 +216,19 @@ class TeLoop:
         keys = self.engine.prepare(model, graph.declared)
         if not keys:
             return False
-        counters = self._collect(model, sessions, keys, wait, min(2.0, model.poll_interval_s * 0.8))
+        counters, buckets, links = self._collect(model, sessions, keys, wait, min(2.0, model.poll_interval_s * 0.8))
         events = []
-        for site in sorted({k[1] for k in keys}):
+        sources = sorted({k[1] for k in keys})
+        for site in sources:
             at = self.answered_at.get(site, time.monotonic())  # a site without an answer has no counters anyway
             events += self.engine.observe(at, {k: v for k, v in counters.items() if k[1] == site})
+        capacity = capacities(model)
+        if all(site in self.answered_at for site in sources):  # else what the routes carried is not known
+            self.engine.observe_links(self.ports_at, links, self.answered_at, buckets, capacity)
         for key, outcome in events:
             if outcome is Outcome.RESET:
                 LOG.info("route %s %s->%s: counter reset (flows replaced or switch restarted); no rate this "
                          "interval", *key)
-        capacity = capacities(model)
         for a, b in down:  # a dead link carries nothing: the LP must not count on it
             capacity[(a, b)] = capacity[(b, a)] = 1.0
         proposal = self.engine.propose(graph.declared, capacity)
@@ -196,8 +246,14 @@ class TeLoop:
                     parts = ", ".join(f"{' -> '.join(p)} {s:.0%}" for p, s in zip(self.engine.paths[key], shares,
                                                                                   strict=False) if s > 0.005)
                     LOG.info("  route %s %s->%s: %s", *key, parts)
+                other = [f"{a}->{b} {bps / 1e6:.1f} Mbit/s" for (a, b), bps in sorted(proposal.background.items())
+                         if bps > 0.01 * capacity.get((a, b), 0.0)]
+                if other:
+                    LOG.info("  other traffic planned around: %s", ", ".join(other))
             for (a, b), u in proposal.utilisation.items():
                 self.metrics.te_utilisation.labels(f"{a}->{b}").set(u)
+        for (a, b), bps in self.engine.background_load().items():
+            self.metrics.te_background.labels(f"{a}->{b}").set(bps)
         for key, pred in self.engine.predictors.items():
             self.metrics.te_demand.labels(*key).set(pred.mean or 0.0)
             self.metrics.te_prediction.labels(*key).set(pred.prediction)

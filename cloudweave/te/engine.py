@@ -3,9 +3,13 @@
 Keys are (route, source site, destination site). Each round:
 1. `observe`: the byte counter of each key's first-hop flows (their cookies name the key) -> a rate
    (te.rates) -> the key's predictor (te.predict). A site that did not answer leaves its keys stale.
+   `observe_links`: what each direction of each link carries (its far end's tunnel port's received bytes) less what
+   the keys' own paths put on it (the pinned-path flows' counters, one per bucket) is the link's background,
+   traffic that no split moves (other routes, plain forwarding, floods), with a predictor of its own.
 2. `propose`: the LP (te.lp, column generation) on the predicted means over each key's candidate paths
    (te.paths; kept and extended from round to round, so bucket ids stay put) against the links'
-   capacities: shares, the MLU they would give, and the MLU the current shares would give.
+   capacities, the background's means counted as fixed loads: shares, the MLU they would give, and the MLU
+   the current shares would give.
 3. `decide`: apply only when the MLU improves by more than IMPROVEMENT, or when the current shares would
    put a link over its capacity at the burst prediction; else keep the groups as they are. Existing
    connections never move either way (flows/routing.py pins them).
@@ -20,13 +24,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cloudweave.config.model import Model
-from cloudweave.te.lp import NoSolution, link_loads, mlu, split_with_more_paths
-from cloudweave.te.paths import Path, candidate_paths
+from cloudweave.te.lp import Arc, NoSolution, link_loads, mlu, split_with_more_paths
+from cloudweave.te.paths import Path, arcs, candidate_paths
 from cloudweave.te.predict import Predictor
 from cloudweave.te.rates import Meters, Outcome
 
 Key = tuple[str, str, str]  # route, source site, destination site
 IMPROVEMENT = 0.05  # relative MLU gain that is worth regrouping for
+SATURATED = 0.9  # of a link's capacity delivered: it dropped some of what it was offered
 K_PATHS, MAX_PATHS = 4, 8
 
 
@@ -55,8 +60,9 @@ class Proposal:
     mlu: float
     current_mlu: float
     current_burst_mlu: float
-    utilisation: dict[tuple[str, str], float]  # at the proposed shares and predicted means
+    utilisation: dict[tuple[str, str], float]  # at the proposed shares and predicted means, background included
     solve_s: float
+    background: dict[tuple[str, str], float] = field(default_factory=dict)  # what the LP planned around
 
 
 @dataclass
@@ -67,6 +73,8 @@ class TrafficEngineer:
     meters: Meters = field(default_factory=Meters)
     stale: set[Key] = field(default_factory=set)
     rates: dict[Key, float] = field(default_factory=dict)  # the last measured rate
+    background: dict[Arc, Predictor] = field(default_factory=dict)  # per direction of a link
+    background_rates: dict[Arc, float] = field(default_factory=dict)  # the last measured background
 
     def prepare(self, model: Model, graph: nx.Graph) -> list[Key]:
         """Candidate paths for every key of the model (kept ones stay, in their order)."""
@@ -95,15 +103,53 @@ class TrafficEngineer:
                 events.append((key, outcome))
         return events
 
+    def observe_links(self, ports_at: Mapping[str, float], links: Mapping[Arc, int | None],
+                      flows_at: Mapping[str, float], buckets: Mapping[tuple[Key, int], int],
+                      capacity: Mapping[Arc, float]) -> list[Arc]:
+        """Byte counters of each link direction (what the second site's tunnel port from the first received,
+        read at that site's `ports_at`) and of each key's pinned-path flows (key, bucket id; read at the source site's
+        `flows_at`) -> each link's background, the rest of what it carried. Links are updated only in a round
+        where every counter gave a rate (a site that did not answer, a path just added or a counter reset
+        leaves the backgrounds as they were). A link that delivered SATURATED of its capacity or more lost
+        traffic on the way (the routes' share was counted before the loss): its sample is a lower bound, which
+        may raise the background's mean but never lowers it. Returns the links updated."""
+        complete = True
+        auto_on: dict[Arc, float] = {}
+        for (key, bucket), total in buckets.items():
+            outcome, rate = self.meters.sample(("bucket", key, bucket), flows_at[key[1]], total)
+            if outcome is not Outcome.RATE:
+                complete = complete and outcome is Outcome.FIRST and total == 0  # a new path, still idle
+                continue
+            paths = self.paths.get(key, [])
+            for a in arcs(paths[bucket]) if bucket < len(paths) else ():
+                auto_on[a] = auto_on.get(a, 0.0) + rate
+        updated = []
+        for arc, total in links.items():
+            outcome, rate = self.meters.sample(("link", arc), ports_at.get(arc[1], 0.0), total)
+            if outcome is not Outcome.RATE or not complete:
+                continue
+            other = max(0.0, rate - auto_on.get(arc, 0.0))
+            pred = self.background.setdefault(arc, Predictor())
+            if rate >= SATURATED * capacity.get(arc, float("inf")) and other <= (pred.mean or 0.0):
+                continue
+            pred.update(other)
+            self.background_rates[arc] = other
+            updated.append(arc)
+        return updated
+
+    def background_load(self) -> dict[Arc, float]:
+        """The background to plan around: each link direction's learned mean."""
+        return {a: p.mean for a, p in self.background.items() if p.mean}
+
     def demands(self, burst: bool = False) -> dict[Key, float]:
         return {k: (p.prediction if burst else p.mean) or 0.0 for k, p in self.predictors.items()
                 if k in self.paths and p.mean is not None}
 
     def _mlu_of(self, shares: Mapping[Key, list[float]], demands: Mapping[Key, float],
-                capacity: Mapping[tuple[str, str], float]) -> float:
+                capacity: Mapping[tuple[str, str], float], links: frozenset[Arc]) -> float:
         routing = {k: [(p, s) for p, s in zip(self.paths[k], shares[k], strict=False)]
                    for k in demands if k in shares}
-        return mlu(link_loads(routing, demands), capacity)
+        return mlu(with_background(link_loads(routing, demands), self.background_load(), links), capacity)
 
     def propose(self, graph: nx.Graph, capacity: Mapping[tuple[str, str], float]) -> Proposal | None:
         demands = self.demands()
@@ -111,18 +157,25 @@ class TrafficEngineer:
             return None
         started = time.perf_counter()
         paths = {k: list(v) for k, v in self.paths.items()}  # column generation extends these, not ours
+        background = self.background_load()
         try:
-            split = split_with_more_paths(demands, paths, capacity, graph, max_paths=MAX_PATHS)
+            split = split_with_more_paths(demands, paths, capacity, graph, max_paths=MAX_PATHS,
+                                          background=background)
         except NoSolution:
             return None
         shares = {k: split.shares.get(k, [1.0] + [0.0] * (len(paths[k]) - 1)) for k in demands}
         # Before any weights: the shortest path alone, as flows/routing.py compiles it.
         current = {k: self.shares.get(k) or [1.0] + [0.0] * (len(self.paths[k]) - 1) for k in demands}
         routing = {k: list(zip(paths[k], shares[k], strict=True)) for k in demands}
-        loads = link_loads(routing, demands)
-        return Proposal({k: paths[k] for k in demands}, shares, split.mlu, self._mlu_of(current, demands, capacity),
-                        self._mlu_of(current, self.demands(burst=True), capacity),
-                        {a: loads.get(a, 0.0) / c for a, c in capacity.items()}, time.perf_counter() - started)
+        # Both MLUs over the same links, the ones a split can load: a busy link that no candidate path crosses
+        # is no reason to keep or change weights.
+        links = frozenset(a for k in demands for p in paths[k] for a in arcs(p))
+        loads = with_background(link_loads(routing, demands), background, frozenset(capacity))
+        return Proposal({k: paths[k] for k in demands}, shares, split.mlu,
+                        self._mlu_of(current, demands, capacity, links),
+                        self._mlu_of(current, self.demands(burst=True), capacity, links),
+                        {a: loads.get(a, 0.0) / c for a, c in capacity.items()}, time.perf_counter() - started,
+                        background)
 
     def decide(self, p: Proposal) -> str | None:
         """Why to apply the proposal, or None to keep the shares in force."""
@@ -149,7 +202,9 @@ class TrafficEngineer:
         return {"keys": [{"route": k[0], "src": k[1], "dst": k[2], "paths": [list(x) for x in self.paths.get(k, [])],
                           "shares": self.shares.get(k), "predictor": self.predictors[k].to_json()
                           if k in self.predictors else None, "rate": self.rates.get(k), "stale": k in self.stale}
-                         for k in sorted(set(self.paths) | set(self.predictors))]}
+                         for k in sorted(set(self.paths) | set(self.predictors))],
+                "background": {f"{a}->{b}": dict(p.to_json(), rate=self.background_rates.get((a, b)))
+                               for (a, b), p in sorted(self.background.items())}}
 
     @staticmethod
     def from_json(data: dict) -> TrafficEngineer:
@@ -167,4 +222,19 @@ class TrafficEngineer:
                 eng.predictors[key] = Predictor.from_json(item["predictor"])
             if item.get("rate") is not None:
                 eng.rates[key] = item["rate"]
+        for link, item in (data.get("background") or {}).items():
+            a, b = link.split("->", 1)
+            eng.background[(a, b)] = Predictor.from_json(item)
+            if item.get("rate") is not None:
+                eng.background_rates[(a, b)] = item["rate"]
         return eng
+
+
+def with_background(loads: Mapping[Arc, float], background: Mapping[Arc, float], links: frozenset[Arc]
+                    ) -> dict[Arc, float]:
+    """`loads` plus the background of each link in `links` (a link with background only included)."""
+    out = dict(loads)
+    for a, bg in background.items():
+        if a in links:
+            out[a] = out.get(a, 0.0) + bg
+    return out

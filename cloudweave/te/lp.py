@@ -2,7 +2,9 @@
 
 - `split_over_paths`: for each demand, shares over its candidate paths that minimise the maximum link
   utilisation (MLU) against the capacities, with path length as a tie-breaker (a small cost per hop-unit of
-  traffic, so that among equal-MLU answers the shorter paths win);
+  traffic, so that among equal-MLU answers the shorter paths win); `background` is traffic on the links that
+  the split does not move (measured by the controller: everything on a link but the `auto` routes' own), a
+  fixed load that counts toward each link's utilisation;
 - `optimal_mlu`: the exact optimum over all routings, the edge formulation of the multi-commodity flow
   (commodities aggregated by source), as the yardstick for the others.
 
@@ -64,9 +66,13 @@ def mlu(loads: Mapping[Arc, float], capacity: Mapping[Arc, float]) -> float:
     return max((load / capacity[a] for a, load in loads.items()), default=0.0)
 
 
+NO_BACKGROUND: Mapping[Arc, float] = {}
+
+
 def split_over_paths(demands: Mapping[Demand, float], paths: Mapping[Demand, list[Path]],
-                     capacity: Mapping[Arc, float]) -> Split:
-    """Shares over each demand's candidate paths minimising the MLU (then total path length)."""
+                     capacity: Mapping[Arc, float], background: Mapping[Arc, float] = NO_BACKGROUND) -> Split:
+    """Shares over each demand's candidate paths minimising the MLU, background included (then total path
+    length)."""
     linprog, coo_matrix = _solver()
     ds = [d for d in demands if demands[d] > 0]
     for d in ds:
@@ -82,10 +88,12 @@ def split_over_paths(demands: Mapping[Demand, float], paths: Mapping[Demand, lis
             rows.append(r)
             cols.append(j)
             vals.append(demands[d])
-    for a, r in arc_index.items():  # load(a) - U * c(a) <= 0
+    b_ub = np.zeros(len(arc_index))
+    for a, r in arc_index.items():  # load(a) + background(a) - U * c(a) <= 0
         rows.append(r)
         cols.append(n - 1)
         vals.append(-capacity[a])
+        b_ub[r] = -background.get(a, 0.0)
     a_ub = coo_matrix((vals, (rows, cols)), shape=(len(arc_index), n)).tocsr()
     row_of = {d: r for r, d in enumerate(ds)}  # sum of a demand's shares = 1
     a_eq = coo_matrix((np.ones(len(var)), ([row_of[d] for d, _ in var], list(range(len(var))))),
@@ -95,7 +103,7 @@ def split_over_paths(demands: Mapping[Demand, float], paths: Mapping[Demand, lis
     cost[-1] = 1.0
     for j, (d, i) in enumerate(var):
         cost[j] = LENGTH_COST * demands[d] * (len(paths[d][i]) - 1) / total
-    res = linprog(cost, A_ub=a_ub, b_ub=np.zeros(len(arc_index)), A_eq=a_eq, b_eq=np.ones(len(ds)),
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.ones(len(ds)),
                   bounds=[(0, None)] * n, method="highs")
     if res.status != 0:
         raise NoSolution(res.message)
@@ -111,11 +119,11 @@ def split_over_paths(demands: Mapping[Demand, float], paths: Mapping[Demand, lis
 
 def split_with_more_paths(demands: Mapping[Demand, float], paths: dict[Demand, list[Path]],
                           capacity: Mapping[Arc, float], graph: nx.Graph, max_paths: int = 8,
-                          rounds: int = 6) -> Split:
+                          rounds: int = 6, background: Mapping[Arc, float] = NO_BACKGROUND) -> Split:
     """`split_over_paths`, adding paths where they would lower the MLU (column generation): after each solve,
     a demand whose cheapest path under the link prices is cheaper than the paths it has gets that path (up
     to `max_paths`). `paths` is extended in place: the controller keeps them for the next round."""
-    split = split_over_paths(demands, paths, capacity)
+    split = split_over_paths(demands, paths, capacity, background)
     for _ in range(rounds):
         prices = split.link_prices or {}
         if not any(p > 1e-12 for p in prices.values()):
@@ -138,7 +146,7 @@ def split_with_more_paths(demands: Mapping[Demand, float], paths: dict[Demand, l
                     added += 1
         if not added:
             break
-        better = split_over_paths(demands, paths, capacity)
+        better = split_over_paths(demands, paths, capacity, background)
         improved = better.mlu < split.mlu * (1 - 1e-4)
         split = better
         if not improved:

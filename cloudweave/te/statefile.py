@@ -41,6 +41,15 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
+def _predictor(value: Any, where: str) -> None:
+    pred = _mapping(value, where)
+    _number(pred.get("mean"), f"{where}.mean", none=True)
+    _number(pred.get("dev", 0.0), f"{where}.dev")
+    n = pred.get("n", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise BadState(f"{where}.n: expected a count, got {show(n)}")
+
+
 def validate(doc: Any) -> dict:
     """`doc` itself when it has the controller's shape; BadState otherwise."""
     doc = _mapping(doc, "the file")
@@ -62,12 +71,13 @@ def validate(doc: Any) -> dict:
             if shares and len(shares) != len(paths):
                 raise BadState(f"{where}: {len(shares)} shares for {len(paths)} paths")
         if item.get("predictor") is not None:
-            pred = _mapping(item["predictor"], f"{where}.predictor")
-            _number(pred.get("mean"), f"{where}.predictor.mean", none=True)
-            _number(pred.get("dev", 0.0), f"{where}.predictor.dev")
-            n = pred.get("n", 0)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise BadState(f"{where}.predictor.n: expected a count, got {show(n)}")
+            _predictor(item["predictor"], f"{where}.predictor")
+        _number(item.get("rate"), f"{where}.rate", none=True)
+    for link, item in _mapping(doc.get("background") or {}, "background").items():
+        where = f"background.{show(link)}"
+        if "->" not in link:
+            raise BadState(f"{where}: expected a link as 'site->site'")
+        _predictor(item, where)
         _number(item.get("rate"), f"{where}.rate", none=True)
     for key in ("capacity_bps", "utilisation"):
         for link, value in _mapping(doc.get(key) or {}, key).items():

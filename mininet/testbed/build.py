@@ -35,7 +35,12 @@ SITE_CONTROLLER_SOCK = "controller.sock"
 INTERNET = "internet"  # the namespace every site's uplink reaches
 INTERNET_BRIDGE = "ibr"
 INTERNET_SERVER = "198.51.100.100"  # documentation range (RFC 5737), as the reference file's NAT addresses
+BUFFER_S, MIN_QUEUE = 0.05, 64  # an underlay link's queue: 50 ms at its rate, of 1500-byte packets
 INTERNET_PREFIX = 24  # Mininet's htb helper refuses more; faster links run unshaped
+
+
+def queue_packets(capacity_mbps: float) -> int:
+    return max(MIN_QUEUE, int(capacity_mbps * 1e6 * BUFFER_S / (8 * 1500)))
 
 
 def _last_error(log: str) -> str:
@@ -183,6 +188,10 @@ class Testbed:
             node, ovs, port = self.nodes[me], self.ovs[me], underlay_port(peer)
             peer_vtep = self.model.site(peer).vtep
             node.cmd(f"ethtool -K {port} tx off >/dev/null 2>&1")
+            # The htb class's queue takes its length from the device: about BUFFER_S at the link's rate, not
+            # veth's 1000 packets (half a second at 20 Mbit/s, longer than BFD's 300 ms detection: a full
+            # link would be declared down by its own queue).
+            node.cmd(f"ip link set {port} txqueuelen {queue_packets(capacity_mbps)}")
             # OVS owns the root qdisc of its ports (it deletes one set behind its back), so the link's
             # capacity is an OVS linux-htb QoS on the port: htb on the veth, kept by OVS itself.
             rate = int(capacity_mbps * 1e6)

@@ -368,9 +368,11 @@ def test_a_failed_bring_up_says_why_at_once_and_leaves_nothing(tmp_path_factory,
         down(str(workdir), force=True)
 
 
-def _lost_pings(workdir: str, src: str, ip: str, seconds: float, during) -> tuple[int, int, object]:
-    """10 ms pings from src to ip for `seconds`, with `during()` run one second in: (sent, lost, its result)."""
-    ping = subprocess.Popen(ns_argv(workdir, src, "ping", "-i", "0.01", "-W", "1", "-w", str(seconds), ip),
+def _lost_pings(workdir: str, src: str, ip: str, seconds: float, during) -> tuple[int, int, float, object]:
+    """10 ms pings from src to ip for `seconds`, with `during()` run one second in: (sent, lost, the longest
+    time without a reply in seconds, its result). The gap is the outage as the pings saw it, whatever rate a
+    loaded machine managed to send them at."""
+    ping = subprocess.Popen(ns_argv(workdir, src, "ping", "-D", "-i", "0.01", "-W", "1", "-w", str(seconds), ip),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
     result = during()
@@ -378,7 +380,10 @@ def _lost_pings(workdir: str, src: str, ip: str, seconds: float, during) -> tupl
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     sent, got = int(m.group(1)), int(m.group(2))
-    return sent, sent - got, result
+    replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    assert len(replies) == got, out[-2000:]
+    gap = max((b - a for a, b in zip(replies, replies[1:], strict=False)), default=float(seconds))
+    return sent, sent - got, gap, result
 
 
 def test_restart_ovs_as_an_upgrade_restores_the_site(three):
@@ -400,14 +405,14 @@ def test_restart_ovs_as_an_upgrade_restores_the_site(three):
     want = len(compile_site(load_model(state.topology)[0], "cloud2").flows)
     for frw in (True, False):
         log_before = open(state.controller["log"]).read()
-        sent, lost, done = _lost_pings(workdir, "lab1", "10.10.0.12", 4,
-                                       lambda f=frw: restart_ovs(workdir, "cloud2", flow_restore_wait=f))
+        sent, lost, gap, done = _lost_pings(workdir, "lab1", "10.10.0.12", 4,
+                                            lambda f=frw: restart_ovs(workdir, "cloud2", flow_restore_wait=f))
         print(f"restart-ovs cloud2 {'with' if frw else 'without'} flow-restore-wait: {lost} of {sent} pings "
-              f"lost ({lost * 10} ms), ovs-vswitchd down {done.down_s * 1000:.0f} ms")
-        assert sent > 250, sent
+              f"lost, longest gap between replies {gap * 1000:.0f} ms, ovs-vswitchd down {done.down_s * 1000:.0f} ms")
+        assert sent > 100, sent  # the pings ran across the restart
         # Under 1 s both ways (the issue's goal without flow-restore-wait). Not 0 with it: the userspace
         # datapath lives in ovs-vswitchd, so nothing forwards while the process is gone (bench/ovs_restart.py).
-        assert lost * 0.01 < 1.0, (frw, sent, lost)
+        assert gap < 1.0, (frw, sent, lost, gap)
         assert ping(workdir, "lab1", "10.10.0.12")
         wait_for(lambda: ours() == want, timeout_s=10, what="cloud2's flows all back")
         assert "Traceback" not in open(state.controller["log"]).read()[len(log_before):]

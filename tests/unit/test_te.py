@@ -75,6 +75,18 @@ def test_length_breaks_ties_where_the_mlu_is_set_elsewhere():
     assert split.shares[("a", "b")] == pytest.approx([1.0, 0.0])  # so a->b takes its shortest path
 
 
+def test_background_traffic_is_a_fixed_load_the_split_plans_around():
+    g, cap = triangle()
+    demands = {("a", "b"): 100.0}
+    paths = {("a", "b"): candidate_paths(g, "a", "b", k=2)}
+    blind = split_over_paths(demands, paths, cap)
+    assert blind.shares[("a", "b")] == pytest.approx([0.5, 0.5])  # 50 + 60 other on a->b: over capacity
+    split = split_over_paths(demands, paths, cap, background={("a", "b"): 60.0, ("c", "a"): 99.0})
+    # a->b carries 60 of its own: min max((60 + x) / 100, (100 - x) / 100) at x = 20; c->a is on no path.
+    assert split.shares[("a", "b")] == pytest.approx([0.2, 0.8])
+    assert split.mlu == pytest.approx(0.8)
+
+
 def test_optimal_mlu_on_a_triangle():
     g, cap = triangle()
     demands = {("a", "b"): 150.0, ("b", "c"): 60.0}
@@ -116,6 +128,79 @@ def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
     restored = TrafficEngineer.from_json(json.loads(json.dumps(eng.to_json())))
     assert restored.shares == eng.shares and restored.paths == eng.paths
     assert restored.predictors[key].mean == pytest.approx(eng.predictors[key].mean)
+
+
+def test_engine_learns_each_links_other_traffic_and_moves_the_split_off_a_busy_link(tmp_path):
+    """A link's far end counts everything it received; the pinned-path flows count what the route put on each
+    path. The difference is the link's background, and the LP plans around it."""
+    from cloudweave.te.engine import TrafficEngineer, capacities
+    from flows.topology import SiteGraph
+
+    model = te_model(tmp_path)
+    graph = SiteGraph(model).declared
+    cap = capacities(model)
+    eng = TrafficEngineer()
+    keys = eng.prepare(model, graph)
+    key = ("realtime", "onprem", "cloud1")
+    assert eng.paths[key][:2] == [("onprem", "cloud1"), ("onprem", "cloud2", "cloud1")]
+    route, other = int(25e6 / 8), int(60e6 / 8)  # bytes a second: 25 Mbit/s routed, 60 of other traffic
+    links = {(a, b): 0 for link in model.links for a, b in (link.sites, link.sites[::-1])}
+    for t in range(10):  # the route on its shortest path (bucket 0), beside other traffic on the same link
+        at = {s.name: float(t) for s in model.sites}
+        eng.observe(float(t), {k: (route * (t + 1) if k == key else 0) for k in keys})
+        links[("onprem", "cloud1")] = (route + other) * (t + 1)
+        updated = eng.observe_links(at, links, at, {(key, 0): route * (t + 1)}, cap)
+        assert len(updated) == (0 if t == 0 else 6)  # no rates from the first counters
+    assert eng.background[("onprem", "cloud1")].mean == pytest.approx(60e6)
+    assert eng.background_load() == {("onprem", "cloud1"): pytest.approx(60e6)}  # idle links carry nothing
+    p = eng.propose(graph, cap)
+    assert p.current_mlu == pytest.approx(0.85)  # 25 + 60 on the 100 Mbit/s link
+    assert eng.decide(p) == "first weights"
+    # Blind to the other traffic the LP would split 12.5/12.5; with it, max((60 + x) / 100, (25 - x) / 100) is
+    # least at x = 0: the route leaves the busy link to the other traffic.
+    assert p.shares[key][:2] == pytest.approx([0.0, 1.0])
+    assert p.mlu == pytest.approx(0.6)
+    assert p.utilisation[("onprem", "cloud1")] == pytest.approx(0.6)  # the other traffic included
+    assert p.utilisation[("onprem", "cloud2")] == pytest.approx(0.25)
+    # A site without an answer (None) or a bucket just added and already busy: the backgrounds stay as they are.
+    n = eng.background[("onprem", "cloud1")].n
+    at = {s.name: 10.0 for s in model.sites}
+    assert eng.observe_links(at, links | {("onprem", "cloud1"): None}, at, {(key, 0): route * 11}, cap) == \
+        [a for a in links if a != ("onprem", "cloud1")]  # the links that did answer
+    assert eng.observe_links(at, links, at, {(key, 0): route * 12, (key, 1): 5000}, cap) == []
+    assert eng.background[("onprem", "cloud1")].n == n
+    restored = TrafficEngineer.from_json(json.loads(json.dumps(eng.to_json())))
+    assert restored.background_load() == pytest.approx(eng.background_load())
+
+
+def test_a_saturated_link_gives_a_lower_bound_of_its_background_never_a_lower_mean():
+    """Overloaded, a link delivers its capacity and drops the rest, while the routes' share is counted before
+    the drop: what it received less that share understates the other traffic."""
+    from cloudweave.te.engine import TrafficEngineer
+
+    eng = TrafficEngineer()
+    eng.paths[("r", "a", "b")] = [("a", "b")]
+    arc, cap = ("a", "b"), {("a", "b"): 100e6}
+    received = routed = 0
+
+    def second(t: int, got_mbps: float, routed_mbps: float) -> list:
+        nonlocal received, routed
+        received += int(got_mbps * 1e6 / 8)
+        routed += int(routed_mbps * 1e6 / 8)
+        return eng.observe_links({"b": float(t)}, {arc: received}, {"a": float(t)}, {(("r", "a", "b"), 0): routed},
+                                 cap)
+
+    for t in range(5):
+        second(t, 80, 0)  # 80 Mbit/s of other traffic alone
+    assert eng.background[arc].mean == pytest.approx(80e6)
+    for t in range(5, 10):
+        assert second(t, 99, 40) == []  # 80 + 40 offered, 99 delivered: "59" is no measurement
+    assert eng.background[arc].mean == pytest.approx(80e6)
+    second(10, 99, 5)  # saturated, and still more than the mean: it raises it
+    assert eng.background[arc].mean > 80e6
+    for t in range(11, 20):
+        second(t, 30, 0)  # unsaturated samples move it as always (a shift down, here)
+    assert eng.background[arc].mean == pytest.approx(30e6, rel=0.05)
 
 
 def test_the_controller_state_survives_a_restart(tmp_path):
