@@ -166,14 +166,32 @@ def predictor_study(rng: random.Random) -> dict:
             for name, f in (("ewma", ewma), ("mean+2dev (cloudweave)", jacobson), ("p90 of 20", p90))}
 
 
+def spread(names: list[str], seeds: int) -> None:
+    """auto's MLU ratio over `seeds` learned matrices per topology: how much the result owes to one draw of the
+    noise (150 intervals leave each demand's mean about 2.5 % off)."""
+    print(f"{'topology':<14} {'median':>7} {'p90':>7} {'max':>7} {'within 5 %':>11}   (auto MLU / optimal MLU, "
+          f"{seeds} learned matrices each)")
+    for name in names:
+        ratios = sorted(evaluate(name, random.Random(seed))["auto_mlu_ratio"] for seed in range(1, seeds + 1))
+        within = sum(r <= 1.05 for r in ratios)
+        print(f"{name:<14} {statistics.median(ratios):7.3f} {ratios[int(0.9 * (seeds - 1))]:7.3f} {ratios[-1]:7.3f} "
+              f"{within:>5} of {seeds}")
+    print(f"reproduce: .venv/bin/python bench/te_eval.py --only {','.join(names)} --seeds {seeds}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per topology")
     p.add_argument("--only", default="", help="comma-separated topology names")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=0,
+                   help="instead: learn each topology's matrix N times (seeds 1..N) and print auto's spread")
     args = p.parse_args()
     rng = random.Random(args.seed)
     names = [n for n in args.only.split(",") if n] or SNDLIB
+    if args.seeds:
+        spread(names, args.seeds)
+        return
     rows = [evaluate(n, rng) for n in names]
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -4,10 +4,18 @@
 intervals, then an exponentially weighted average of about that window (weight 1/WINDOW). A long window
 matters: the split is solved on the mean, and the LP's answer is only as good as the demands' proportions
 (bench/te_eval.py, log-normal bursts of sigma 0.3 per interval: averaged over 30 intervals the MLU came out
-up to 18 % above the optimum on small topologies, over 150 intervals within 5 % on all 26). A real shift
-must not wait for that window, so when `SHIFT_RUN` samples in a row fall more than `SHIFT_DEVS` deviations
-away from the mean on the same side, the average restarts from them: the weights follow within a few
-intervals.
+up to 18 % above the optimum on small topologies).
+
+A real shift must not wait for that window. Each sample's distance from the mean is taken in log space
+(log(rate / mean): halving and doubling alike; a start or a stop infinitely far) and in units of `spread`, the
+long-run average of that distance (kept like the mean, over the same window): the traffic's own burstiness.
+Two CUSUMs add up the evidence, one per side (each sample adds its distance less SHIFT_SLACK, never below 0);
+when one reaches SHIFT_ALARM the average restarts from the samples since that evidence began. Measured on
+log-normal bursts of sigma 0.3 (400 series of 150 samples): no false shift, a doubling followed in a median of
+9 samples, a halving in 5, a stop in 3. The rule before it (three samples in a row beyond three fast
+deviations) judged against a deviation that shrank in calm stretches and dropped the samples of every run it
+abandoned from the mean: 0.065 false shifts per series, a doubling followed in a median of 175 samples, and
+the learned means of bench/te_eval.py's demands 4.7 % off instead of 2.6 %.
 
 `prediction` = mean + K * deviation (the deviation an exponentially weighted mean of |rate - mean|, as TCP
 estimates round-trip times) covers the bursts seen: it is what a link is checked against ("would it exceed
@@ -16,12 +24,25 @@ its capacity next interval?"). bench/te_eval.py measures how often the next inte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 WINDOW = 150  # intervals the mean covers (5 minutes at the default 2 s poll interval)
 BETA = 0.25  # weight of the newest sample in the deviation: bursts are noticed sooner than the mean moves
 K = 2.0
-SHIFT_RUN, SHIFT_DEVS = 3, 3.0
+# A shift: a CUSUM of log distances in spreads, each side: drift SHIFT_SLACK, alarm at SHIFT_ALARM.
+SHIFT_SLACK, SHIFT_ALARM = 1.5, 6.0
+MAX_STEP = 4.0  # spreads one sample adds at most: a start or a stop (infinitely far) is a shift in three
+MIN_SPREAD = 0.1  # a steady stream still shifts only by more than about a sixth (log 0.15)
+MIN_N = 20  # samples the spread needs before it judges a shift (a start or a stop is judged at once)
+FAR = 2.0  # a log distance counted in the spread at most
+
+
+def log_distance(rate: float, mean: float) -> float:
+    """log(rate / mean), with the zeros: an idle demand that starts, or one that stops, is infinitely far."""
+    if rate <= 0 or mean <= 0:
+        return 0.0 if rate <= 0 and mean <= 0 else (math.inf if rate > 0 else -math.inf)
+    return math.log(rate / mean)
 
 
 @dataclass
@@ -29,39 +50,43 @@ class Predictor:
     mean: float | None = None
     dev: float = 0.0
     n: int = 0
-    recent: list[float] = field(default_factory=list)  # the last samples that lay beyond SHIFT_DEVS, one side
-    run_dev: float = 0.0  # the deviation when that run began: the run is judged against it
+    spread: float = 0.0  # long-run average of |log(rate / mean)|: what a shift is judged against
+    spread_n: int = 0  # samples it covers (0 when restored from a state without it: learnt again first)
+    up: float = 0.0  # the CUSUMs: evidence of a shift up, and down
+    down: float = 0.0
+    since: list[float] = field(default_factory=list)  # the samples since the evidence began (one side)
 
     def update(self, rate: float) -> None:
         if self.mean is None:
             self.mean, self.dev, self.n = rate, rate / 2, 1
             return
-        off = rate - self.mean
-        limit = SHIFT_DEVS * (self.run_dev if self.recent else self.dev)
-        same_side = not self.recent or (self.recent[-1] > self.mean) == (off > 0)
-        if abs(off) > limit and same_side:
-            if not self.recent:
-                self.run_dev = self.dev
-            self.recent.append(rate)
-        else:
-            self.recent = []
-        self.dev = (1 - BETA) * self.dev + BETA * abs(off)  # bursts count in the deviation, shifts or not
-        if len(self.recent) >= SHIFT_RUN:  # a shift, not a burst: start averaging again from it
-            self.mean = sum(self.recent) / len(self.recent)
-            self.n, self.recent = len(self.recent), []
-            return
-        if self.recent:
-            return  # maybe the start of a shift: it does not drag the mean yet
+        self.dev = (1 - BETA) * self.dev + BETA * abs(rate - self.mean)  # bursts count, shifts or not
+        far = log_distance(rate, self.mean)
+        if math.isinf(far) or self.spread_n >= MIN_N:
+            step = max(-MAX_STEP, min(MAX_STEP, far / max(self.spread, MIN_SPREAD)))
+            was = "up" if self.up > 0 else "down" if self.down > 0 else None
+            self.up = max(0.0, self.up + step - SHIFT_SLACK)
+            self.down = max(0.0, self.down - step - SHIFT_SLACK)
+            now = "up" if self.up > 0 else "down" if self.down > 0 else None
+            self.since = (self.since if now == was else []) + [rate] if now else []
+            if max(self.up, self.down) >= SHIFT_ALARM:  # a shift, not bursts: average again from it (the
+                self.mean = sum(self.since) / len(self.since)  # spread, the traffic's burstiness, stays)
+                self.n, self.up, self.down, self.since = len(self.since), 0.0, 0.0, []
+                return
         self.n += 1
-        self.mean += off / min(self.n, WINDOW)
+        self.spread_n += 1
+        self.spread += (min(abs(far), FAR) - self.spread) / min(self.spread_n, WINDOW)
+        self.mean += (rate - self.mean) / min(self.n, WINDOW)
 
     @property
     def prediction(self) -> float:
         return 0.0 if self.mean is None else self.mean + K * self.dev
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "dev": self.dev, "n": self.n}
+        return {"mean": self.mean, "dev": self.dev, "n": self.n, "spread": self.spread, "spread_n": self.spread_n}
 
     @staticmethod
     def from_json(data: dict) -> Predictor:
-        return Predictor(data.get("mean"), float(data.get("dev", 0.0)), int(data.get("n", 0)))
+        return Predictor(data.get("mean"), float(data.get("dev", 0.0)), int(data.get("n", 0)),
+                         float(data.get("spread", 0.0)), int(data.get("spread_n", 0)))
+

@@ -45,9 +45,11 @@ def _predictor(value: Any, where: str) -> None:
     pred = _mapping(value, where)
     _number(pred.get("mean"), f"{where}.mean", none=True)
     _number(pred.get("dev", 0.0), f"{where}.dev")
-    n = pred.get("n", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise BadState(f"{where}.n: expected a count, got {show(n)}")
+    _number(pred.get("spread", 0.0), f"{where}.spread")
+    for key in ("n", "spread_n"):
+        n = pred.get(key, 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise BadState(f"{where}.{key}: expected a count, got {show(n)}")
 
 
 def validate(doc: Any) -> dict:
