@@ -24,7 +24,8 @@ def local_run(cmd: str) -> str:
 
 
 # What ovs-ofctl says when a bridge being reconfigured (protocols, controller) drops its management connection.
-RECONFIGURING = ("Broken pipe", "Connection refused", "connection dropped", "receive failed (End of file)")
+RECONFIGURING = ("Broken pipe", "Connection refused", "Connection reset by peer", "connection dropped",
+                 "receive failed (End of file)")
 
 
 class OvsError(RuntimeError):
