@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudweave.config.errors import Loc, Problem
+from cloudweave.config.plain_entries import read_plain_entry
 from cloudweave.config.yamlpos import LDict, LList, load_located
 
 NOT_CHUNKABLE = ("&", "*", "!", "|", ">", "%", "\t", "\r", "<<", "\n---", "\n...", "? ")  # YAML that spans cuts
@@ -27,6 +28,7 @@ HEADER_ONLY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*:[ ]*(?:#.*)?$")
 FIRST_BODY_LINE = re.compile(r"^( *)(?=[^\s#])", re.M)
 BLOCK = 1 << 16
 MAX_SECTIONS = 16  # the format has 9 top-level sections
+YAML_BUDGET = 2000  # chunks a first load parses one by one before it parses the whole file instead
 
 Parsed = tuple[str, Any, Loc, Loc]  # a section or an entry: key, value, and their positions
 
@@ -56,6 +58,8 @@ class ChunkCache:
     def __init__(self) -> None:
         self._files: dict[str, dict[str, _Section]] = {}
         self.parsed = 0
+        self.parsed_by_yaml = 0  # of those, the chunks of a shape plain_entries does not read
+        self.budget: int | None = None  # a first load's most chunks for the parser (_first_load)
         self._known: dict[int, tuple[Parsed, int | None]] = {}  # a first load's: see _parses_by_line
 
     def parse(self, path: str, chunk: str, line: int) -> Parsed | None:
@@ -65,8 +69,14 @@ class ChunkCache:
         if known is not None and str(known[0][0]) == chunk.split(":", 1)[0].strip() and \
                 known[1] in (None, line + chunk.count("\n")):
             return known[0]
-        tree, problems = load_located(path, chunk)
         self.parsed += 1
+        plain = read_plain_entry(path, chunk, line)
+        if plain is not None:
+            return plain
+        self.parsed_by_yaml += 1
+        if self.budget is not None and self.parsed_by_yaml > self.budget:
+            raise _OverBudget
+        tree, problems = load_located(path, chunk)
         if problems or not isinstance(tree, LDict) or len(tree) != 1:
             return None
         return _only(_shift(tree, line - 1))
@@ -84,9 +94,22 @@ def load_chunked(path: str, text: str, cache: ChunkCache, sections: Any = None) 
 
 
 def _first_load(path: str, text: str, cache: ChunkCache, sections: Any) -> tuple[Any, list[Problem]]:
-    """A file not in the cache is parsed whole, once: one parser over 10 MB is 1.5 times faster than one per
-    entry (bench/edit_latency.py's start). Its chunks are then cut as usual and each takes its parse from the
-    whole file's tree (what parsing the chunk alone gives, by where a chunk may be cut), for the next load."""
+    """A file not in the cache: cut into chunks, the entries of the common shape read without the parser
+    (plain_entries), the rest parsed chunk by chunk. Where that cannot be done (a structure that spans cuts,
+    a problem, or more than YAML_BUDGET chunks the parser must read: one parser per chunk costs 1.5 times
+    what one parser over the whole file does), the file is parsed whole once, its chunks cut as usual and
+    each given its parse from the whole file's tree, for the next load."""
+    if not any(s in text for s in NOT_CHUNKABLE):
+        cache.budget = YAML_BUDGET
+        try:
+            doc = _try_chunked(path, text, cache)
+        except _OverBudget:
+            doc = None
+        finally:
+            cache.budget = None
+        if doc is not None and (sections is None or all(k in sections for k in doc)):
+            return doc, []
+        cache._files.pop(path, None)
     doc, problems = load_located(path, text, sections)
     if problems or not isinstance(doc, LDict) or (sections is not None and any(k not in sections for k in doc)):
         return doc, problems  # what the whole-file reader says; the next load tries chunks again
@@ -97,6 +120,10 @@ def _first_load(path: str, text: str, cache: ChunkCache, sections: Any) -> tuple
     finally:
         cache._known = {}
     return doc, problems
+
+
+class _OverBudget(Exception):
+    """A first load met more chunks of another shape than it is worth parsing one by one."""
 
 
 def _parses_by_line(doc: LDict) -> dict[int, tuple[Parsed, int | None]]:
@@ -131,7 +158,7 @@ def _try_chunked(path: str, text: str, cache: ChunkCache) -> LDict | None:
     after: dict[str, _Section] = {}
     root = LDict()
     root.key_locs, root.val_locs = {}, {}
-    cache.parsed = 0
+    cache.parsed = cache.parsed_by_yaml = 0
     line = text.count("\n", 0, starts[0]) + 1
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)

@@ -73,6 +73,11 @@ def known_keys(raw: LDict, allowed: Any, what: str, error: Any) -> bool:
     return not unknown
 
 
+def resolves(text: str) -> bool:
+    """Whether a plain scalar may be other than its text (the composer inlines this test: its hot loop)."""
+    return text[:1] in _NUMBERISH or text in _SPECIAL
+
+
 def plain_scalar(text: str) -> Any:
     """A plain (unquoted) scalar by YAML 1.2's core schema; anything else is the string itself."""
     if text in _SPECIAL:
@@ -80,8 +85,8 @@ def plain_scalar(text: str) -> Any:
     first = text[0]
     if not (first.isascii() and (first.isdigit() or first in "+-.")):
         return text  # the common case (names, addresses, MACs) decided by one look
-    if len(text) > MAX_NUMBER_DIGITS + 2:
-        return text
+    if len(text) > MAX_NUMBER_DIGITS + 2 or ":" in text or text.count(".") > 1:
+        return text  # an address, a MAC, a long string: no number has a ':' or two '.'
     if _INT.fullmatch(text):
         return int(text)
     if _INT_PREFIXED.fullmatch(text):
@@ -141,7 +146,7 @@ class _Composer:
                 tag = ev.tag
                 value = ev.value
                 if tag is None:
-                    if ev.style == "" and (value[:1] in numberish or value in special):
+                    if ev.style == "" and (value[:1] in numberish or value in special):  # resolves(value)
                         value = plain_scalar(value)
                 elif tag != "!" and tag != _STR_TAG:
                     raise _Bound(ev.start_mark, f"tag '{show(tag)}' is not supported (quote a string instead)")

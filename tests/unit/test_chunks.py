@@ -68,13 +68,51 @@ def test_an_edit_parses_only_the_chunk_it_touched():
     text = generated(200)
     cache = ChunkCache()
     check("gen.yaml", text, cache)
-    assert cache.parsed == 0  # the first load parses the file whole, and cuts the chunks from its tree
+    # The first load reads every entry (200 endpoints, 3 sites, 1 segment) without the parser; the parser
+    # reads the two sections that are not mappings of entries (version, links).
+    assert (cache.parsed, cache.parsed_by_yaml) == (206, 2)
     edited = text.replace("02:00:00:00:00:2a", "02:00:00:00:ff:2a")
     check("gen.yaml", edited, cache)
-    assert cache.parsed == 1
+    assert (cache.parsed, cache.parsed_by_yaml) == (1, 0)
     moved = edited.replace("endpoints:\n", "endpoints:\n  # a comment\n")  # every entry moves down a line
     check("gen.yaml", moved, cache)
     assert cache.parsed == 0  # moved, not parsed
+
+
+PLAIN = [  # (entry chunk, read without the parser?)
+    ("  e1:\n    site: a\n    port: p1\n    mac: 02:00:00:00:00:01\n    ip: 10.0.0.1\n", True),
+    ("  e1:\n    site: a\n    groups: [web, db]\n    vni: 5001\n\n\n", True),
+    ("  e1: {site: a, port: p1, mac: 02:00:00:00:00:01, ip: 10.0.0.1, groups: [web]}\n", True),
+    ("  e1: {vni: 0x1F, n: 007, f: 1.5e3, t: true, x: null, neg: 12}\n", True),
+    ("  e1: {}\n", True),
+    ("  e1:\n    groups: []\n    dpid: 0o17\n", True),
+    ("  e1:\n    site: a\n    site: b\n", False),  # a duplicate key: the parser's problem
+    ("  e1:\n    site: a  # home\n", False),  # a comment
+    ("  e1:\n    site: 'a'\n", False),  # quoted
+    ("  e1:\n    site: a\n     port: b\n", False),  # deeper
+    ("  e1:\n    site: a:\n", False),  # a value ending in ':' is a mapping
+    ("  e1:\n    site: -1\n", False),
+    ("  e1: {site: a,port: b}\n", False),
+    ("  e1: {site: a, }\n", False),
+    ("  e1:\n  site: a\n", False),  # not inside the entry
+    ("  1e1:\n    site: a\n", False),
+    ("  e1:\n    site: a\n  # next\n", False),
+]
+
+
+@pytest.mark.parametrize("chunk,plain", PLAIN)
+def test_plain_entries_read_exactly_what_the_parser_reads(chunk, plain):
+    from cloudweave.config.plain_entries import read_plain_entry
+
+    got = read_plain_entry("f.yaml", chunk, 7)
+    assert (got is not None) == plain, got
+    if got is not None:
+        tree, problems = load_located("f.yaml", "\n" * 6 + chunk)  # the chunk at line 7
+        assert problems == []
+        want = (next(iter(tree)), tree[next(iter(tree))], tree.key_locs[next(iter(tree))],
+                tree.val_locs[next(iter(tree))])
+        assert got[0] == want[0] and got[2:] == want[2:]
+        same(got[1], want[1])
 
 
 MUTATIONS = ("delete", "duplicate", "insert_comment", "indent", "dedent", "char", "swap")
