@@ -10,9 +10,10 @@ Keys are (route, source site, destination site). Each round:
    (te.paths; kept and extended from round to round, so bucket ids stay put) against the links'
    capacities, the background's means counted as fixed loads: shares, the MLU they would give, and the MLU
    the current shares would give.
-3. `decide`: apply only when the MLU improves by more than IMPROVEMENT, or when the current shares would
-   put a link over its capacity at the burst prediction; else keep the groups as they are. Existing
-   connections never move either way (flows/routing.py pins them).
+3. `decide`: apply only when some link is at least QUIET busy (at the mean or the burst prediction), and
+   then when the MLU improves by more than IMPROVEMENT, or when the current shares would put a link over
+   its capacity at the burst prediction; else keep the groups as they are. Existing connections never move
+   either way (flows/routing.py pins them).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cloudweave.te.rates import Meters, Outcome
 Key = tuple[str, str, str]  # route, source site, destination site
 IMPROVEMENT = 0.05  # relative MLU gain that is worth regrouping for
 SATURATED = 0.9  # of a link's capacity delivered: it dropped some of what it was offered
+QUIET = 0.5  # the utilisation below which no link needs relief: the weights in force stay
 K_PATHS, MAX_PATHS = 4, 8
 
 
@@ -179,6 +181,11 @@ class TrafficEngineer:
 
     def decide(self, p: Proposal) -> str | None:
         """Why to apply the proposal, or None to keep the shares in force."""
+        if max(p.current_mlu, p.current_burst_mlu) < QUIET:
+            # No link near full, even at the burst prediction: moving traffic would only lengthen its paths
+            # (and make a relay site's flows a new dependency), for nothing (a 0.4 Mbit/s stream on 1 Gbit
+            # links was split over a detour, and moved again by every new coordinator).
+            return None
         if not self.shares:
             return "first weights"
         if p.current_burst_mlu > 1.0 and p.mlu < p.current_mlu:

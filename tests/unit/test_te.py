@@ -167,6 +167,32 @@ def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
     assert restored.predictors[key].mean == pytest.approx(eng.predictors[key].mean)
 
 
+def test_engine_leaves_quiet_links_alone(tmp_path):
+    """20 Mbit/s on a 100 Mbit/s link: halving it over a detour would lower the MLU, and help no one. Nothing
+    is adopted while every link stays under half full, even at the burst prediction (a new demand's first
+    prediction is twice its rate); at 80 Mbit/s the split is."""
+    from cloudweave.te.engine import TrafficEngineer, capacities
+    from flows.topology import SiteGraph
+
+    model = te_model(tmp_path)
+    graph = SiteGraph(model).declared
+    eng = TrafficEngineer()
+    keys = eng.prepare(model, graph)
+    key = ("realtime", "onprem", "cloud1")
+    total = 0
+    for t, mbps in enumerate([20] * 30 + [80] * 10):
+        total += int(mbps * 1e6 / 8)
+        eng.observe(float(t), {k: (total if k == key else 0) for k in keys})
+        p = eng.propose(graph, capacities(model))
+        if p is None:
+            continue  # the first counters give no rate yet
+        if eng.decide(p):
+            eng.apply(p)
+        if t < 30:
+            assert p.mlu < p.current_mlu and eng.shares == {}, t  # lower over both paths, and not worth it
+    assert eng.shares[key] == pytest.approx([0.5, 0.5])
+
+
 def test_engine_learns_each_links_other_traffic_and_moves_the_split_off_a_busy_link(tmp_path):
     """A link's far end counts everything it received; the pinned-path flows count what the route put on each
     path. The difference is the link's background, and the LP plans around it."""
