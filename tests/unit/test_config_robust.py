@@ -303,7 +303,11 @@ def test_explain_refuses_bad_arguments(tmp_path, args, message):
 
 @pytest.mark.parametrize("content", ["[1, 2]", '{"keys": [{"route": 1}]}', '{"keys": "x"}', "[" * 100_000,
                                      '{"keys": [{"route": "r", "src": "a", "dst": "b", "paths": [["a", "b"]], '
-                                     '"shares": [0.5, 0.5]}]}', "\x00\x01", '{"mlu": {"proposed": "x"}}'])
+                                     '"shares": [0.5, 0.5]}]}', "\x00\x01", '{"mlu": {"proposed": "x"}}',
+                                     '{"background": {"ab": {"mean": 1}}}', '{"background": {"a->b": {"n": -1}}}',
+                                     '{"background": {"a->b": {"mean": "1"}}}', '{"background": [1]}',
+                                     '{"keys": [{"route": "r", "src": "a", "dst": "b", "predictor": {"spread_n": '
+                                     'true}}]}'])
 def test_tm_refuses_a_state_file_the_controller_did_not_write(tmp_path, content):
     path = tmp_path / "g.yaml"
     path.write_text(GOOD)

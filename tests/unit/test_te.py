@@ -294,7 +294,9 @@ def test_tm_prints_the_matrix_and_draws_it(tmp_path, capsys):
                      "shares": None, "predictor": None, "rate": None, "stale": True}],
            "capacity_bps": {"onprem->cloud1": 100e6}, "utilisation": {"onprem->cloud1": 0.75,
                                                                       "onprem->cloud2": 0.75},
-           "mlu": {"proposed": 0.75, "in_force": 0.75}}
+           "mlu": {"proposed": 0.75, "in_force": 0.75},
+           "background": {"onprem->cloud1": {"mean": 20e6, "dev": 1e6, "n": 9, "spread": 0.1, "spread_n": 9,
+                                             "rate": 21e6}}}
     state = tmp_path / "te.json"
     state.write_text(json.dumps(doc))
     png = tmp_path / "tm.png"
@@ -302,6 +304,8 @@ def test_tm_prints_the_matrix_and_draws_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "realtime       onprem -> cloud1       151.0 Mbit/s 150.0 Mbit/s 170.0 Mbit/s  onprem -> cloud1 50%, " \
            "onprem -> cloud2 -> cloud1 50%" in out
-    assert "STALE: site did not answer" in out and "onprem->cloud1             75.0%  of 100.0 Mbit/s" in out
+    assert "STALE: site did not answer" in out
+    assert "onprem->cloud1             75.0%  of 100.0 Mbit/s  other traffic 20.0 Mbit/s" in out
+    assert "onprem->cloud2             75.0%  of -\n" in out  # no other traffic learned there
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert tm.main(str(tmp_path / "none.json"), False) == 1
