@@ -101,9 +101,9 @@ def _set_field(name: str, value: Any) -> bytes:
     return struct.pack("!HH", OFPAT_SET_FIELD, len(body)) + body[4:]
 
 
-def _ct(commit: bool, table: int | None, zone: int | None, nat: Any, mark: int | tuple[int, int] | None) -> bytes:
-    if nat is not None:
-        raise Unsupported("ct with nat")
+def _ct(commit: bool, table: int | None, zone: int | None, nat: Any, mark: int | None) -> bytes:
+    if nat is not None or isinstance(mark, tuple):
+        raise Unsupported("ct with nat, or a masked mark")
     header, ofs_nbits = CT_ZONE_REG6_LOW16 if zone is None else (b"\0" * 4, zone)
     inner = _set_field("ct_mark", mark) if mark is not None else b""
     return struct.pack("!HHIHH4sHB3xH", OFPAT_EXPERIMENTER, 24 + len(inner), NX_VENDOR, NXAST_CT,

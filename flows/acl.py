@@ -29,11 +29,9 @@ PRIO_INVALID, PRIO_ESTABLISHED, PRIO_FROM_TUNNEL = 60000, 59000, 58000
 RULE_BASE = 10000
 PRIO_DEFAULT, PRIO_NOT_AN_ENDPOINT = 8, 5
 # Every allowed new connection is committed with ct_mark=1 and comes back through table `nat`, where a
-# connection that its zone's limit refused (no mark) is dropped: flows/nat.py connection_limit_flows. The commit
-# writes that bit alone: a connection that stays new (one-way UDP has no reply, so every packet is committed
-# again) keeps the path a route pinned it to in its other bits (flows/routing.py).
+# connection that its zone's limit refused (no mark) is dropped: flows/nat.py connection_limit_flows.
 COMMITTED = 1
-COMMIT = (CT(commit=True, table=AFTER_ACL, mark=COMMITTED, mark_mask=COMMITTED),)
+COMMIT = (CT(commit=True, table=AFTER_ACL, mark=COMMITTED),)
 
 
 def port_pieces(r: PortRange) -> list[MatchValue]:
