@@ -140,8 +140,9 @@ class TeLoop:
         for site in self.answered_at:
             totals: dict[int, int] = defaultdict(int)
             for f in self.bodies[site]:
-                # Every routed packet passes exactly one pinned-path flow (ct_mark names its bucket); the group's
-                # flow sees a connection's first packets too, before the bucket pins them: not counted.
+                # Every routed packet passes exactly one pinned-path flow (ct_mark names its bucket). The group's
+                # flow sees the packets a bucket pins as well: a connection's first, or every packet of one that
+                # stays new (one-way UDP: the ACL commits it again and its ct_mark loses the path): not counted.
                 mark = f.match.get("ct_mark")
                 if mark is None:
                     continue
