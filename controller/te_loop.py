@@ -253,8 +253,8 @@ class TeLoop:
                     LOG.info("  other traffic planned around: %s", ", ".join(other))
             for (a, b), u in proposal.utilisation.items():
                 self.metrics.te_utilisation.labels(f"{a}->{b}").set(u)
-        for (a, b), bps in self.engine.background_load().items():
-            self.metrics.te_background.labels(f"{a}->{b}").set(bps)
+        for (a, b), pred in self.engine.background.items():  # 0 once a link's other traffic has stopped
+            self.metrics.te_background.labels(f"{a}->{b}").set(pred.mean or 0.0)
         for key, pred in self.engine.predictors.items():
             self.metrics.te_demand.labels(*key).set(pred.mean or 0.0)
             self.metrics.te_prediction.labels(*key).set(pred.prediction)

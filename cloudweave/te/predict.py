@@ -89,4 +89,3 @@ class Predictor:
     def from_json(data: dict) -> Predictor:
         return Predictor(data.get("mean"), float(data.get("dev", 0.0)), int(data.get("n", 0)),
                          float(data.get("spread", 0.0)), int(data.get("spread_n", 0)))
-

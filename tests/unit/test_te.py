@@ -266,6 +266,20 @@ def test_a_saturated_link_gives_a_lower_bound_of_its_background_never_a_lower_me
     assert eng.background[arc].mean == pytest.approx(30e6, rel=0.01)
 
 
+def test_the_background_gauge_falls_to_zero_when_a_links_other_traffic_stops(tmp_path):
+    from cloudweave.te.predict import Predictor
+    from controller.metrics import Metrics
+    from controller.te_loop import TeLoop
+
+    metrics = Metrics()
+    loop = TeLoop(None, metrics)
+    loop.engine.background[("onprem", "cloud1")] = Predictor(5e6, 1e5, 30)
+    loop.engine.background[("cloud1", "onprem")] = Predictor(0.0, 0.0, 30)
+    loop.round(te_model(tmp_path), frozenset(), {}, lambda s: None)  # no switch connected: nothing measured
+    value = lambda link: metrics.registry.get_sample_value("cloudweave_te_background_bps", {"link": link})  # noqa
+    assert value("onprem->cloud1") == 5e6 and value("cloud1->onprem") == 0.0
+
+
 def test_the_controller_state_survives_a_restart(tmp_path):
     from cloudweave.te.engine import TrafficEngineer
     from controller.metrics import Metrics
