@@ -6,13 +6,14 @@ for it (controller.session, the only sender to that switch). Services run on thr
 read the core's published snapshot or post messages: OVSDB (controller.ovsdb_service), connection limits
 (controller.conn_limit_service), traffic engineering (controller.te_loop).
 
-Importing this module patches os-ken (unix-socket listeners, OF1.5 parsers): it is the entry module.
+Importing this module patches os-ken (the listener's limits, unix-socket listeners, OF1.5 parsers): it is the
+entry module. Every handler here is guarded (controller.guard): nothing a switch sends can end os-ken's event
+loop, and a loop or listener that ends anyway makes the process exit loudly (controller.liveness).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -25,10 +26,12 @@ from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError
 from cloudweave.quarantine import QuarantineFileError
+from controller import connections, liveness
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
 from controller.flow_desc import install as install_flow_desc
 from controller.flowlog_service import FlowLogService
+from controller.guard import Budget, Repeats, guarded, limit_osken_logs
 from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
@@ -37,16 +40,17 @@ from controller.replica import ReplicaService
 from controller.session import error_name
 from controller.settings import Settings
 from controller.te_loop import TeLoop
-from controller.unix_socket import install as install_unix_socket_support
 from controller.watch import ReloadRequests
 
-install_unix_socket_support()
 install_osken_fixes()
 install_flow_desc()
+limit_osken_logs()
 
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
 LOG = logging.getLogger("cloudweave")
 ERROR_REPEAT_S = 60.0  # an OpenFlow error of one kind from one switch is said at most this often
+ERRORS_PER_MINUTE = 20  # and at most this many error lines a minute from one switch
+MAX_PORTS = 65536  # ports os-ken remembers per switch (we never read them: sessions ask for PORT_DESC)
 
 
 class CloudweaveApp(app_manager.OSKenApp):
@@ -55,10 +59,13 @@ class CloudweaveApp(app_manager.OSKenApp):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.logger = LOG
-        self._errors_said: dict[tuple[int, int, int], float] = {}  # (dpid, type, code) -> when said at error
+        self._errors_said = Repeats(ERROR_REPEAT_S)  # (dpid, type, code) -> when said at error level (bounded)
+        self._error_lines = Budget(ERRORS_PER_MINUTE, 60.0)  # error lines per switch a minute
         conf = cfg.CONF
+        self.connections = connections.install()
         self.settings = Settings.from_env(conf.ofp_listen_host, conf.ofp_tcp_listen_port)
         self.metrics = Metrics()
+        self.metrics.watch_connections(self.connections)
         if self.settings.metrics:
             # Bound first: a port taken (another controller?) ends the process at once with the reason, before
             # any thread starts, instead of a controller that runs without its metrics.
@@ -108,16 +115,23 @@ class CloudweaveApp(app_manager.OSKenApp):
 
     def start(self) -> Any:
         thread = super().start()
+        liveness.register("os-ken event loop", thread)
         published = lambda: self.core.published  # noqa: E731 - read the snapshot in force at each call
-        self.threads += [hub.spawn(self.core.run), hub.spawn(self.ovsdb.run), hub.spawn(self.limits.run),
-                         hub.spawn(self.te.run, published, self.core.post), hub.spawn(self.flowlog.run)]
+        services = {"core": hub.spawn(self.core.run), "OVSDB": hub.spawn(self.ovsdb.run),
+                    "connection limits": hub.spawn(self.limits.run),
+                    "traffic engineer": hub.spawn(self.te.run, published, self.core.post),
+                    "flow-log collector": hub.spawn(self.flowlog.run)}
         if self.replica is not None:
-            self.threads.append(self.replica.start(published, self.core.post))
-        else:
+            services["replica"] = self.replica.start(published, self.core.post)
+        for name, t in services.items():
+            liveness.register(name, t)
+        self.threads += list(services.values())
+        if self.replica is None:
             self.reloads.watch(self.core.state.model.files, use_inotify=INOTIFY)  # replicas follow the store
         return thread
 
     def stop(self) -> None:
+        liveness.stopping()
         self.reloads.stop()
         for service in (self.core, self.ovsdb, self.limits, self.te, self.flowlog, self.replica):
             if service is not None:
@@ -127,24 +141,31 @@ class CloudweaveApp(app_manager.OSKenApp):
     # ---- events -> the core -------------------------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @guarded("state_change")
     def _state_change(self, ev: Any) -> None:
         if ev.state == MAIN_DISPATCHER:
+            self.connections.established(ev.datapath)
             self.core.post(SwitchUp(ev.datapath))
         elif ev.datapath.id is not None:
             self.core.post(SwitchDown(ev.datapath))
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    @guarded("port_status")
     def _port_status(self, ev: Any) -> None:
         msg = ev.msg
         ofp, desc = msg.datapath.ofproto, msg.desc
-        name = desc.name.decode() if isinstance(desc.name, bytes) else desc.name
+        name = port_name(desc.name)
         removed = (name,) if msg.reason == ofp.OFPPR_DELETE else ()
-        self.core.post(PortsSeen(msg.datapath.id, ((name, desc.port_no, bool(desc.state & ofp.OFPPS_LIVE)),),
+        self.core.post(PortsSeen(msg.datapath.id, ((name, int(desc.port_no), bool(desc.state & ofp.OFPPS_LIVE)),),
                                  complete=False, removed=removed))
+        bound_ports(msg.datapath)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @guarded("packet_in")
     def _packet_in(self, ev: Any) -> None:
-        self.core.post(PacketIn(ev.msg.datapath.id, bytes(ev.msg.data)))
+        msg = ev.msg
+        in_port = msg.match.get("in_port") if msg.match is not None else None
+        self.core.post(PacketIn(msg.datapath.id, bytes(msg.data), in_port if isinstance(in_port, int) else None))
 
     # ---- replies -> the session that asked ----------------------------------------------------------------
 
@@ -156,10 +177,12 @@ class CloudweaveApp(app_manager.OSKenApp):
                  ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPBarrierReply,
                  ofp_event.EventOFPMeterDescStatsReply, ofp_event.EventOFPRoleReply,
                  ofp_event.EventOFPBundleCtrlMsg], MAIN_DISPATCHER)
+    @guarded("reply")
     def _reply(self, ev: Any) -> None:
         self._deliver(ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
+    @guarded("role_status")
     def _role_status(self, ev: Any) -> None:
         msg = ev.msg
         session = self.core.published.sessions.get(msg.datapath.id)
@@ -167,20 +190,37 @@ class CloudweaveApp(app_manager.OSKenApp):
             session.demoted(msg.generation_id)  # it stops writing; the store's rows tell the core the rest
 
     @set_ev_cls([ofp_event.EventOFPFlowDescStatsReply, ofp_event.EventOFPPortStatsReply], MAIN_DISPATCHER)
+    @guarded("stats_reply")
     def _stats_reply(self, ev: Any) -> None:
         if not self._deliver(ev.msg):
             self.te.on_reply(ev.msg)  # the traffic engineer's counters
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    @guarded("error")
     def _error(self, ev: Any) -> None:
         msg = ev.msg
         # A rejected reconcile is retried with backoff and worded once by its session; the switch's error for
-        # each attempt is said once a minute per kind, the repeats at debug level.
-        key, now = (msg.datapath.id, msg.type, msg.code), time.monotonic()
-        repeat = now - self._errors_said.get(key, -ERROR_REPEAT_S) < ERROR_REPEAT_S
-        if not repeat:
-            self._errors_said[key] = now
-        LOG.log(logging.DEBUG if repeat else logging.ERROR, "switch %#x: OpenFlow error %s (xid %#x)%s",
-                msg.datapath.id, error_name(msg.datapath.ofproto, msg.type, msg.code), msg.xid,
-                "" if repeat else f" (the same again within {ERROR_REPEAT_S:.0f} s: at debug level)")
+        # each attempt is said once a minute per kind, the repeats at debug level; and from one switch at most
+        # ERRORS_PER_MINUTE kinds a minute (a peer sending every type and code would else write a line each).
+        dpid = msg.datapath.id
+        said = self._errors_said.check((dpid, msg.type, msg.code)) is not None and self._error_lines.allow(dpid)
+        LOG.log(logging.ERROR if said else logging.DEBUG, "switch %#x: OpenFlow error %s (xid %#x)%s", dpid,
+                error_name(msg.datapath.ofproto, msg.type, msg.code), msg.xid,
+                f" (the same again within {ERROR_REPEAT_S:.0f} s: at debug level)" if said else "")
         self._deliver(msg)
+
+
+def port_name(raw: Any) -> str:
+    """A port name as a switch sent it, never failing: OVS cuts a 16-byte UTF-8 name to 15 bytes, possibly in
+    the middle of a character."""
+    if isinstance(raw, bytes):
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return str(raw)
+
+
+def bound_ports(dp: Any) -> None:
+    """os-ken keeps every port a PORT_STATUS adds in `dp.ports`, for ever: past MAX_PORTS, forget them all (we
+    never read them)."""
+    ports = getattr(dp, "ports", None)
+    if isinstance(ports, dict) and len(ports) > MAX_PORTS:
+        ports.clear()

@@ -28,6 +28,7 @@ from cloudweave.store.shards import site_shards
 from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
+from controller.guard import Repeats
 from controller.links import LinkWatch
 from controller.messages import (
     Mastership,
@@ -52,6 +53,7 @@ from flows.topology import TUNNEL_PREFIX
 LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
 KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
+MAX_UNKNOWN = 4096  # unknown dpids remembered (to say each once)
 KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held longer if still needed
 
 
@@ -103,7 +105,8 @@ class Core:
         self.links = LinkWatch()
         self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
         self._asking: tuple[Any, set[str]] = (None, set())  # (model, the sites of it that NAT and must ask)
-        self.unknown_dpids: set[int] = set()
+        self.unknown_dpids: set[int] = set()  # said once (bounded: cleared past MAX_UNKNOWN and at reloads)
+        self._unexpected_arp = Repeats()
         self.active = True
         self.published = self._publish()
 
@@ -338,9 +341,15 @@ class Core:
         if old is not None:
             old.stop()
         if site is None:
+            # Closed, as Faucet and ONOS do: an unknown switch gets nothing, and holds no thread or socket here.
             if dp.id not in self.unknown_dpids:
-                LOG.warning("switch %#x is not a site of %s; leaving it alone", dp.id, self.settings.config)
+                LOG.warning("switch %#x is not a site of %s; closing its connection (said once per dpid)", dp.id,
+                            self.settings.config)
+                if len(self.unknown_dpids) >= MAX_UNKNOWN:
+                    self.unknown_dpids.clear()
                 self.unknown_dpids.add(dp.id)
+            self.metrics.unknown_switches.inc()
+            dp.close()
         else:
             self.links.reconnected(site.name)
             session = SwitchSession(dp, site.name, self.metrics,
@@ -393,9 +402,19 @@ class Core:
         self._change(replace(self.state, down=down), "a link change")
 
     def _packet_in(self, msg: PacketIn) -> None:
-        """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC."""
+        """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC, but only from a reply
+        that came in on the site's uplink port (an endpoint, or anyone who speaks OpenFlow to us, could
+        otherwise point NATed traffic at a MAC of its choosing)."""
         site = self.state.model.site_by_dpid(msg.dpid)
         if site is None or site.uplink_gateway is None or not self._masters(site.name):
+            return
+        session = self.sessions.get(msg.dpid)
+        uplink = session.ports.get(site.uplink) if session is not None and site.uplink else None
+        if uplink is None or msg.in_port != uplink:
+            if self._unexpected_arp.check((site.name, msg.in_port)) is not None:
+                LOG.warning("site %s: a packet-in on port %s, not the uplink %s (port %s): not a next hop; "
+                            "ignored", site.name, msg.in_port, site.uplink, uplink)
+            self.metrics.next_hops_refused.labels(site.name).inc()
             return
         answer = next_hop.parse_reply(msg.data, site)
         hops = dict(self.state.next_hops)

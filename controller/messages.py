@@ -31,6 +31,7 @@ class PortsSeen:
 class PacketIn:
     dpid: int
     data: bytes
+    in_port: int | None = None  # the port it came in on, as the switch said (None: it did not say)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class Metrics:
@@ -90,5 +93,48 @@ class Metrics:
         self.quarantine_changes = Counter("cloudweave_quarantine_changes", "Endpoints quarantined or released, "
                                           "by whom (cli, auto, expiry)", ["change", "source"], registry=r)
 
+        self.handler_errors = Counter("cloudweave_handler_errors", "Exceptions raised by an OpenFlow event "
+                                      "handler (the event dropped, the controller went on)", ["event"], registry=r)
+        self.unknown_switches = Counter("cloudweave_unknown_switch_connections", "Connections of a switch whose "
+                                        "dpid is no site's (closed)", registry=r)
+        self.next_hops_refused = Counter("cloudweave_next_hop_refused", "Packet-ins not taken as an uplink "
+                                         "gateway's answer: not from the site's uplink port", ["site"], registry=r)
+        self.reply_refused = Counter("cloudweave_switch_reply_refused", "Replies cut off at their bound (parts, "
+                                     "bytes or time of one multipart reply)", ["site", "cause"], registry=r)
+        self.flowlog_rejected = Counter("cloudweave_flowlog_rejected", "Flow-log datagrams dropped: from another "
+                                        "observation domain than the site's (domain) or another sender (sender)",
+                                        ["site", "cause"], registry=r)
+        self.detector_sources = Gauge("cloudweave_detector_sources", "Sources the anomaly detector keeps state for",
+                                      registry=r)
+        self.quarantine_refused = Counter("cloudweave_quarantine_refused", "Automatic quarantines not made: over "
+                                          "the budget per minute or in total", ["cause"], registry=r)
+
+    def watch_connections(self, table: Any) -> None:
+        """Export the OpenFlow connection table's counts (controller.connections) at every scrape."""
+        self.registry.register(_ConnectionCollector(table))
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _ConnectionCollector:
+    def __init__(self, table: Any):
+        self.table = table
+
+    def collect(self) -> Any:
+        total, pending = self.table.counts()
+        g = GaugeMetricFamily("cloudweave_openflow_connections", "OpenFlow connections open, by state",
+                              labels=["state"])
+        g.add_metric(["established"], total - pending)
+        g.add_metric(["handshake"], pending)
+        yield g
+        refused = CounterMetricFamily("cloudweave_openflow_connections_refused", "OpenFlow connections refused "
+                                      "at accept, by the limit that refused them", labels=["cause"])
+        for cause, n in sorted(dict(self.table.refused).items()):
+            refused.add_metric([cause], n)
+        yield refused
+        closed = CounterMetricFamily("cloudweave_openflow_connections_closed", "OpenFlow connections closed by "
+                                     "the controller, by why", labels=["cause"])
+        for cause, n in sorted(dict(self.table.closed).items()):
+            closed.add_metric([cause], n)
+        yield closed

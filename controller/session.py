@@ -62,6 +62,11 @@ LOG = logging.getLogger("cloudweave")
 AUDIT_S = float(os.environ.get("CLOUDWEAVE_AUDIT_S", "1.0"))
 FULL_AUDIT_S = float(os.environ.get("CLOUDWEAVE_FULL_AUDIT_S", "300"))
 REQUEST_TIMEOUT_S = float(os.environ.get("CLOUDWEAVE_REQUEST_TIMEOUT_S", "5.0"))  # without progress
+# One multipart reply, whatever the switch (or an impostor) says about "more to come": its bytes, its parts and
+# its whole time are bounded (a reply of 100,000 flows is about 25 MB in 400 parts, read in about a second).
+REPLY_MAX_BYTES = int(os.environ.get("CLOUDWEAVE_REPLY_MAX_BYTES", str(512 << 20)))
+REPLY_MAX_PARTS = int(os.environ.get("CLOUDWEAVE_REPLY_MAX_PARTS", "65536"))
+REPLY_MAX_S = float(os.environ.get("CLOUDWEAVE_REPLY_MAX_S", "120"))
 PART_POLL_S = 0.02  # how often a reader looks for the next part of a multipart reply
 RETRY_MIN_S, RETRY_MAX_S = 0.25, 8.0
 SEND_CHUNK_BYTES = 1 << 20
@@ -124,6 +129,8 @@ class _Pending:
     replies: list[Any] = field(default_factory=list)
     error: Any = None
     progress_at: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.monotonic)
+    size: int = 0  # bytes received so far
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,15 @@ class SwitchSession:
             p.error = f"error {error_name(self.dp.ofproto, msg.type, msg.code)}"
             p.done.set()
             return True
+        p.size += int(getattr(msg, "msg_len", 0) or 0)
+        over = _over_bound(p)
+        if over is not None:
+            with self._lock:
+                self._pending.pop(p.xid, None)  # the rest of this reply is dropped as it comes
+            self.metrics.reply_refused.labels(self.site, over[0]).inc()
+            p.error = over[1]
+            p.done.set()
+            return True
         p.replies.append(msg)
         if not p.multi or not msg.flags & self.dp.ofproto.OFPMPF_REPLY_MORE:
             p.done.set()
@@ -361,11 +377,16 @@ class SwitchSession:
                 if on_part is not None:
                     while seen < len(p.replies):
                         on_part(p.replies[seen])
+                        p.replies[seen] = None  # decoded: its memory goes now, not with the whole reply
                         seen += 1
                 if done:
                     break
                 if time.monotonic() - p.progress_at >= timeout_s:
                     raise RequestFailed(f"no answer to {p.what} within {timeout_s:.1f} s")
+                over = _over_bound(p)
+                if over is not None:  # a slow trickle of parts: the whole reply's time is bounded too
+                    self.metrics.reply_refused.labels(self.site, over[0]).inc()
+                    raise RequestFailed(over[1])
         finally:
             self._forget(p)
         if p.error:
@@ -645,4 +666,18 @@ class SwitchSession:
 
 
 def _name(name: Any) -> str:
-    return name.decode() if isinstance(name, bytes) else name
+    """A port name, never failing on what the switch sent (OVS cuts names to 15 bytes, mid-character too)."""
+    if isinstance(name, bytes):
+        return name.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return str(name)
+
+
+def _over_bound(p: _Pending) -> tuple[str, str] | None:
+    """(cause, message) when a reply has gone past its bound of bytes, parts or time."""
+    if p.size > REPLY_MAX_BYTES:
+        return "bytes", f"{p.what}: the reply passed {REPLY_MAX_BYTES >> 20} MiB (CLOUDWEAVE_REPLY_MAX_BYTES); cut off"
+    if len(p.replies) >= REPLY_MAX_PARTS:
+        return "parts", f"{p.what}: the reply passed {REPLY_MAX_PARTS} parts (CLOUDWEAVE_REPLY_MAX_PARTS); cut off"
+    if p.multi and time.monotonic() - p.started_at > REPLY_MAX_S:
+        return "time", f"{p.what}: the reply took over {REPLY_MAX_S:g} s (CLOUDWEAVE_REPLY_MAX_S); cut off"
+    return None

@@ -31,6 +31,7 @@ from flows.topology import SiteGraph, tunnel_port_name
 LOG = logging.getLogger("cloudweave.te")
 ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)
 ROUTE_KIND = cookies.OWNER | (cookies.KINDS["route"] << cookies.KIND_SHIFT)
+MAX_ENTRIES = 200_000  # flow or port entries of one counter reply (a route has a few flows per path)
 
 
 class TeLoop:
@@ -91,6 +92,11 @@ class TeLoop:
         if site is None:
             return
         bodies[site] += msg.body
+        if len(bodies[site]) > MAX_ENTRIES:  # a reply that never ends: dropped, the site counts as not answering
+            LOG.warning("site %s: a counter reply passed %d entries; dropped", site, MAX_ENTRIES)
+            bodies[site] = []
+            del waiting[msg.xid]
+            return
         if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
             done[site] = time.monotonic()  # the rate's interval ends when the counters were read
             del waiting[msg.xid]

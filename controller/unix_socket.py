@@ -3,7 +3,8 @@
 os-ken listens on a unix socket when its listen host is a path, but its Datapath sets TCP_NODELAY on every
 accepted socket, which a unix socket refuses (EOPNOTSUPP), so the connection dies before the OpenFlow hello.
 The test bed needs unix sockets (OVS instances in other network namespaces reach the controller through the
-file system). This wraps accepted unix sockets so that TCP-level options are skipped; TCP is untouched.
+file system). controller.connections wraps accepted unix sockets in this, so that TCP-level options are
+skipped; TCP is untouched.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from os_ken.controller import controller as osken_controller
 
-
-class _UnixStream:
+class UnixStream:
     """A unix socket that ignores TCP-level socket options and is otherwise the socket itself."""
 
     def __init__(self, sock: socket.socket):
@@ -26,16 +25,3 @@ class _UnixStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
-
-
-_original_factory = osken_controller.datapath_connection_factory
-
-
-def _factory(sock: Any, address: Any) -> None:
-    if getattr(sock, "family", None) == socket.AF_UNIX:
-        sock = _UnixStream(sock)
-    _original_factory(sock, address)
-
-
-def install() -> None:
-    osken_controller.datapath_connection_factory = _factory
