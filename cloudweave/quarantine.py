@@ -96,10 +96,15 @@ def update(path: str, change: Callable[[tuple[Entry, ...]], tuple[Entry, ...]]) 
         now = time.time()
         entries = tuple(e for e in change(load(path)) if e.active(now))
         doc = {"version": VERSION, "entries": [asdict(e) for e in entries]}
+        text = json.dumps(doc, indent=1, sort_keys=True)
+        if len(text.encode()) > MAX_BYTES:
+            # Written, it could not be read back: the next start would refuse it. The list stays as it was.
+            raise QuarantineFileError(f"{path}: the list would pass {MAX_BYTES >> 20} MiB ({len(entries)} "
+                                      "entries); not written")
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(doc, fh, indent=1, sort_keys=True)
+                fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

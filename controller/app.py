@@ -80,10 +80,11 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.te = TeLoop(self.settings.state, self.metrics)
         self.replica: ReplicaService | None = None
         try:
-            auto, version = sorted(self.te.auto_shares().items()), None
+            auto, version, key = sorted(self.te.auto_shares().items()), None, None
             if self.settings.store:
                 auto, version = self._join_replicas()
-            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, auto, version)
+                key = self.replica.flowlog_key()
+            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, auto, version, key)
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)

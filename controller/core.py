@@ -24,11 +24,12 @@ from os_ken.lib import hub
 from cloudweave import quarantine
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Site
+from cloudweave.flowlog import key as flowlog_key_file
 from cloudweave.store.shards import site_shards
 from controller import next_hop
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
-from controller.guard import Repeats
+from controller.guard import Budget, Repeats
 from controller.links import LinkWatch
 from controller.messages import (
     Mastership,
@@ -54,6 +55,8 @@ LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
 KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
 MAX_UNKNOWN = 4096  # unknown dpids remembered (to say each once)
+AUTO_PER_MINUTE = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_PER_MINUTE", "20"))  # new automatic entries
+AUTO_MAX = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_MAX", "1000"))  # automatic entries in force
 KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held longer if still needed
 
 
@@ -73,9 +76,10 @@ class Published:
 
 class Core:
     def __init__(self, settings: Settings, metrics: Any, reloads: ReloadRequests, use_inotify: bool,
-                 auto: Any = (), policy_version: int | None = None):
+                 auto: Any = (), policy_version: int | None = None, flowlog_key: bytes | None = None):
         """Raises ConfigError when the file does not load: the controller does not start on a bad file.
-        `policy_version`: a replica's (the file is the store's policy of that version, written out)."""
+        `policy_version`: a replica's (the file is the store's policy of that version, written out);
+        `flowlog_key`: the store's, for a replica (alone, it is read from settings.flowlog_key)."""
         self.settings = settings
         self.replicated = policy_version is not None
         self.policy_version = policy_version or 0
@@ -93,7 +97,9 @@ class Core:
         self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
         self._quarantine_seen: dict[str, float] = {}  # endpoint -> when the quarantine last dropped its traffic
         cut_off = quarantine.active(self._quarantine_entries)
-        self.state = State(model, auto=tuple(auto), quarantined=cut_off)
+        if flowlog_key is None and settings.flowlog_key:
+            flowlog_key = _own_key(settings.flowlog_key)
+        self.state = State(model, auto=tuple(auto), quarantined=cut_off, flowlog_key=flowlog_key)
         self._log_quarantine(frozenset(), cut_off, model)
         # No switch is connected yet: each site is compiled as its switch connects (a 100,000-endpoint start
         # compiled 900,000 flows of three sites before the one switch there was could be programmed).
@@ -106,7 +112,8 @@ class Core:
         self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
         self._asking: tuple[Any, set[str]] = (None, set())  # (model, the sites of it that NAT and must ask)
         self.unknown_dpids: set[int] = set()  # said once (bounded: cleared past MAX_UNKNOWN and at reloads)
-        self._unexpected_arp = Repeats()
+        self._said = Repeats()  # lines said at most once a minute per kind
+        self._auto_budget = Budget(AUTO_PER_MINUTE, 60.0)
         self.active = True
         self.published = self._publish()
 
@@ -411,7 +418,7 @@ class Core:
         session = self.sessions.get(msg.dpid)
         uplink = session.ports.get(site.uplink) if session is not None and site.uplink else None
         if uplink is None or msg.in_port != uplink:
-            if self._unexpected_arp.check((site.name, msg.in_port)) is not None:
+            if self._said.check((site.name, msg.in_port)) is not None:
                 LOG.warning("site %s: a packet-in on port %s, not the uplink %s (port %s): not a next hop; "
                             "ignored", site.name, msg.in_port, site.uplink, uplink)
             self.metrics.next_hops_refused.labels(site.name).inc()
@@ -481,9 +488,20 @@ class Core:
         return True
 
     def _quarantine_alarm(self, msg: QuarantineAlarm) -> None:
-        """Cut the endpoint off first (compile and hand the flows to its session), then write the list."""
+        """Cut the endpoint off first (compile and hand the flows to its session), then write the list. Within
+        a budget: at most AUTO_PER_MINUTE new automatic entries a minute and AUTO_MAX in force (each one is a
+        flow, and for an outside address a meter, at every uplink; the list's size is capped)."""
         before = self.state.quarantined
         if msg.endpoint in before:
+            return
+        live = sum(1 for e in self._quarantine_entries if e.source == "auto" and e.active(time.time()))
+        cause = "total" if live >= AUTO_MAX else None if self._auto_budget.allow("auto") else "per_minute"
+        if cause is not None:
+            self.metrics.quarantine_refused.labels(cause).inc()
+            if self._said.check(("quarantine budget", cause)) is not None:
+                LOG.error("quarantine of %s not made: %s (%s); detection goes on, a quarantine by hand still works",
+                          msg.endpoint, f"{AUTO_MAX} automatic entries are in force" if cause == "total" else
+                          f"{AUTO_PER_MINUTE} automatic entries were made in the last minute", msg.reason)
             return
         if not self._change(replace(self.state, quarantined=before | {msg.endpoint}), f"quarantine of {msg.endpoint}"):
             return
@@ -560,6 +578,15 @@ class Core:
             ofp, parser = dp.ofproto, dp.ofproto_parser
             session.send_soon(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, parser.OFPMatch(in_port=ofp.OFPP_CONTROLLER),
                                                   [parser.OFPActionOutput(port, 0)], next_hop.request(site)))
+
+
+def _own_key(path: str) -> bytes | None:
+    try:
+        return flowlog_key_file.load_or_create(path)
+    except (OSError, flowlog_key_file.KeyFileError) as exc:
+        LOG.error("flow-log key %s: %s; flow records are not authenticated (any local process could forge them)",
+                  path, exc)
+        return None
 
 
 def _held(name: str, model: Any) -> str:

@@ -33,6 +33,7 @@ class State:
     next_hops: tuple[tuple[str, str], ...] = ()  # (site, uplink gateway MAC), sorted
     auto: tuple = ()  # the traffic engineer's (key, (paths, shares)), sorted
     quarantined: frozenset[str] = frozenset()  # endpoints cut off (cloudweave.quarantine)
+    flowlog_key: bytes | None = None  # the secret of the sites' flow-log domains (cloudweave.flowlog.key)
 
 
 class DesiredCompiler:
@@ -70,4 +71,5 @@ class DesiredCompiler:
     def _run(self, state: State, sites: list[str] | None) -> dict[str, SwitchState]:
         with gc_paused():
             return self.compiler.compile(state.model, state.down, dict(state.next_hops), dict(state.auto),
-                                         sites=sites, quarantined=state.quarantined)
+                                         sites=sites, quarantined=state.quarantined,
+                                         flowlog_key=state.flowlog_key)

@@ -18,11 +18,12 @@ from typing import Any
 from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator, to_json
+from controller.guard import Repeats
 from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
 from controller.settings import default_flowlog_path
-from flows.flowlog import COLLECTOR_SET_ID
+from flows.flowlog import COLLECTOR_SET_ID, site_domain
 from flows.quarantine import outside_address
 
 LOG = logging.getLogger("cloudweave.flowlog")
@@ -33,10 +34,10 @@ HELD = ("quarantine", "limited")  # records of what a quarantine or an outside a
 
 
 class _Collector:
-    """One site's socket and what it has counted."""
+    """One site's socket, the observation domain its records must carry, and what it has counted."""
 
-    def __init__(self, site: str, sock: socket.socket, key: tuple):
-        self.site, self.sock, self.key = site, sock, key
+    def __init__(self, site: str, sock: socket.socket, key: tuple, domain: int):
+        self.site, self.sock, self.key, self.domain = site, sock, key, domain
         self.decoder = Decoder()
         self.socket_drops = 0
         self.lost_said = (0, 0)  # sequence gaps and undecodable sets counted so far
@@ -56,6 +57,7 @@ class FlowLogService:
         self.detector: Detector | None = None
         self._out: Any = None
         self._seen_said: dict[str, float] = {}
+        self._rejected_said = Repeats()
 
     def stop(self) -> None:
         self.active = False
@@ -91,6 +93,8 @@ class FlowLogService:
         for name, c in list(self.collectors.items()):
             if name not in sites or c.key != self._key(sites[name]):
                 self._close(c)
+            else:
+                c.domain = site_domain(state.flowlog_key, name, sites[name].dpid)
         now = time.monotonic()
         for site in model.sites:
             if site.name not in self.collectors and self.retry_at.get(site.name, 0.0) <= now:
@@ -126,7 +130,7 @@ class FlowLogService:
         finally:
             if db is not None:
                 db.close()
-        c = _Collector(site.name, sock, key)
+        c = _Collector(site.name, sock, key, site_domain(self.published().state.flowlog_key, site.name, site.dpid))
         self.collectors[site.name] = c
         self.selector.register(sock, selectors.EVENT_READ, c)
         LOG.info("site %s: flow-log collector on %s%s (IPFIX row created: templates come at once)", site.name,
@@ -143,9 +147,18 @@ class FlowLogService:
         lines = []
         for _ in range(BATCH):
             try:
-                data, anc, _, _ = c.sock.recvmsg(65535, socket.CMSG_SPACE(4))
+                data, anc, _, sender = c.sock.recvmsg(65535, socket.CMSG_SPACE(4))
             except BlockingIOError:
                 break
+            cause = _rejected(data, sender, c.domain)
+            if cause is not None:
+                # Before the decoder sees it: a template from another domain is never learned either.
+                self.metrics.flowlog_rejected.labels(c.site, cause).inc()
+                if self._rejected_said.check((c.site, cause)) is not None:
+                    LOG.warning("site %s: flow-log datagram from %s rejected (%s); counted in "
+                                "cloudweave_flowlog_rejected_total, said once a minute", c.site, sender[0],
+                                "not the site's observation domain" if cause == "domain" else "not from this host")
+                continue
             now = time.time()
             for level, kind, value in anc:
                 if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
@@ -182,6 +195,7 @@ class FlowLogService:
         for line in lines:
             for alarm in self.detector.feed(line):
                 self._alarm(alarm)
+        self.metrics.detector_sources.set(len(self.detector.sources))
 
     def _alarm(self, alarm: Alarm) -> None:
         """An endpoint is quarantined; an outside address (a flood through an uplink) is rate-limited at every
@@ -216,9 +230,32 @@ class FlowLogService:
 
     def _write(self, lines: list[dict]) -> None:
         if self._out is None or self._out.closed:
-            self._out = open(self.path, "a", buffering=1 << 16)
+            self._out = open_private(self.path)
         self._out.write("".join(to_json(x) + "\n" for x in lines))
         self._out.flush()
         if self._out.tell() > ROTATE_BYTES:
             self._out.close()
             os.replace(self.path, self.path + ".1")
+
+
+def _rejected(data: bytes, sender: Any, domain: int) -> str | None:
+    """Why a datagram is not believed, or None. OVS sends from this host's loopback (the collector's socket is
+    bound there, in vswitchd's namespace), and every record of a site carries the site's domain."""
+    host = sender[0] if isinstance(sender, tuple) and sender else ""
+    if not host.startswith("127."):
+        return "sender"
+    if len(data) >= 16 and struct.unpack_from("!I", data, 12)[0] != domain:
+        return "domain"
+    return None  # too short for a header: the decoder says it is not IPFIX
+
+
+def open_private(path: str) -> Any:
+    """The flow log, appended to, readable by its owner and group only (it says who talks to whom): 0640 at
+    most, also for a file an earlier version made world-readable."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        if os.fstat(fd).st_mode & 0o137:
+            os.fchmod(fd, os.fstat(fd).st_mode & 0o640)
+    except OSError:
+        pass
+    return os.fdopen(fd, "a", buffering=1 << 16)

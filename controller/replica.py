@@ -38,6 +38,8 @@ import ovs.poller
 from os_ken.lib import hub
 
 from cloudweave.config import load_model
+from cloudweave.flowlog import key as flowlog_key
+from cloudweave.flowlog.key import new_key
 from cloudweave.store import client, ops
 from cloudweave.store.policy import read_files, write_out
 from cloudweave.store.shards import assignment, lock_name, shard_name
@@ -128,6 +130,27 @@ class ReplicaService:
         version, files = have
         self._policy_version = version
         return version, write_out(files, self.policy_dir)
+
+    def flowlog_key(self) -> bytes | None:
+        """The store's flow-log key (every replica expects the same observation domains), made if the store
+        has none yet (a store made before it had one)."""
+        def build(txn, tables):
+            cluster = _first(tables["Cluster"].rows)
+            if cluster is None:
+                return None
+            if cluster.flowlog_key:
+                return cluster.flowlog_key
+            cluster.verify("flowlog_key")
+            cluster.flowlog_key = new_key()
+            return cluster.flowlog_key
+
+        try:
+            status, text = client.commit_retrying(self.main, build)
+            return flowlog_key.parse(text, "the store's Cluster.flowlog_key") if text else None
+        except (client.StoreUnavailable, flowlog_key.KeyFileError) as exc:
+            LOG.error("replica %s: no flow-log key from the store (%s); flow records are not authenticated",
+                      self.name, exc)
+            return None
 
     def stored_shares(self) -> tuple:
         return _shares_of(self.main.rows("Shares"))

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from cloudweave.config.model import Site
+from cloudweave.flowlog.key import default_key_path
 from cloudweave.quarantine import default_quarantine_path
 
 
@@ -29,6 +30,7 @@ class Settings:
     replica: str = ""  # with replicas: this replica's name
     policy_dir: str = ""  # with replicas: where the stored policy is written out to be compiled
     import_policy: bool = False  # with replicas: publish the file even if the store holds a policy
+    flowlog_key: str | None = None  # alone: the file of the flow-log key (replicas: the store holds it)
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -51,8 +53,9 @@ class Settings:
         state = None if store else os.environ.get("CLOUDWEAVE_STATE") or default_state_path(config)
         quarantine = os.environ.get("CLOUDWEAVE_QUARANTINE") or default_quarantine_path(base)
         flowlog = os.environ.get("CLOUDWEAVE_FLOWLOG") or default_flowlog_path(base)
+        key = None if store else os.environ.get("CLOUDWEAVE_FLOWLOG_KEY") or default_key_path(base)
         return Settings(config, target, metrics, bfd_ms, state, quarantine, flowlog, store, replica, policy_dir,
-                        os.environ.get("CLOUDWEAVE_IMPORT") == "1")
+                        os.environ.get("CLOUDWEAVE_IMPORT") == "1", key)
 
 
 def default_state_dir() -> str:

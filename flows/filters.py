@@ -24,14 +24,14 @@ def filter_priority(f: Filter) -> int:
     return FILTER_TOP - f.index
 
 
-def filter_actions(f: Filter, logs: FlowLogs | None = None, dpid: int = 0) -> tuple[Action, ...]:
+def filter_actions(f: Filter, logs: FlowLogs | None = None, domain: int = 0) -> tuple[Action, ...]:
     """Drop (with a flow-log sample of what it drops); or meter, then classify again with the register bit
     set, so that no filter sees it twice."""
     if f.action == "drop":
         if logs is not None and logs.drops > 0:
             from flows.flowlog import KIND_FILTER, sample
 
-            return (sample(logs.drops, dpid, KIND_FILTER, f.index),)
+            return (sample(logs.drops, domain, KIND_FILTER, f.index),)
         return ()
     r = f.rate
     return (Meter(cookies.meter_id(f"filter/{f.name}"), r.unit, r.value, r.burst), SetField(REG_FILTERED, 1),
@@ -59,9 +59,12 @@ def in_ports(f: Filter, site: str, model: Model, neighbours: tuple[str, ...]) ->
     return sorted(out)
 
 
-def filter_flows(filters: tuple[Filter, ...], site: str, model: Model, neighbours: tuple[str, ...]) -> list[Flow]:
-    """The filter flows of one site: each filter's match, crossed with where it comes in."""
-    dpid = model.site(site).dpid
+def filter_flows(filters: tuple[Filter, ...], site: str, model: Model, neighbours: tuple[str, ...],
+                 domain: int | None = None) -> list[Flow]:
+    """The filter flows of one site: each filter's match, crossed with where it comes in. `domain`: the site's
+    flow-log observation domain (flows.flowlog.site_domain; default without a key)."""
+    if domain is None:
+        domain = model.site(site).dpid & 0xFFFFFFFF
     out: list[Flow] = []
     for f in filters:
         m = f.match
@@ -72,7 +75,7 @@ def filter_flows(filters: tuple[Filter, ...], site: str, model: Model, neighbour
         dsts = [net_match(n) for n in m.dst_nets] if m.dst is not None else [None]
         sports = [p for r in m.src_ports for p in port_pieces(r)] or [None]
         dports = [p for r in m.dst_ports for p in port_pieces(r)] or [None]
-        ck, actions = cookies.cookie("filter", f.name), filter_actions(f, model.flow_logs, dpid)
+        ck, actions = cookies.cookie("filter", f.name), filter_actions(f, model.flow_logs, domain)
         for port, src, dst, sp, dp in product(in_ports(f, site, model, neighbours), srcs, dsts, sports, dports):
             match = dict(base)
             for field, value in (("in_port", port), ("ipv4_src", src), ("ipv4_dst", dst)):

@@ -10,6 +10,9 @@ quarantines carry a sample of their own (flows.filters, flows.quarantine).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from cloudweave.config.model import FlowLogs
 from flows import cookies
 from flows.acl import CT_EST, CT_NEW
@@ -31,8 +34,18 @@ def obs_point(kind: int, detail: int = 0) -> int:
 
 
 def obs_domain(dpid: int) -> int:
-    """The site, as its records say: the low 32 bits of its datapath id."""
+    """The site, as its records say without a key: the low 32 bits of its datapath id."""
     return dpid & 0xFFFFFFFF
+
+
+def site_domain(key: bytes | None, site: str, dpid: int) -> int:
+    """The observation domain a site's samplers write. Without a key (`cloudweave compile`), obs_domain(dpid).
+    With the controller's key (cloudweave.flowlog.key), 32 bits of an HMAC of the site's name: known only to
+    whoever holds the key or can read the switch's flows (root), and the collector drops every record and
+    template of any other domain, so a local process cannot forge flow records by sending datagrams."""
+    if key is None:
+        return obs_domain(dpid)
+    return int.from_bytes(hmac.new(key, site.encode(), hashlib.sha256).digest()[:4], "big") or 1
 
 
 def sampled_probability(p: float) -> int:
@@ -40,11 +53,12 @@ def sampled_probability(p: float) -> int:
     return max(1, round(p * 0xFFFF))
 
 
-def sample(p: float, dpid: int, kind: int, detail: int = 0) -> Sample:
-    return Sample(sampled_probability(p), COLLECTOR_SET_ID, obs_domain(dpid), obs_point(kind, detail))
+def sample(p: float, domain: int, kind: int, detail: int = 0) -> Sample:
+    """`domain`: the site's observation domain (site_domain)."""
+    return Sample(sampled_probability(p), COLLECTOR_SET_ID, domain, obs_point(kind, detail))
 
 
-def sampler_flows(logs: FlowLogs, dpid: int) -> list[Flow]:
+def sampler_flows(logs: FlowLogs, domain: int) -> list[Flow]:
     out = []
     ck = cookies.cookie("flowlog", "samplers")
     again = (SetField(REG_SAMPLED, 1), Resubmit(ACL_EGRESS))
@@ -52,13 +66,13 @@ def sampler_flows(logs: FlowLogs, dpid: int) -> list[Flow]:
         if p <= 0:
             continue
         for origin in (FROM_LOCAL, FROM_UPLINK):
-            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(p, dpid, kind),) + again, ct_state=CT_NEW,
+            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(p, domain, kind),) + again, ct_state=CT_NEW,
                             ct_mark=mark, eth_type=ETH_IPV4, **{REG_FROM_TUNNEL: origin, REG_SAMPLED: 0}))
     if logs.unreplied > 0:
         # An ICMP flood is answered (echo replies): its requests, in their own direction only (the replies
         # are the victim's, who must not look like the sender), at the unreplied rate.
         for origin in (FROM_LOCAL, FROM_UPLINK):
-            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(logs.unreplied, dpid, KIND_ICMP),) + again,
+            out.append(flow(ACL_EGRESS, PRIO_SAMPLER, ck, (sample(logs.unreplied, domain, KIND_ICMP),) + again,
                             ct_state=(CT_EST[0], CT_EST[0] | RPL), eth_type=ETH_IPV4, ip_proto=1,
                             **{REG_FROM_TUNNEL: origin, REG_SAMPLED: 0}))
     return out

@@ -20,11 +20,11 @@ from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Any
 
-from cloudweave.config.model import Model, Segment
+from cloudweave.config.model import Model, Segment, Site
 from flows import acl, cookies, ids
 from flows.direct import direct_flows
 from flows.filters import filter_flows
-from flows.flowlog import sampler_flows
+from flows.flowlog import sampler_flows, site_domain
 from flows.nat import connection_limit_flows, nat_flows
 from flows.overlay import segment_flows, segment_scope, table_misses
 from flows.quarantine import limit_flows, limit_rate, limited_addresses, quarantine_flows
@@ -62,10 +62,15 @@ class _Inputs:
 
     def __init__(self, model: Model, graph: SiteGraph, graph_key: Any, next_hops: Mapping[str, str],
                  auto: AutoShares, scope_of: Callable[[frozenset[str]], tuple[frozenset[str], dict]],
-                 quarantined: frozenset[str] = frozenset()):
+                 quarantined: frozenset[str] = frozenset(), flowlog_key: bytes | None = None):
         self.model, self.graph, self.graph_key = model, graph, graph_key
         self.next_hops, self.auto, self.scope_of = next_hops, auto, scope_of
         self.quarantined = quarantined
+        self.flowlog_key = flowlog_key
+
+    def domain(self, site: Site) -> int:
+        """The site's flow-log observation domain."""
+        return site_domain(self.flowlog_key, site.name, site.dpid)
 
     @cached_property
     def filters_at(self) -> dict[str, tuple]:
@@ -154,6 +159,7 @@ class IncrementalCompiler:
         self._scopes_graph: SiteGraph | None = None
         self._prev: tuple[Model, Any, dict, dict, frozenset[str]] | None = None
         self._keys: dict[str, dict[tuple, Unit]] = {}  # site -> every flow key -> its unit
+        self._key: bytes | None = None  # the flow-log key of the last compile (a new one: every site)
         self._current: set[str] = set()  # the sites the last compile included: their memo is of `_prev`
         self._tunnels: tuple[Any, dict[str, tuple[TunnelPort, ...]]] = (None, {})
         self.stats = CompileStats()
@@ -166,10 +172,11 @@ class IncrementalCompiler:
 
     def compile(self, model: Model, down: frozenset[tuple[str, str]] = frozenset(),
                 next_hops: Mapping[str, str] | None = None, auto: AutoShares | None = None,
-                sites: list[str] | None = None, quarantined: frozenset[str] = frozenset()
-                ) -> dict[str, SwitchState]:
+                sites: list[str] | None = None, quarantined: frozenset[str] = frozenset(),
+                flowlog_key: bytes | None = None) -> dict[str, SwitchState]:
         """Every site's state (or only `sites`', and of no other site any more), reusing every unit whose inputs
-        did not change. `quarantined`: the endpoints cut off (controller.quarantine)."""
+        did not change. `quarantined`: the endpoints cut off (controller.quarantine); `flowlog_key`: the key
+        of the flow-log observation domains (flows.flowlog.site_domain)."""
         self.stats = CompileStats()
         graph_key = (model.sites, model.links, down)
         if self._graph is None or self._graph[0] != graph_key:
@@ -180,10 +187,11 @@ class IncrementalCompiler:
         if self._tunnels[0] is not graph:
             self._tunnels = (graph, {s.name: tunnel_ports(model, graph, s.name) for s in model.sites})
         hops, auto = dict(next_hops or {}), dict(auto or {})
-        inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope, quarantined)
+        inputs = _Inputs(model, graph, graph_key, hops, auto, self._scope, quarantined, flowlog_key)
         names = [s.name for s in model.sites] if sites is None else sites
         self._changed_segments = None  # which segments' units may differ (None: any), set by _affected
-        visit = self._affected(model, graph_key, hops, auto, quarantined)
+        visit = self._affected(model, graph_key, hops, auto, quarantined) if flowlog_key == self._key else None
+        self._key = flowlog_key
         self.stats.handled = visit is not None
         out = {name: self._site(inputs, name) if visit is None or name in visit or name not in self._states
                else self._states[name] for name in names}
@@ -426,19 +434,19 @@ def _units(x: _Inputs, site: str, changed: frozenset[str] | None = None, memo: M
     if filters:
         ports = tuple((e.name, e.port) for e in model.endpoints_at(site)) if any(
             s == "local" or s.startswith("port:") for f in filters for s in f.sources) else ()
-        key = (filters, neighbours, me.uplink, ports, model.flow_logs, me.dpid)
-        out.append((("filters",), key, lambda: (filter_flows(filters, site, model, neighbours), [])))
+        key = (filters, neighbours, me.uplink, ports, model.flow_logs, x.domain(me))
+        out.append((("filters",), key, lambda: (filter_flows(filters, site, model, neighbours, x.domain(me)), [])))
     cut_off = x.quarantined_at.get(site, ())
     if cut_off:
-        key = (cut_off, me.uplink, model.flow_logs, me.dpid)
-        out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink, model.flow_logs, me.dpid),
-                                                   [])))
+        key = (cut_off, me.uplink, model.flow_logs, x.domain(me))
+        out.append((("quarantine",), key, lambda: (quarantine_flows(cut_off, me.uplink, model.flow_logs,
+                                                                    x.domain(me)), [])))
     if x.limited and me.uplink:
         rate = limit_rate(model)
-        key = (x.limited, me.uplink, rate, model.flow_logs, me.dpid)
-        out.append((("limit",), key, lambda: (limit_flows(x.limited, me.uplink, rate, model.flow_logs, me.dpid),
-                                              [])))
+        key = (x.limited, me.uplink, rate, model.flow_logs, x.domain(me))
+        out.append((("limit",), key, lambda: (limit_flows(x.limited, me.uplink, rate, model.flow_logs,
+                                                          x.domain(me)), [])))
     if model.flow_logs is not None and tracked:
-        key = (model.flow_logs, me.dpid)
-        out.append((("flowlog",), key, lambda: (sampler_flows(model.flow_logs, me.dpid), [])))
+        key = (model.flow_logs, x.domain(me))
+        out.append((("flowlog",), key, lambda: (sampler_flows(model.flow_logs, x.domain(me)), [])))
     return out

@@ -20,12 +20,12 @@ from flows.values import ETH_ARP, ETH_IPV4, Flow, Meter, Resubmit, SetField, flo
 
 
 def quarantine_flows(endpoints: tuple[tuple[Endpoint, Segment], ...], uplink: str | None,
-                     logs: FlowLogs | None = None, dpid: int = 0) -> list[Flow]:
+                     logs: FlowLogs | None = None, domain: int = 0) -> list[Flow]:
     """With flow logs, what the endpoint sends is sampled as it is dropped (what it still tries, for the log)."""
     out: list[Flow] = []
     for ep, seg in endpoints:
         ck = cookies.cookie("quarantine", ep.name)
-        sent = (sample(logs.drops, dpid, KIND_QUARANTINE),) if logs is not None and logs.drops > 0 else ()
+        sent = (sample(logs.drops, domain, KIND_QUARANTINE),) if logs is not None and logs.drops > 0 else ()
         out.append(flow(CLASSIFY, QUARANTINE_PRIORITY, ck, sent, in_port=ep.port))
         if seg.mode == "direct":
             if uplink:
@@ -61,7 +61,7 @@ def limit_rate(model: Model) -> Rate:
 
 
 def limit_flows(addresses: tuple[IPv4Address, ...], uplink: str | None, rate: Rate, logs: FlowLogs | None = None,
-                dpid: int = 0) -> list[Flow]:
+                domain: int = 0) -> list[Flow]:
     """Each address metered as it comes in by the uplink, then classified again as if not: the filters (above)
     have seen it already, the rest of the pipeline sees what the meter lets through. With flow logs, that is
     sampled (what the address still sends, which keeps an automatic limit in force)."""
@@ -70,7 +70,7 @@ def limit_flows(addresses: tuple[IPv4Address, ...], uplink: str | None, rate: Ra
     out = []
     for ip in addresses:
         ck = cookies.cookie("limit", str(ip))
-        seen = (sample(logs.drops, dpid, KIND_LIMITED),) if logs is not None and logs.drops > 0 else ()
+        seen = (sample(logs.drops, domain, KIND_LIMITED),) if logs is not None and logs.drops > 0 else ()
         actions = (Meter(cookies.meter_id(f"limit/{ip}"), rate.unit, rate.value, rate.burst), *seen,
                    SetField(REG_FILTERED, 1), Resubmit(CLASSIFY))
         out.append(flow(CLASSIFY, LIMIT_PRIORITY, ck, actions, in_port=uplink, eth_type=ETH_IPV4,

@@ -13,7 +13,7 @@ armed again once the source has been quiet for a whole window.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from cloudweave.config.model import Detection
 
 EXAMPLES = 5
+MAX_SOURCES = 20_000  # sources with state at once: past it the least recently seen is forgotten
 
 
 @dataclass(frozen=True)
@@ -100,23 +101,33 @@ class _Source:
 
 class Detector:
     def __init__(self, d: Detection, kinds: tuple[str, ...] = ("new", "unreplied", "icmp"),
-                 thresholds: Callable[[str], Detection] | None = None):
+                 thresholds: Callable[[str], Detection] | None = None, max_sources: int = MAX_SOURCES):
         """`kinds`: which lines count as new connections (the first), then those that count as flood packets.
-        `thresholds`: a source's own thresholds (its group's or segment's); default `d` for every source."""
+        `thresholds`: a source's own thresholds (its group's or segment's); default `d` for every source.
+        Memory is bounded: a source quiet for a whole window is forgotten (it would be armed afresh anyway,
+        its windows empty), and past `max_sources` the least recently seen one is."""
         self.d = d
         self.thresholds = thresholds or (lambda _src: d)
         self.kinds = kinds
-        self.sources: dict[str, _Source] = {}
+        self.sources: OrderedDict[str, _Source] = OrderedDict()  # least recently seen first
+        self.max_sources = max_sources
         self.alarms = 0
+        self.forgotten = 0  # sources evicted at the cap (not those quiet for a window)
 
     def feed(self, line: dict[str, Any]) -> list[Alarm]:
         kind = line["kind"]
         if kind not in self.kinds:
             return []
         t, src, w = line["time"], line["src"], line.get("sampling", 1.0)
+        self._forget_quiet(t)
         s = self.sources.get(src)
         if s is None:
+            if len(self.sources) >= self.max_sources:
+                self.sources.popitem(last=False)
+                self.forgotten += 1
             s = self.sources[src] = _Source(self.thresholds(src))
+        else:
+            self.sources.move_to_end(src)
         d = s.d
         if t - s.last > max(d.scan_window_s, d.flood_window_s, d.connections_window_s):
             s.armed = dict.fromkeys(s.armed, True)  # quiet for a whole window: armed again
@@ -139,6 +150,15 @@ class Detector:
             if s.armed["flood"] and rate >= d.flood_pps:
                 out.append(self._alarm(s, "flood", src, rate, d.flood_pps, s.flood, t))
         return out
+
+    def _forget_quiet(self, t: float) -> None:
+        """Sources quiet for longer than every window: nothing of them counts any more."""
+        sources = self.sources
+        while sources:
+            src, s = next(iter(sources.items()))
+            if t - s.last <= max(s.d.scan_window_s, s.d.flood_window_s, s.d.connections_window_s):
+                return
+            del sources[src]
 
     def _alarm(self, s: _Source, signal: str, src: str, value: float, threshold: float, window: _Window,
                t: float) -> Alarm:

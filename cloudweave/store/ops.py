@@ -7,6 +7,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from cloudweave.flowlog.key import new_key
 from cloudweave.store import client
 from cloudweave.store.policy import PolicyFiles, from_chunks
 from cloudweave.store.shards import default_shards, shard_name
@@ -33,7 +34,7 @@ def publish(s: client.StoreIdl, policy: PolicyFiles, sites: int, shards: int | N
         cluster = next(iter(tables["Cluster"].rows.values()), None)
         if cluster is None:
             cluster = client.StoreIdl.insert(txn, tables, "Cluster", generation=0,
-                                             shards=shards or default_shards(sites))
+                                             shards=shards or default_shards(sites), flowlog_key=new_key())
         elif shards is not None and cluster.shards != shards:
             cluster.verify("shards")
             cluster.shards = shards
