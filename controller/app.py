@@ -156,6 +156,9 @@ class CloudweaveApp(app_manager.OSKenApp):
         msg = ev.msg
         ofp, desc = msg.datapath.ofproto, msg.desc
         name = port_name(desc.name)
+        if "\ufffd" in name and self._errors_said.check(("name", msg.datapath.id, name)) is not None:
+            LOG.warning("switch %#x: port %d's name is not valid UTF-8 (%r as sent); it is called %r here",
+                        msg.datapath.id, desc.port_no, desc.name, name)
         removed = (name,) if msg.reason == ofp.OFPPR_DELETE else ()
         self.core.post(PortsSeen(msg.datapath.id, ((name, int(desc.port_no), bool(desc.state & ofp.OFPPS_LIVE)),),
                                  complete=False, removed=removed))

@@ -90,6 +90,12 @@ class RepeatFilter(logging.Filter):
         held = self.repeats.check((record.name, record.levelno, str(record.msg)[:200]))
         if held is None:
             return False
+        if record.exc_info and record.exc_info[1] is not None:
+            # What a peer sent is not our bug: the exception in one line, no traceback.
+            exc = record.exc_info[1]
+            said = f"{type(exc).__name__}: {exc}".replace("%", "%%")
+            record.msg = f"{record.msg} ({said[:300]})"
+            record.exc_info, record.exc_text = None, None
         if held:
             record.msg = f"{record.msg} ({held} such lines held back in the last minute)"
         return True

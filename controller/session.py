@@ -402,6 +402,10 @@ class SwitchSession:
             self._ports_stale = True
             raise
         seen = tuple((_name(p.name), p.port_no, bool(p.state & ofp.OFPPS_LIVE)) for r in replies for p in r.body)
+        for name, no, _ in seen:
+            if "\ufffd" in name and name not in self.ports:
+                LOG.warning("site %s (dpid %#x): port %d's name is not valid UTF-8 (OVS cuts names to 15 bytes, "
+                            "also mid-character); it is called %r here", self.site, self.dpid, no, name)
         self.ports = {name: no for name, no, _ in seen}
         self._post_ports(seen)
 
