@@ -386,7 +386,7 @@ class SwitchSession:
                 over = _over_bound(p)
                 if over is not None:  # a slow trickle of parts: the whole reply's time is bounded too
                     self.metrics.reply_refused.labels(self.site, over[0]).inc()
-                    raise RequestFailed(over[1])
+                    raise RequestFailed(f"{p.what}: {over[1]}")
         finally:
             self._forget(p)
         if p.error:
@@ -679,9 +679,9 @@ def _name(name: Any) -> str:
 def _over_bound(p: _Pending) -> tuple[str, str] | None:
     """(cause, message) when a reply has gone past its bound of bytes, parts or time."""
     if p.size > REPLY_MAX_BYTES:
-        return "bytes", f"{p.what}: the reply passed {REPLY_MAX_BYTES >> 20} MiB (CLOUDWEAVE_REPLY_MAX_BYTES); cut off"
+        return "bytes", f"the reply passed {REPLY_MAX_BYTES >> 20} MiB (CLOUDWEAVE_REPLY_MAX_BYTES); cut off"
     if len(p.replies) >= REPLY_MAX_PARTS:
-        return "parts", f"{p.what}: the reply passed {REPLY_MAX_PARTS} parts (CLOUDWEAVE_REPLY_MAX_PARTS); cut off"
+        return "parts", f"the reply passed {REPLY_MAX_PARTS} parts (CLOUDWEAVE_REPLY_MAX_PARTS); cut off"
     if p.multi and time.monotonic() - p.started_at > REPLY_MAX_S:
-        return "time", f"{p.what}: the reply took over {REPLY_MAX_S:g} s (CLOUDWEAVE_REPLY_MAX_S); cut off"
+        return "time", f"the reply took over {REPLY_MAX_S:g} s (CLOUDWEAVE_REPLY_MAX_S); cut off"
     return None

@@ -27,9 +27,20 @@ OFPMPF_REPLY_MORE = 1
 def connect(target: str | tuple[str, int], timeout: float = 5.0) -> socket.socket:
     """A unix socket path, or (host, port)."""
     if isinstance(target, str):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(target)
+        # A unix socket's connect fails at once (EAGAIN) while the listener's backlog is full, where TCP would
+        # wait: try again until `timeout`.
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            try:
+                s.connect(target)
+                break
+            except BlockingIOError:
+                s.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
     else:
         s = socket.create_connection(target, timeout=timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
