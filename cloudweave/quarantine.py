@@ -136,6 +136,14 @@ def release(path: str, endpoint: str) -> bool:
     return bool(found)
 
 
+def auto_refusal(entries: tuple[Entry, ...], now: float, most: int, allow_now: Callable[[], bool]) -> str | None:
+    """Why a new automatic entry is not made ("total": `most` are in force; "per_minute": `allow_now()`, the
+    budget of the last minute, says no), or None. A manual entry is never refused here."""
+    if sum(1 for e in entries if e.source == "auto" and e.active(now)) >= most:
+        return "total"
+    return None if allow_now() else "per_minute"
+
+
 def file_version(path: str) -> tuple[int, int, int] | None:
     """What tells one version of the file from the next (it is replaced whole): inode, size, mtime."""
     try:

@@ -494,8 +494,8 @@ class Core:
         before = self.state.quarantined
         if msg.endpoint in before:
             return
-        live = sum(1 for e in self._quarantine_entries if e.source == "auto" and e.active(time.time()))
-        cause = "total" if live >= AUTO_MAX else None if self._auto_budget.allow("auto") else "per_minute"
+        cause = quarantine.auto_refusal(self._quarantine_entries, time.time(), AUTO_MAX,
+                                        lambda: self._auto_budget.allow("auto"))
         if cause is not None:
             self.metrics.quarantine_refused.labels(cause).inc()
             if self._said.check(("quarantine budget", cause)) is not None:
