@@ -156,7 +156,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         msg = ev.msg
         ofp, desc = msg.datapath.ofproto, msg.desc
         name = port_name(desc.name)
-        if "\ufffd" in name and self._errors_said.check(("name", msg.datapath.id, name)) is not None:
+        if "\ufffd" in name and self._errors_said.check(("name", msg.datapath.id)) is not None:
             LOG.warning("switch %#x: port %d's name is not valid UTF-8 (%r as sent); it is called %r here",
                         msg.datapath.id, desc.port_no, desc.name, name)
         removed = (name,) if msg.reason == ofp.OFPPR_DELETE else ()
@@ -206,8 +206,12 @@ class CloudweaveApp(app_manager.OSKenApp):
         # A rejected reconcile is retried with backoff and worded once by its session; the switch's error for
         # each attempt is said once a minute per kind, the repeats at debug level; and from one switch at most
         # ERRORS_PER_MINUTE kinds a minute (a peer sending every type and code would else write a line each).
+        # A switch with no session (an unknown dpid, closed meanwhile) answers nothing of ours: debug level.
         dpid = msg.datapath.id
-        said = self._errors_said.check((dpid, msg.type, msg.code)) is not None and self._error_lines.allow(dpid)
+        session = self.core.published.sessions.get(dpid)
+        ours = session is not None and session.dp is msg.datapath
+        said = ours and self._errors_said.check((dpid, msg.type, msg.code)) is not None and \
+            self._error_lines.allow(dpid)
         LOG.log(logging.ERROR if said else logging.DEBUG, "switch %#x: OpenFlow error %s (xid %#x)%s", dpid,
                 error_name(msg.datapath.ofproto, msg.type, msg.code), msg.xid,
                 f" (the same again within {ERROR_REPEAT_S:.0f} s: at debug level)" if said else "")

@@ -182,9 +182,22 @@ class FakeSwitch:
 
 
 def handshake(target: str | tuple[str, int], dpid: int, ports: Iterable[tuple[int, bytes | str]] = (),
-              timeout_s: float = 5.0) -> socket.socket:
+              timeout_s: float = 10.0) -> socket.socket:
     """A raw connection taken through HELLO, FEATURES and PORT_DESC (in MAIN_DISPATCHER); it then answers
-    nothing (drain() reads what comes)."""
+    nothing (drain() reads what comes). A connection the controller refuses at once (a cap on connections
+    still in their handshake) is tried again until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return _handshake(target, dpid, ports, max(0.5, deadline - time.monotonic()))
+        except (ConnectionError, OSError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _handshake(target: str | tuple[str, int], dpid: int, ports: Iterable[tuple[int, bytes | str]],
+               timeout_s: float) -> socket.socket:
     s = connect(target)
     s.sendall(message(T["HELLO"]))
     buf, deadline = b"", time.monotonic() + timeout_s

@@ -59,6 +59,10 @@ def test_openflow_fuzz_short(tmp_path):
             assert took < EDIT_BOUND_S, f"{phase}: edit took {took:.2f} s"
             assert now["rss_mb"] - base["rss_mb"] < RSS_BOUND_MB, f"{phase}: {base} -> {now}"
             assert not stray_tracebacks(ctl.log()), f"{phase}:\n" + "\n--\n".join(stray_tracebacks(ctl.log()))
+        log = ctl.log()
+        said = [ln for ln in log.splitlines() if " ERROR " in ln and "OpenFlow error" in ln]
+        assert len(said) <= 25, f"{len(said)} error lines: one per switch error kind, at most 20 a minute"
+        assert log.count("not valid UTF-8") <= 5, "a name that is not UTF-8 is said once a minute per switch"
         west.start_vswitchd()  # the real west comes back and is served
         wait_for(lambda: len(west.flows()) == len(compile_site(load_model(sites.config)[0], "west").flows), 30.0,
                  what="the real west programmed after the fuzzer left")

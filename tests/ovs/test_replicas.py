@@ -363,3 +363,20 @@ def test_a_store_made_anew_takes_over_switches_that_remember_higher_generations(
         master_line_at(r, s, cluster.generation(s)) for s in SITES), 30, what="r1 masters every switch")
     assert "claiming again above it" in r.log()
     assert cluster.flows() == before  # nothing to change: the same policy
+
+
+def test_replicas_write_the_stores_flow_log_domains(cluster):
+    """The flow-log key lives in the store (Cluster.flowlog_key): whichever replica masters a site, its samplers
+    carry the site's domain under that one key, so the collector of any replica believes them (#24)."""
+    from flows.flowlog import site_domain
+
+    c = cluster
+    start_three(c)
+    out = apply(c, lambda doc: doc.update(flow_logs={}), "--wait", "30")
+    assert out.returncode == 0, out.stderr
+    key = c.store.query("Cluster")[0]["flowlog_key"]
+    assert re.fullmatch(r"[0-9a-f]{32}", key), key
+    for site in SITES:
+        want = f"obs_domain_id={site_domain(bytes.fromhex(key), site, DPID[site])},"
+        wait_for(lambda s=site, w=want: any(w in f for f in c._flows(s)), 20, what=f"{site}: samplers with {want}")
+        assert not any(f"obs_domain_id={DPID[site]}," in f for f in c._flows(site))

@@ -230,3 +230,26 @@ def test_mutated_messages_keep_a_plausible_header():
         m = ofpeer.mutate(rng, ofpeer.port_status(0, ofpeer.port(1, "web1")))
         assert len(m) >= 8
     assert detect.MAX_SOURCES >= 10_000
+
+
+def test_the_watchdog_exits_loudly_when_a_watched_thread_ends():
+    """A dead event loop or listener must not leave a deaf process: exit 70, with the reason."""
+    import subprocess
+    import sys
+
+    code = ("import logging, threading, time\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "from controller import liveness\n"
+            "liveness.CHECK_S = 0.05\n"
+            "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+            "liveness.register('os-ken event loop', t)\n"
+            "time.sleep(5)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 70, out
+    assert "CRITICAL" in out.stderr and "os-ken event loop" in out.stderr and "service manager" in out.stderr
+    stopping = code.replace("liveness.register", "liveness.stopping(); liveness.register")
+    out = subprocess.run([sys.executable, "-c", stopping.replace("time.sleep(5)", "time.sleep(0.5)")],
+                         capture_output=True, text=True, timeout=30,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out  # a controller that is stopping: threads end as they should
