@@ -122,7 +122,15 @@ def canonical_flows(body: Any) -> Iterator[tuple[CanonKey, CanonContent]]:
     if not isinstance(body, RawFlowDescBody):  # os-ken's objects (the body was parsed before install())
         yield from (canonical_actual(s, ofp) for s in body)
         return
-    raw = body.raw
+    try:
+        yield from _canonical_raw(body.raw)
+    except MalformedReply:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes are, the session hears one kind of failure
+        raise MalformedReply(f"a flow-desc reply that cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+
+def _canonical_raw(raw: bytes) -> Iterator[tuple[CanonKey, CanonContent]]:
     fields: dict[bytes, tuple[tuple[str, Any], ...]] = {}
     actions: dict[bytes, tuple[tuple[Any, ...], ...]] = {}
     offset, end = 0, len(raw)

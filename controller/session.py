@@ -52,7 +52,7 @@ from controller.codec import (
     group_mod,
     meter_mod,
 )
-from controller.flow_desc import canonical_flows
+from controller.flow_desc import MalformedReply, canonical_flows
 from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys, plan_meters
 from flows.compile import SwitchState
 from flows.cookies import OWNER, OWNER_MASK, is_our_group, is_our_meter
@@ -310,6 +310,10 @@ class SwitchSession:
                                 "when it reconnects", self.site, self.dpid, exc)
                     break
                 self._failed(str(exc))
+            except MalformedReply as exc:  # the switch's bytes, not our bug: one line, no traceback
+                if not self.active:
+                    break
+                self._failed(f"{exc}")
             except Exception as exc:  # noqa: BLE001 - one bad round must not end the session
                 if not self.active:
                     LOG.warning("site %s (dpid %#x): the switch disconnected mid-request (%s: %s); it is read "

@@ -105,29 +105,38 @@ class Fuzzer:
 
     def known_dpid(self) -> str:
         """As the known site: a real session is made for it; malformed and mutated messages, and mutated
-        answers to the session's own requests."""
+        answers to the session's own requests; a connection the controller closes is made again."""
         dpid, ports = self.known
-        fake = _MutatingSwitch(self.target, dpid, ports, self.rng)
+        valid = [ofpeer.port_status(2, ofpeer.port(1, ports[0][1])), ofpeer.multipart_reply(1, b"", 7),
+                 ofpeer.packet_in(b"\0" * 60, 1), ofpeer.message(ofpeer.T["BARRIER_REPLY"], b"", 9)]
+        msgs = ofpeer.bogus_messages(self.rng, self.scale * 2)
+        msgs += [ofpeer.mutate(self.rng, self.rng.choice(valid)) for _ in range(self.scale)]
+        self.rng.shuffle(msgs)
+        sent = reconnects = mutated = 0
+        fake = None
         try:
-            wait_for(lambda: fake.in_main.is_set() or fake.closed.is_set(), 10.0, what="the session's first request")
-            msgs = ofpeer.bogus_messages(self.rng, self.scale * 2)
-            valid = [ofpeer.port_status(2, ofpeer.port(1, ports[0][1])), ofpeer.multipart_reply(1, b"", 7),
-                     ofpeer.packet_in(b"\0" * 60, 1), ofpeer.message(ofpeer.T["BARRIER_REPLY"], b"", 9)]
-            msgs += [ofpeer.mutate(self.rng, self.rng.choice(valid)) for _ in range(self.scale)]
-            sent = 0
             for raw in msgs:
-                if fake.closed.is_set():
-                    break
+                if fake is None or fake.closed.is_set():
+                    if fake is not None:
+                        mutated += fake.mutated
+                        fake.close()
+                        reconnects += 1
+                    fake = _MutatingSwitch(self.target, dpid, ports, self.rng)
+                    wait_for(lambda f=fake: f.in_main.is_set() or f.closed.is_set(), 10.0,
+                             what="the session's first request")
                 try:
                     fake.send(raw)
                     sent += 1
                 except OSError:
-                    break
-                time.sleep(0.001)
+                    fake.closed.set()
+                time.sleep(0.002)
             time.sleep(1.0)
-            return f"as known dpid {dpid:#x}: {sent} malformed or mutated messages, {fake.mutated} mutated replies"
         finally:
-            fake.close()
+            if fake is not None:
+                mutated += fake.mutated
+                fake.close()
+        return (f"as known dpid {dpid:#x}: {sent} malformed or mutated messages ({reconnects} reconnects), "
+                f"{mutated} mutated replies")
 
     def _as_known(self, msgs: list[bytes]) -> int:
         """Send `msgs` as the known site (an unknown dpid is closed at once); how many went."""
