@@ -93,6 +93,7 @@ class _Conn:
     started: float
     dp: Any = None
     established: bool = False
+    reaped: bool = False  # closed at the handshake deadline (once)
 
 
 @dataclass
@@ -152,10 +153,10 @@ class ConnectionTable:
     def reap(self, now: float) -> int:
         """Close the connections past their handshake deadline; how many."""
         with self._lock:
-            late = [c for c in self.conns.values() if not c.established and now - c.started > self.limits.handshake_s
-                    and not getattr(c, "reaped", False)]
+            late = [c for c in self.conns.values() if not c.established and not c.reaped
+                    and now - c.started > self.limits.handshake_s]
             for c in late:
-                c.reaped = True  # type: ignore[attr-defined]
+                c.reaped = True
             if late:
                 self.closed["handshake"] = self.closed.get("handshake", 0) + len(late)
         for c in late:
