@@ -146,6 +146,8 @@ def mac(value: Any) -> str:
     octet0 = int(value[:2], 16)
     if octet0 & 1:
         raise Invalid(f"'{value}' is a multicast MAC address, not an endpoint's")
+    if int(value.replace(":", ""), 16) == 0:
+        raise Invalid(f"'{value}' is the all-zero MAC address, which no interface may have")
     return value.lower()
 
 

@@ -160,6 +160,7 @@ VALUE_CASES = [
     ("a YAML 1.1 base-60 VNI", ("vni: 10,", "vni: 1:30,"), "base-60"),
     ("version: true", ("version: 1", "version: true"), "unsupported version"),
     ("a MAC ending in a newline", ('mac: "02:00:00:00:00:01"', 'mac: "02:00:00:00:00:01\\n"'), "is not a MAC"),
+    ("an all-zero MAC", ('mac: "02:00:00:00:00:01"', 'mac: "00:00:00:00:00:00"'), "all-zero MAC"),
     ("a quote in an interface name", ("port: p1,", "port: 'p\"1',"), "not a valid interface name"),
     ("an interface name of 16 bytes", ("port: p1,", "port: ééééééé1,"), "not a valid interface name"),
     ("a colon in an interface name", ("port: p1,", "port: 'eth0:1',"), "not a valid interface name"),
