@@ -26,7 +26,7 @@ from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError
 from cloudweave.quarantine import QuarantineFileError
-from controller import connections, liveness
+from controller import connections, flow_monitor, liveness
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
 from controller.flow_desc import install as install_flow_desc
@@ -44,6 +44,7 @@ from controller.watch import ReloadRequests
 
 install_osken_fixes()
 install_flow_desc()
+flow_monitor.install()
 limit_osken_logs()
 
 INOTIFY = hub.HUB_TYPE == "native"  # watchdog's threads do not survive eventlet's monkey-patching
@@ -184,6 +185,13 @@ class CloudweaveApp(app_manager.OSKenApp):
     @guarded("reply")
     def _reply(self, ev: Any) -> None:
         self._deliver(ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPFlowMonitorReply, MAIN_DISPATCHER)
+    @guarded("flow_monitor")
+    def _flow_monitor(self, ev: Any) -> None:
+        session = self.core.published.sessions.get(ev.msg.datapath.id)
+        if session is not None and session.dp is ev.msg.datapath:
+            session.monitored(ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
     @guarded("role_status")

@@ -11,8 +11,8 @@ The audit (every AUDIT_S) asks the switch two cheap questions: how many flows ca
 request, answered from a count) and which groups are ours (a group-desc request; there are few). A flow
 deleted, added or replaced under another cookie behind our back changes the count; a group changed or
 deleted changes the groups. Then the session reads everything back and repairs what differs. A flow whose
-actions were rewritten in place under our cookie keeps the count, and is found by the full audit every
-FULL_AUDIT_S. (docs/design.md: why not OpenFlow flow monitors.)
+actions were rewritten in place under our cookie keeps the count: the switch's flow monitor reports it at once
+(controller.flow_monitor), and the full audit every FULL_AUDIT_S is the backstop (docs/controller.md).
 
 A slow or frozen switch delays only its own session: every request has a timeout, a failure is retried
 with exponential backoff, and its log line is written once per change of state, not once per try.
@@ -38,7 +38,7 @@ from typing import Any
 
 from os_ken.lib import hub
 
-from controller import wire
+from controller import flow_monitor, wire
 from controller.codec import (
     CanonContent,
     CanonGroup,
@@ -189,6 +189,7 @@ class SwitchSession:
         self._role = EQUAL  # the role the core wants (set_role)
         self._role_held = EQUAL  # the role the switch last confirmed for this connection (EQUAL on connect)
         self._fenced_at: int | None = None  # a newer master's generation this switch told us about
+        self._monitoring = False  # a flow monitor asked for on this connection (controller.flow_monitor)
         self.in_step: SwitchState | None = None  # the desired state last found in force on the switch
         self.switch_generation = 0  # the role generation the switch said it holds, when it refused ours
 
@@ -252,6 +253,17 @@ class SwitchSession:
         with self._lock:
             self.dp.xid = (self.dp.xid + 1) & self.dp.ofproto.MAX_XID  # as Datapath.set_xid does
             return self.dp.xid
+
+    def monitored(self, msg: Any) -> None:
+        """A flow-monitor update from the switch (the shim's thread): someone else changed a flow of ours, or
+        the monitor paused: read the switch back and repair, now rather than at the next full audit."""
+        why = flow_monitor.changed_behind_our_back(msg.body, lambda c: c & OWNER_MASK == OWNER)
+        if why is None or not self._role_held.writes or self.installed is None:
+            return
+        LOG.warning("site %s (dpid %#x): %s; reading it back to repair it", self.site, self.dpid, why)
+        self.metrics.drift.labels(self.site).inc()
+        self.installed = None
+        self._wake.set()
 
     def deliver(self, msg: Any) -> bool:
         """A reply or an error from the switch, from the shim; True when it answers one of our requests."""
@@ -471,6 +483,7 @@ class SwitchSession:
             LOG.info("site %s (dpid %#x): master, generation %d", self.site, self.dpid, want.generation)
         else:
             self.in_step = None
+            self._monitor(False)
             LOG.info("site %s (dpid %#x): slave, generation %d", self.site, self.dpid, want.generation)
         return True if want.kind == "master" else False
 
@@ -537,6 +550,16 @@ class SwitchSession:
         self._recovered()
         self.in_step = None if missing else desired
         self._audit_at = time.monotonic() + AUDIT_S
+        self._monitor(True)
+
+    def _monitor(self, on: bool) -> None:
+        """Ask the switch for a flow monitor while this session writes; cancel it when it no longer does (a
+        slave would be told every change its master makes). A switch that refuses it leaves the audits."""
+        if on == self._monitoring:
+            return
+        self._monitoring = on
+        cmd = self.dp.ofproto.OFPFMC_ADD if on else self.dp.ofproto.OFPFMC_DELETE
+        self.dp.send(flow_monitor.request(self.new_xid(), cmd))
 
     def _audit(self) -> None:
         """Is the switch still holding what we installed? Cheap questions every AUDIT_S, everything now and
@@ -549,7 +572,7 @@ class SwitchSession:
         self.metrics.audits.labels(self.site).inc()
         if time.monotonic() >= self._full_audit_at:
             self._full_audit_at = time.monotonic() + FULL_AUDIT_S
-            now = self._read_installed()
+            now, _ = self._read_installed(lambda: None)
             differs = now != installed
             found = "flows or groups that differ from what it installed"
         else:
