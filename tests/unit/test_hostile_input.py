@@ -253,3 +253,26 @@ def test_the_watchdog_exits_loudly_when_a_watched_thread_ends():
                          capture_output=True, text=True, timeout=30,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out  # a controller that is stopping: threads end as they should
+
+
+def test_flow_monitor_updates_are_read_from_bytes_and_never_trusted():
+    import struct
+
+    from controller import flow_monitor as fm
+    from flows.cookies import OWNER, OWNER_MASK
+
+    def full(event: int, cookie: int) -> bytes:  # ofp_flow_update_full without match and instructions
+        body = struct.pack("!HHBBHHH4xQ", 24, event, 3, 0, 0, 0, 100, cookie)
+        return body
+    ours = lambda c: c & OWNER_MASK == OWNER  # noqa: E731
+    mine, foreign = OWNER | 0x1234, 0x1234
+    body = fm.RawFlowUpdates(struct.pack("!HHI", 8, fm.ABBREV, 77) + full(fm.MODIFIED, foreign))
+    assert list(fm.updates(body)) == [(fm.ABBREV, None), (fm.MODIFIED, foreign)]
+    assert fm.changed_behind_our_back(body, ours) is None  # our own change, and someone else's flow
+    assert "was modified" in fm.changed_behind_our_back(fm.RawFlowUpdates(full(fm.MODIFIED, mine)), ours)
+    assert "removed" in fm.changed_behind_our_back(fm.RawFlowUpdates(full(fm.REMOVED, mine)), ours)
+    assert "paused" in fm.changed_behind_our_back(fm.RawFlowUpdates(struct.pack("!HH4x", 8, fm.PAUSED)), ours)
+    for junk in (b"\x00\x00\x00\x01", b"\xff\xff\x00\x01" + bytes(8), os.urandom(64)):
+        list(fm.updates(fm.RawFlowUpdates(junk)))  # ends, whatever the lengths say
+    raw = fm.request(5)
+    assert len(raw) == 40 and raw[1] == 18 and struct.unpack_from("!H", raw, 8)[0] == 16  # OFPMP_FLOW_MONITOR
