@@ -385,8 +385,9 @@ class Core:
             return
         for name in msg.removed:
             self.links.forget(site.name, name)
+        ours = {t.name for t in self.compiler.tunnels.get(site.name, ())}  # a peer may name any port vx-...
         for name, _, live in msg.ports:
-            if name.startswith(TUNNEL_PREFIX) and name not in msg.removed:
+            if name.startswith(TUNNEL_PREFIX) and name in ours and name not in msg.removed:
                 self.links.seen(site.name, name, live)
         session = self.sessions.get(msg.dpid)
         if not msg.complete and session is not None and (msg.removed or any(
