@@ -78,7 +78,7 @@ class ReplicaService:
         self.mine: dict[str, int] = {}  # shard -> the generation this replica committed for it
         self._claimed: set[str] = set()  # shards whose current lock grant has been acted on
         self._passed_at: dict[str, float] = {}
-        self._gone: dict[str, float] = {}  # replica -> its last heartbeat when it let a shard go without a handoff
+        self._claimed_at: dict[str, float] = {}  # shard -> when this replica last claimed it
         self._balanced_at = 0.0
         self._beat_at = 0.0
         self._policy_version = 0
@@ -225,11 +225,7 @@ class ReplicaService:
     # ---- rows ------------------------------------------------------------------------------------------------
 
     def _live(self, now: float) -> list[str]:
-        """Replicas that beat recently, less those whose shard lock passed on without a handoff since their
-        last beat (dead, or cut off from the store): balancing must not hand a shard back to a dead master
-        for the LIVE_S its last heartbeat still counts."""
-        return sorted({r.name for r in self.main.rows("Replica") if now - r.seen <= LIVE_S
-                       and r.seen > self._gone.get(r.name, -1.0)} | {self.name})
+        return sorted({r.name for r in self.main.rows("Replica") if now - r.seen <= LIVE_S} | {self.name})
 
     def _heartbeat(self, now: float) -> None:
         if now - self._beat_at < HEARTBEAT_S:
@@ -291,12 +287,9 @@ class ReplicaService:
                 self._passed_at[shard] = now
                 self._requeue(idl, shard)  # it is on its way to row.handoff: pass the lock on
             return
-        prev = row.owner if row.owner not in ("", self.name) and not row.handoff else None
         status, gen = idl.commit(lambda txn, t: self._claim(txn, t, shard))
         if status == client.SUCCESS and gen:
-            if prev is not None:  # its lock passed on with no handoff: it is gone until it beats again
-                beat = next((r.seen for r in self.main.rows("Replica") if r.name == prev), 0.0)
-                self._gone[prev] = max(self._gone.get(prev, -1.0), beat)
+            self._claimed_at[shard] = now
             self._claimed.add(shard)
             was = self.mine.get(shard)
             self.mine[shard] = gen
@@ -370,10 +363,12 @@ class ReplicaService:
         want = assignment(rows, owners, live)
         for shard in sorted(self.mine):
             row = rows.get(shard)
-            if row is None or row.owner != self.name or row.generation != self.mine[shard]:
-                # The claim went through the shard's lock session; this view of the rows has not caught up
-                # with it. Judged on the stale view, two replicas handed one shard to each other in turn
-                # (a killed master's shard changed hands three times in 20 s).
+            if row is None or row.owner != self.name or row.generation != self.mine[shard] or \
+                    now - self._claimed_at.get(shard, 0.0) < LIVE_S:
+                # Not yet: the claim went through the shard's lock session and this view of the rows has not
+                # caught up with it; or it is new, and a master that just died still counts as live for
+                # LIVE_S by its last heartbeat (handed back to it, a killed master's shard went round the
+                # lock queue for seconds). Either only delays a voluntary handover.
                 continue
             to = want.get(shard)
             idl = self.locks.get(shard)

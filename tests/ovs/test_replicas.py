@@ -165,9 +165,10 @@ def test_three_replicas_share_the_shards_with_one_master_per_switch(cluster):
     owners = cluster.owners()
     assert sorted(owners.values()) == ["r1", "r2", "r3"], owners
     for site in SITES:  # OVS's own view: exactly one master, the store's owner; the others slaves
-        wait_for(lambda s=site: sorted(cluster.ovs_roles(s).values()) == ["master", "slave", "slave"], 20,
-                 what=f"{site} roles {cluster.ovs_roles(site)}")
-        assert cluster.ovs_roles(site)[owners[site]] == "master"
+        # OVS refreshes Controller.role on its own schedule: both facts are waited for together.
+        wait_for(lambda s=site: sorted(cluster.ovs_roles(s).values()) == ["master", "slave", "slave"]
+                 and cluster.ovs_roles(s).get(owners[s]) == "master", 20,
+                 what=f"{site}: {owners[site]} master, the others slaves (OVS says {cluster.ovs_roles(site)})")
     # The replicas that joined took their shards by voluntary release: the switches were right, nothing sent.
     assert flow_mods(cluster.replicas["r2"]) == 0
     assert flow_mods(cluster.replicas["r3"]) == 0
