@@ -342,4 +342,3 @@ def install(limits: Limits | None = None) -> ConnectionTable:
             osken_controller.OpenFlowController.server_loop)
         threading.Thread(target=_reaper, name="cloudweave-reaper", daemon=True).start()
     return TABLE
-

@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 LOG = logging.getLogger("cloudweave")
@@ -74,4 +73,3 @@ def _check() -> None:
         gone = dead()
         if gone:
             die(f"thread(s) ended: {', '.join(gone)}")
-    time.sleep(0)

@@ -147,6 +147,10 @@ class ReplicaService:
 
         try:
             status, text = client.commit_retrying(self.main, build)
+            if status not in (client.SUCCESS, client.UNCHANGED):
+                # Not a key the store holds (a refused write returns the one this replica made, or the error):
+                # expecting it would reject every record the other replicas' samplers write.
+                raise client.StoreUnavailable(f"the store did not keep a flow-log key: {status} {text or ''}")
             return flowlog_key.parse(text, "the store's Cluster.flowlog_key") if text else None
         except (client.StoreUnavailable, flowlog_key.KeyFileError) as exc:
             LOG.error("replica %s: no flow-log key from the store (%s); flow records are not authenticated",
