@@ -11,6 +11,7 @@ the shares OVS realises (flows/weights.py). topohub carries no link capacities: 
 capacity in both directions (MLU ratios do not depend on its value).
 
 Run: .venv/bin/python bench/te_eval.py [--json] [--only abilene,geant]
+     .venv/bin/python bench/te_eval.py --shifts   (the predictor's shift detection alone)
 """
 
 from __future__ import annotations
@@ -166,6 +167,44 @@ def predictor_study(rng: random.Random) -> dict:
             for name, f in (("ewma", ewma), ("mean+2dev (cloudweave)", jacobson), ("p90 of 20", p90))}
 
 
+def shift_study(rng: random.Random, series: int = 400) -> dict:
+    """te.predict's shift detection: restarts on stationary log-normal bursts (sigma SIGMA, 150 intervals), and
+    the intervals until the mean is within 20 % of a doubling, a halving, a stop (after 100 intervals at 10),
+    and a start to 16 from a link's noisy near-zero background (zeros and blips: what the counters give a link
+    that carries only BFD, with the routes' share subtracted): the median, and the 90th percentile."""
+    def burst(mean: float) -> float:
+        return mean * math.exp(rng.gauss(-SIGMA ** 2 / 2, SIGMA))
+
+    def until(p: Predictor, draw, target: float) -> int:
+        return next((i for i in range(1, 301) if (p.update(draw()) or abs(p.mean - target) <= 0.2 * max(target, 1.0))),
+                    300)
+
+    restarts = 0
+    for _ in range(series):
+        p = Predictor()
+        for _ in range(150):
+            n = p.n
+            p.update(burst(10.0))
+            restarts += p.n <= n
+    out: dict = {"restarts_on_stationary_series": restarts, "series": series}
+    for name, factor in (("doubling", 2.0), ("halving", 0.5), ("stop", 0.0)):
+        took = []
+        for _ in range(series):
+            p = Predictor()
+            for _ in range(100):
+                p.update(burst(10.0))
+            took.append(until(p, lambda f=factor: burst(10.0 * f), 10.0 * factor))
+        out[name] = (statistics.median(took), sorted(took)[int(0.9 * series)])
+    took = []
+    for _ in range(series):
+        p = Predictor()
+        for _ in range(50):
+            p.update(rng.choice((0.0, 0.01, 0.01, 0.02, rng.uniform(0.0, 1.0))))
+        took.append(until(p, lambda: burst(16.0), 16.0))
+    out["start_from_noisy_zero"] = (statistics.median(took), sorted(took)[int(0.9 * series)])
+    return out
+
+
 def spread(names: list[str], seeds: int) -> None:
     """auto's MLU ratio over `seeds` learned matrices per topology: how much the result owes to one draw of the
     noise (150 intervals leave each demand's mean about 2.5 % off)."""
@@ -186,8 +225,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--seeds", type=int, default=0,
                    help="instead: learn each topology's matrix N times (seeds 1..N) and print auto's spread")
+    p.add_argument("--shifts", action="store_true", help="instead: the predictor's shift detection study")
     args = p.parse_args()
     rng = random.Random(args.seed)
+    if args.shifts:
+        s = shift_study(rng)
+        print(f"restarts on {s['series']} stationary series of 150 intervals: {s['restarts_on_stationary_series']}")
+        for name in ("doubling", "halving", "stop", "start_from_noisy_zero"):
+            print(f"  {name:<22} followed in a median of {s[name][0]:g} intervals (p90 {s[name][1]:g})")
+        print(f"reproduce: .venv/bin/python bench/te_eval.py --shifts --seed {args.seed}")
+        return
     names = [n for n in args.only.split(",") if n] or SNDLIB
     if args.seeds:
         spread(names, args.seeds)

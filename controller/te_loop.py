@@ -46,6 +46,7 @@ class TeLoop:
         self.port_bodies: dict[str, list[Any]] = defaultdict(list)
         self.ports_at: dict[str, float] = {}  # site -> when its port counters came in, this round
         self.reported_stale: set[str] = set()
+        self.said_background: dict[tuple[str, str], float] = {}  # link -> the learned other traffic last logged
         self.active = True
         # With replicas (controller.replica): rounds only while this replica coordinates, the state kept in
         # the store instead of a file, and a new coordinator's engine restored from it.
@@ -231,7 +232,8 @@ class TeLoop:
             events += self.engine.observe(at, {k: v for k, v in counters.items() if k[1] == site})
         capacity = capacities(model)
         if all(site in self.answered_at for site in sources):  # else what the routes carried is not known
-            self.engine.observe_links(self.ports_at, links, self.answered_at, buckets, capacity)
+            for arc in self.engine.observe_links(self.ports_at, links, self.answered_at, buckets, capacity):
+                self._log_background(arc, capacity.get(arc, 0.0))
         for key, outcome in events:
             if outcome is Outcome.RESET:
                 LOG.info("route %s %s->%s: counter reset (flows replaced or switch restarted); no rate this "
@@ -269,6 +271,20 @@ class TeLoop:
                    "utilisation": {f"{a}->{b}": u for (a, b), u in (proposal.utilisation.items() if proposal else [])},
                    "mlu": {"proposed": proposal.mlu, "in_force": proposal.current_mlu} if proposal else None})
         return adopted
+
+    def _log_background(self, arc: tuple[str, str], capacity_bps: float) -> None:
+        """Each sample at DEBUG; at INFO when the learned other traffic has moved by a tenth of the link's
+        capacity since it was last said (what the split plans around is then in the log, with the round that
+        moved it)."""
+        carried, other = self.engine.carried_rates[arc], self.engine.background_rates[arc]
+        learned = self.engine.background[arc].mean or 0.0
+        LOG.debug("link %s->%s: carried %.2f Mbit/s, other traffic %.2f, learned %.2f", *arc, carried / 1e6,
+                  other / 1e6, learned / 1e6)
+        said = self.said_background.get(arc, 0.0)
+        if abs(learned - said) >= 0.1 * capacity_bps:
+            LOG.info("link %s->%s: other traffic learned %.1f Mbit/s (was %.1f; this round it carried %.1f, "
+                     "%.1f of it not the routes')", *arc, learned / 1e6, said / 1e6, carried / 1e6, other / 1e6)
+            self.said_background[arc] = learned
 
     def auto_shares(self) -> dict[Key, tuple[tuple, tuple[float, ...]]]:
         return self.engine.in_force()

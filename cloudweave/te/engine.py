@@ -77,6 +77,7 @@ class TrafficEngineer:
     rates: dict[Key, float] = field(default_factory=dict)  # the last measured rate
     background: dict[Arc, Predictor] = field(default_factory=dict)  # per direction of a link
     background_rates: dict[Arc, float] = field(default_factory=dict)  # the last measured background
+    carried_rates: dict[Arc, float] = field(default_factory=dict)  # what each link last carried, all told
 
     def prepare(self, model: Model, graph: nx.Graph) -> list[Key]:
         """Candidate paths for every key of the model (kept ones stay, in their order)."""
@@ -136,6 +137,7 @@ class TrafficEngineer:
                 continue
             pred.update(other)
             self.background_rates[arc] = other
+            self.carried_rates[arc] = rate
             updated.append(arc)
         return updated
 
