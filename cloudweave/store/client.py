@@ -1,8 +1,8 @@
 """The one module that talks OVSDB to the store (python-ovs). Everything above it sees plain values.
 
 A `StoreIdl` is one client session on the cluster: it follows the leader (python-ovs's `leader_only`, which
-checks `_Server.Database`), reconnects within half a second after a leader loss (python-ovs's backoff is
-capped here; its default, 1-8 s, made a leader loss cost 12 s median in ../shared/research/scaleout.md), and
+checks `_Server.Database`), reaches a new leader within a second of its election (python-ovs's backoff is
+capped at 250 ms here; its default, 1-8 s, made a leader loss cost 12 s median: docs/replicas.md), and
 may queue on one OVSDB lock. A lock lives in one server process and is not replicated: a grant counts only
 once the session has reached the leader and is monitoring (`holds_lock`); even then it is a failure detector
 and a queue, never the fence: ownership is a row written by compare-and-set, and the fence is the switch's
@@ -25,7 +25,7 @@ import ovs.db.idl as _idl
 from cloudweave.store import SCHEMA
 
 LOCK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an OVSDB <id>: python-ovs waits forever on another name
-RECONNECT_MIN_MS, RECONNECT_MAX_MS = 100, 500
+RECONNECT_MIN_MS, RECONNECT_MAX_MS = 100, 250
 Txn = _idl.Transaction
 TRY_AGAIN, SUCCESS, UNCHANGED, NOT_LOCKED = Txn.TRY_AGAIN, Txn.SUCCESS, Txn.UNCHANGED, Txn.NOT_LOCKED
 

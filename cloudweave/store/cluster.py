@@ -20,8 +20,9 @@ from cloudweave.store import DB, LOCAL_SCHEMA, SCHEMA
 
 PROBE_MS = 1000  # the least OVS accepts; a frozen client's locks go after about twice this
 # Raft election timer: a follower calls an election the timer plus up to 1 s after the last heartbeat (raft.c).
-# 500 ms (OVS: 1000) keeps a leader loss under 3 s of paused writes with clients that reconnect within 0.1-0.5 s
-# (../shared/research/scaleout.md §5.4); raise it on a loaded or large store (OVN operators run seconds there).
+# 500 ms (OVS: 1000) keeps a leader loss decided in one term under 3 s of paused writes, with clients that find
+# the new leader within a second of its election (store.client; docs/replicas.md); raise it on a loaded or large
+# store (OVN operators run seconds there).
 ELECTION_MS = 500
 
 
