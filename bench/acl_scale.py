@@ -20,9 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.generate import site  # noqa: E402
 from cloudweave.config.model import Endpoint, Link, Model, PortRange, Rule, SecurityGroup, Segment  # noqa: E402
-from flows.acl import port_pieces  # noqa: E402
-from flows.compile import compile_model  # noqa: E402
-from flows.tables import ACL_EGRESS, ACL_INGRESS  # noqa: E402
+from cloudweave.flows.compile import compile_model  # noqa: E402
+from cloudweave.flows.tables import ACL_EGRESS, ACL_INGRESS  # noqa: E402
 
 PORTS = (PortRange(5432, 5432), PortRange(8000, 8099))
 
@@ -49,7 +48,7 @@ def run(n: int) -> dict:
     states = compile_model(m)
     elapsed = time.perf_counter() - started
     acl = sum(1 for f in states["s0"].flows if f.table in (ACL_EGRESS, ACL_INGRESS))
-    pieces = sum(len(port_pieces(p)) for p in PORTS)
+    pieces = sum(len(p.pieces()) for p in PORTS)
     return {"pairs": f"{n} x {n}", "acl_flows_source_site": acl, "cross_product_flows": 2 * n * n * pieces,
             "all_flows_both_sites": sum(len(s.flows) for s in states.values()), "compile_s": round(elapsed, 3)}
 

@@ -30,13 +30,12 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
-
 from bench.generate import mesh, to_yaml_doc  # noqa: E402
 from bench.program_switch import count, topology  # noqa: E402
 from cloudweave.config import load_model  # noqa: E402
-from flows.compile import compile_model, compile_site  # noqa: E402
-from flows.incremental import IncrementalCompiler  # noqa: E402
+from cloudweave.flows.compile import compile_model, compile_site  # noqa: E402
+from cloudweave.flows.incremental import IncrementalCompiler  # noqa: E402
+from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
 from tests.harness import Controller, wait_for  # noqa: E402
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -21,10 +21,11 @@ import statistics
 import subprocess
 import time
 
+from on_testbed import running
+
 from cloudweave.testbed.build import underlay_port
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import iperf, ns_argv
-from on_testbed import running
 
 INTERVAL_S = 0.005
 STAMP = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)", re.M)

@@ -33,14 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cloudweave.testbed.build import start_replica  # noqa: E402
-from cloudweave.testbed.state import State  # noqa: E402
 from on_testbed import running  # noqa: E402
 
 from cloudweave.config import load_model  # noqa: E402
+from cloudweave.flows.compile import compile_site  # noqa: E402
 from cloudweave.store import client, cluster  # noqa: E402
 from cloudweave.store.shards import site_shards  # noqa: E402
-from flows.compile import compile_site  # noqa: E402
+from cloudweave.testbed.build import start_replica  # noqa: E402
+from cloudweave.testbed.state import State  # noqa: E402
 from tests.e2e.test_replicas import Traffic, lossless, nat_ready, owners, replica_log, with_gateways  # noqa: E402
 from tests.harness import OvsSites, Replica, Store, store_rows, wait_for  # noqa: E402
 

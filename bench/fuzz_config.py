@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--keep", default="/tmp/cloudweave-fuzz", help="directory for the inputs that broke it")
     args = ap.parse_args()
     import cloudweave.cli  # noqa: F401 - imported once, before the forks: each case pays only its own work
-    import flows.compile  # noqa: F401
+    import cloudweave.flows.compile  # noqa: F401
 
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a runaway case ends; its peak is still over
     rng = random.Random(args.seed)

@@ -17,12 +17,12 @@ import re
 import subprocess
 import time
 
-from cloudweave.testbed.state import State
-from cloudweave.testbed.traffic import LOAD, ns_argv
 from on_testbed import edit_live, running
 
-from flows.routing import route_group_id
-from flows.weights import shares, weights_for
+from cloudweave.flows.routing import route_group_id
+from cloudweave.flows.weights import shares, weights_for
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import LOAD, ns_argv
 
 TARGETS = [(70, 30), (50, 50), (90, 10), (97, 3)]
 CLASSES = {"tcp": ("bulk-tcp", "7000-7999"), "udp": ("bulk-udp", "6000-6999")}

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 
+from on_testbed import running
+
 from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 from cloudweave.testbed.traffic import iperf, ns_argv, probe
-from on_testbed import running
 
 MODES = {  # mode -> (client, server namespace, server address)
     "bridge": ("red1", "red2", "10.53.0.12"),

@@ -16,10 +16,9 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cloudweave.config import load_model  # noqa: E402
 from cloudweave.testbed.cli import down, up  # noqa: E402
 from cloudweave.testbed.state import State  # noqa: E402
-
-from cloudweave.config import load_model  # noqa: E402
 from tests.harness import rewrite_topology  # noqa: E402
 
 

@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cloudweave.config import load_model  # noqa: E402
-from flows.compile import compile_site  # noqa: E402
+from cloudweave.flows.compile import compile_site  # noqa: E402
 from tests.harness import OvsSites, wait_for  # noqa: E402
 from tests.openflow_fuzz import (  # noqa: E402
     EDIT_BOUND_S,

@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import time
 
+from on_testbed import running
+
 from cloudweave.testbed.restart import restart_ovs
 from cloudweave.testbed.traffic import ns_argv
-from on_testbed import running
 
 
 def lost_pings(workdir: str, frw: bool) -> tuple[int, int, float]:

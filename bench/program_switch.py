@@ -26,12 +26,11 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cloudweave.flows.cookies import OWNER, OWNER_MASK  # noqa: E402
 from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
-
 from controller.codec import canonical_actual  # noqa: E402
 from controller.flow_desc import RawFlowDescBody, canonical_flows  # noqa: E402
 from controller.osken_fixes import install as install_osken_fixes  # noqa: E402
-from flows.cookies import OWNER, OWNER_MASK  # noqa: E402
 from tests.harness import Controller, flow_desc_body, wait_for  # noqa: E402
 
 OURS = f"cookie={OWNER:#x}/{OWNER_MASK:#x}"

@@ -29,11 +29,11 @@ import sys
 import time
 from collections.abc import Iterable
 
-from cloudweave.testbed.state import State
-from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
 from on_testbed import ROOT, edit_live, running
 
-from cloudweave import quarantine
+from cloudweave import paths, quarantine
+from cloudweave.testbed.state import State
+from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
 from tests.harness import appctl
 
 ATTACKER, VICTIM, VICTIM_IP, ATTACKER_SITE = "dev1", "dev2", "10.41.0.11", "east"
@@ -65,7 +65,7 @@ def spread_ms(seconds: Iterable[float]) -> str:
 
 
 def quarantined(topology: str) -> dict:
-    return {e.endpoint: e for e in quarantine.load(quarantine.default_quarantine_path(topology))
+    return {e.endpoint: e for e in quarantine.load(paths.default_quarantine_path(topology))
             if e.active(time.time())}
 
 
@@ -389,7 +389,7 @@ def bench_release(workdir: str, topology: str, rounds: int = 10) -> None:
                                           "--seconds", "3", "--sport", "37004"), stdout=subprocess.DEVNULL)
         time.sleep(1.0)
         release(topology, VICTIM)
-        written = os.stat(quarantine.default_quarantine_path(topology)).st_mtime
+        written = os.stat(paths.default_quarantine_path(topology)).st_mtime
         sender.wait(30)
         got = json.loads(sink.communicate(timeout=30)[0])["received"]
         first = min((t for _, t in got), default=None)

@@ -32,12 +32,12 @@ import topohub
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cloudweave.flows.weights import shares as ovs_shares  # noqa: E402
+from cloudweave.flows.weights import weights_for  # noqa: E402
 from cloudweave.te.lp import link_loads, mlu, optimal_mlu, split_with_more_paths  # noqa: E402
 from cloudweave.te.paths import candidate_paths  # noqa: E402
 from cloudweave.te.predict import Predictor  # noqa: E402
 from cloudweave.te.rates import Outcome, RateMeter  # noqa: E402
-from flows.weights import shares as ovs_shares  # noqa: E402
-from flows.weights import weights_for  # noqa: E402
 
 SNDLIB = ["abilene", "atlanta", "brain", "cost266", "dfn-bwin", "dfn-gwin", "di-yuan", "france", "geant",
           "germany50", "giul39", "india35", "janos-us", "janos-us-ca", "newyork", "nobel-eu", "nobel-germany",

@@ -16,9 +16,10 @@ import subprocess
 import time
 from datetime import datetime
 
+from on_testbed import edit_live, running
+
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv
-from on_testbed import edit_live, running
 
 PORT, STREAMS = 5001, 100
 

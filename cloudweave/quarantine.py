@@ -41,10 +41,6 @@ class Entry:
         return self.until is None or now < self.until
 
 
-def default_quarantine_path(config: str) -> str:
-    """Beside the configuration, named after it (as the traffic engineer's state file)."""
-    config = os.path.abspath(config)
-    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.quarantine.json")
 
 
 def load(path: str) -> tuple[Entry, ...]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from flows.cookies import OWNER, OWNER_MASK
-from flows.values import (
+from cloudweave.flows.cookies import OWNER, OWNER_MASK
+from cloudweave.flows.values import (
     CONTROLLER,
     CT,
     IN_PORT,

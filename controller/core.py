@@ -25,6 +25,9 @@ from cloudweave import quarantine
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Site
 from cloudweave.flowlog import key as flowlog_key_file
+from cloudweave.flows.compile import SwitchState
+from cloudweave.flows.quarantine import limit_rate, limited_addresses, outside_address
+from cloudweave.flows.topology import TUNNEL_PREFIX
 from cloudweave.store.shards import site_shards
 from controller import next_hop
 from controller.changes import describe
@@ -47,9 +50,6 @@ from controller.messages import (
 from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
-from flows.compile import SwitchState
-from flows.quarantine import limit_rate, limited_addresses, outside_address
-from flows.topology import TUNNEL_PREFIX
 
 LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed

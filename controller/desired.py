@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudweave.config.model import Model
-from flows.compile import SwitchState, gc_paused
-from flows.incremental import IncrementalCompiler
-from flows.state import TunnelPort
+from cloudweave.flows.compile import SwitchState, gc_paused
+from cloudweave.flows.incremental import IncrementalCompiler
+from cloudweave.flows.state import TunnelPort
 
 LOG = logging.getLogger("cloudweave")
 SLOW_COMPILE_S = 0.5

@@ -18,13 +18,13 @@ from typing import Any
 from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator, to_json
+from cloudweave.flows.flowlog import COLLECTOR_SET_ID, site_domain
+from cloudweave.flows.quarantine import outside_address
+from cloudweave.paths import default_flowlog_path
 from controller.guard import Repeats
 from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
-from controller.settings import default_flowlog_path
-from flows.flowlog import COLLECTOR_SET_ID, site_domain
-from flows.quarantine import outside_address
 
 LOG = logging.getLogger("cloudweave.flowlog")
 ROTATE_BYTES = 64 << 20

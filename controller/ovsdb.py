@@ -13,7 +13,7 @@ from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from cloudweave.config.model import Site
-from flows.compile import TunnelPort
+from cloudweave.flows.compile import TunnelPort
 
 LOG = logging.getLogger("cloudweave.ovsdb")
 MARK = "cloudweave-tunnel"  # external_ids key on the Interface rows we own; its value is the peer site

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cloudweave.flows.state import SwitchState, Unit
+from cloudweave.flows.values import Flow, Group, ToGroup
 from controller.codec import (
     CanonContent,
     CanonGroup,
@@ -13,8 +15,6 @@ from controller.codec import (
     canonical_desired,
     canonical_group_desired,
 )
-from flows.state import SwitchState, Unit
-from flows.values import Flow, Group, ToGroup
 
 
 @dataclass

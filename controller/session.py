@@ -38,6 +38,8 @@ from typing import Any
 
 from os_ken.lib import hub
 
+from cloudweave.flows.compile import SwitchState
+from cloudweave.flows.cookies import OWNER, OWNER_MASK, is_our_group, is_our_meter
 from controller import flow_monitor, wire
 from controller.codec import (
     CanonContent,
@@ -54,8 +56,6 @@ from controller.codec import (
 )
 from controller.flow_desc import MalformedReply, canonical_flows
 from controller.reconcile import CanonicalDesired, Plan, plan, plan_groups, plan_keys, plan_meters
-from flows.compile import SwitchState
-from flows.cookies import OWNER, OWNER_MASK, is_our_group, is_our_meter
 
 LOG = logging.getLogger("cloudweave")
 

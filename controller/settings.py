@@ -7,14 +7,13 @@ import socket
 from dataclasses import dataclass
 
 from cloudweave.config.model import Site
-from cloudweave.flowlog.key import default_key_path
-from cloudweave.quarantine import default_quarantine_path
-
-
-def default_flowlog_path(config: str) -> str:
-    """Beside the configuration, named after it."""
-    config = os.path.abspath(config)
-    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.flowlog.jsonl")
+from cloudweave.paths import (
+    default_flowlog_path,
+    default_key_path,
+    default_quarantine_path,
+    default_state_dir,
+    default_state_path,
+)
 
 
 @dataclass(frozen=True)
@@ -58,17 +57,8 @@ class Settings:
                         os.environ.get("CLOUDWEAVE_IMPORT") == "1", key)
 
 
-def default_state_dir() -> str:
-    """Where a replica started without a file keeps what it writes (the stored policy written out, its lists)."""
-    if os.geteuid() == 0:
-        return "/var/lib/cloudweave"
-    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "cloudweave")
 
 
-def default_state_path(config: str) -> str:
-    """Beside the configuration, named after it: one controller per file keeps its own learned matrix."""
-    config = os.path.abspath(config)
-    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.te-state.json")
 
 
 def switch_target_for(template: str, site: Site) -> str:

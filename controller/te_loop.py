@@ -19,14 +19,14 @@ from typing import Any
 from os_ken.lib import hub
 
 from cloudweave.config.model import Model
+from cloudweave.flows import cookies
+from cloudweave.flows.routing import PATH_MARK_MASK, PATH_MARK_SHIFT, route_cookie
+from cloudweave.flows.topology import SiteGraph, tunnel_port_name
 from cloudweave.te.engine import Key, TrafficEngineer, capacities
 from cloudweave.te.lp import prepare_solver
 from cloudweave.te.rates import Outcome
 from cloudweave.te.statefile import BadState, load_state
 from controller.messages import WeightsAdopted
-from flows import cookies
-from flows.routing import PATH_MARK_MASK, PATH_MARK_SHIFT, route_cookie
-from flows.topology import SiteGraph, tunnel_port_name
 
 LOG = logging.getLogger("cloudweave.te")
 ROUTE_KIND_MASK = cookies.OWNER_MASK | (0xFF << cookies.KIND_SHIFT)

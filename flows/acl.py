@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from cloudweave.config.model import Endpoint, Model, PortRange, Rule, Segment
-from flows import cookies, ids
-from flows.tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, FROM_TUNNEL, FROM_UPLINK, REG_SEGMENT
-from flows.values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, Nat, flow
+from cloudweave.config.model import Endpoint, Model, Rule, Segment
+
+from . import cookies, ids
+from .tables import ACL_EGRESS, ACL_INGRESS, AFTER_ACL, CONNTRACK, FROM_TUNNEL, FROM_UPLINK, REG_SEGMENT
+from .values import CT, ETH_IPV4, Conjunction, Flow, Goto, MatchValue, Nat, flow
 
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst", 132: "sctp_dst"}
 # ct_state bits (OVS): new, est, rel, rpl, inv, trk
@@ -32,20 +33,6 @@ PRIO_DEFAULT, PRIO_NOT_AN_ENDPOINT = 8, 5
 # connection that its zone's limit refused (no mark) is dropped: flows/nat.py connection_limit_flows.
 COMMITTED = 1
 COMMIT = (CT(commit=True, table=AFTER_ACL, mark=COMMITTED),)
-
-
-def port_pieces(r: PortRange) -> list[MatchValue]:
-    """A port range as few value/mask matches (full masks as plain values, as OVS reports them)."""
-    out: list[MatchValue] = []
-    lo, hi = r.lo, r.hi
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 16
-        while size > hi - lo + 1:
-            size >>= 1
-        mask = 0xFFFF & ~(size - 1)
-        out.append(lo if mask == 0xFFFF else (lo, mask))
-        lo += size
-    return out
 
 
 def net_match(net: IPv4Network) -> MatchValue:
@@ -184,7 +171,7 @@ def _rule_flows(r: Rule, local: frozenset[str], local_segs: frozenset[str], memb
         dims.append([dict(proto_match, **{peer_field: net_match(r.peer_net)})])
     if r.ports:
         field = PORT_FIELD[r.proto]
-        dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in port_pieces(rng)])
+        dims.append([dict(proto_match, **{field: piece}) for rng in r.ports for piece in rng.pieces()])
     table = ACL_EGRESS if r.direction == "egress" else ACL_INGRESS
     prio = rule_priority(r)
     ck = cookies.cookie("acl_rule", r.identity)

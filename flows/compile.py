@@ -7,9 +7,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from cloudweave.config.model import Model
-from flows.incremental import IncrementalCompiler
-from flows.routing import AutoShares
-from flows.state import SwitchState, TunnelPort, sort_key
+
+from .incremental import IncrementalCompiler
+from .routing import AutoShares
+from .state import SwitchState, TunnelPort, sort_key
 
 __all__ = ["SwitchState", "TunnelPort", "sort_key", "compile_site", "compile_model", "gc_paused"]
 

@@ -4,10 +4,11 @@ anti-spoofing applies: no overlay, no conntrack, no security groups. This trades
 from __future__ import annotations
 
 from cloudweave.config.model import Model
-from flows import cookies
-from flows.overlay import port_entry_flows
-from flows.tables import CLASSIFY
-from flows.values import ETH_ARP, Flow, Output, flow
+
+from . import cookies
+from .overlay import port_entry_flows
+from .tables import CLASSIFY
+from .values import ETH_ARP, Flow, Output, flow
 
 
 def direct_flows(model: Model, site: str) -> list[Flow]:

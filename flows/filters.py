@@ -8,12 +8,13 @@ from itertools import product
 
 from cloudweave.config.filters import MAX_FILTERS
 from cloudweave.config.model import Endpoint, Filter, FlowLogs, Model
-from flows import cookies
-from flows.acl import PORT_FIELD, net_match, port_pieces
-from flows.routing import SRC_PORT_FIELD
-from flows.tables import CLASSIFY, REG_FILTERED
-from flows.topology import tunnel_port_name
-from flows.values import ETH_IPV4, Action, Flow, MatchValue, Meter, Resubmit, SetField, flow
+
+from . import cookies
+from .acl import PORT_FIELD, net_match
+from .routing import SRC_PORT_FIELD
+from .tables import CLASSIFY, REG_FILTERED
+from .topology import tunnel_port_name
+from .values import ETH_IPV4, Action, Flow, MatchValue, Meter, Resubmit, SetField, flow
 
 FILTER_TOP = 39_000  # the first filter's priority; each next one is one lower (config.filters.MAX_FILTERS)
 QUARANTINE_PRIORITY = 40_000  # above every filter (flows.quarantine)
@@ -29,7 +30,7 @@ def filter_actions(f: Filter, logs: FlowLogs | None = None, domain: int = 0) -> 
     set, so that no filter sees it twice."""
     if f.action == "drop":
         if logs is not None and logs.drops > 0:
-            from flows.flowlog import KIND_FILTER, sample
+            from .flowlog import KIND_FILTER, sample
 
             return (sample(logs.drops, domain, KIND_FILTER, f.index),)
         return ()
@@ -73,8 +74,8 @@ def filter_flows(filters: tuple[Filter, ...], site: str, model: Model, neighbour
             base["ip_proto"] = m.proto
         srcs = [net_match(n) for n in m.src_nets] if m.src is not None else [None]
         dsts = [net_match(n) for n in m.dst_nets] if m.dst is not None else [None]
-        sports = [p for r in m.src_ports for p in port_pieces(r)] or [None]
-        dports = [p for r in m.dst_ports for p in port_pieces(r)] or [None]
+        sports = [p for r in m.src_ports for p in r.pieces()] or [None]
+        dports = [p for r in m.dst_ports for p in r.pieces()] or [None]
         ck, actions = cookies.cookie("filter", f.name), filter_actions(f, model.flow_logs, domain)
         for port, src, dst, sp, dp in product(in_ports(f, site, model, neighbours), srcs, dsts, sports, dports):
             match = dict(base)
@@ -120,7 +121,7 @@ def deciding_filter(model: Model, src: Endpoint | IPv4Address, dst: Endpoint | I
     see it come in by a tunnel too."""
     if not model.filters:
         return None
-    from flows.topology import SiteGraph
+    from .topology import SiteGraph
 
     src_ip = src.ip if isinstance(src, Endpoint) else src
     dst_ip = dst.ip if isinstance(dst, Endpoint) else dst

@@ -14,10 +14,11 @@ import hashlib
 import hmac
 
 from cloudweave.config.model import FlowLogs
-from flows import cookies
-from flows.acl import CT_EST, CT_NEW
-from flows.tables import ACL_EGRESS, FROM_LOCAL, FROM_UPLINK, REG_FROM_TUNNEL, REG_SAMPLED
-from flows.values import ETH_IPV4, Flow, Resubmit, Sample, SetField, flow
+
+from . import cookies
+from .acl import CT_EST, CT_NEW
+from .tables import ACL_EGRESS, FROM_LOCAL, FROM_UPLINK, REG_FROM_TUNNEL, REG_SAMPLED
+from .values import ETH_IPV4, Flow, Resubmit, Sample, SetField, flow
 
 COLLECTOR_SET_ID = 0xC10D  # the bridge's Flow_Sample_Collector_Set row the controller owns
 KIND_SHIFT = 24

@@ -21,19 +21,20 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from cloudweave.config.model import Model, Segment, Site
-from flows import acl, cookies, ids
-from flows.direct import direct_flows
-from flows.filters import filter_flows
-from flows.flowlog import sampler_flows, site_domain
-from flows.nat import connection_limit_flows, nat_flows
-from flows.overlay import segment_flows, segment_scope, table_misses
-from flows.quarantine import limit_flows, limit_rate, limited_addresses, quarantine_flows
-from flows.routing import AutoShares, RoutingCompiler
-from flows.services import service_flows
-from flows.state import SwitchState, TunnelPort, Unit
-from flows.tables import TableViolation, check_flow, check_group
-from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import Flow, Group, ToGroup
+
+from . import acl, cookies, ids
+from .direct import direct_flows
+from .filters import filter_flows
+from .flowlog import sampler_flows, site_domain
+from .nat import connection_limit_flows, nat_flows
+from .overlay import segment_flows, segment_scope, table_misses
+from .quarantine import limit_flows, limit_rate, limited_addresses, quarantine_flows
+from .routing import AutoShares, RoutingCompiler
+from .services import service_flows
+from .state import SwitchState, TunnelPort, Unit
+from .tables import TableViolation, check_flow, check_group
+from .topology import SiteGraph, tunnel_port_name
+from .values import Flow, Group, ToGroup
 
 UnitOut = tuple[tuple[Flow, ...], tuple[Group, ...]]
 SAME = object()  # a unit's inputs, known by the change handler to be what they were: reuse it as it is

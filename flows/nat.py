@@ -12,10 +12,11 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from cloudweave.config.model import NAT_CT_ZONE, Endpoint, Model, Segment, Site
-from flows import cookies
-from flows.acl import CT_EST, CT_NEW, CT_REL, TRK
-from flows.tables import CLASSIFY, CONNTRACK, FROM_UPLINK, L2_FORWARD, NAT, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT
-from flows.values import (
+
+from . import cookies
+from .acl import CT_EST, CT_NEW, CT_REL, TRK
+from .tables import CLASSIFY, CONNTRACK, FROM_UPLINK, L2_FORWARD, NAT, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT
+from .values import (
     CONTROLLER,
     CT,
     ETH_ARP,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.tables import TABLES
-from flows.values import (
+from .tables import TABLES
+from .values import (
     CONTROLLER,
     CT,
     IN_PORT,

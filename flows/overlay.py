@@ -6,10 +6,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cloudweave.config.model import Endpoint, Segment
-from flows import cookies
-from flows.tables import CLASSIFY, CONNTRACK, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
-from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import ETH_ARP, ETH_IPV4, Action, Flow, Goto, Output, SetField, flow
+
+from . import cookies
+from .tables import CLASSIFY, CONNTRACK, FLOOD, L2_FORWARD, PORT_SECURITY, REG_FROM_TUNNEL, REG_SEGMENT, TABLES
+from .topology import SiteGraph, tunnel_port_name
+from .values import ETH_ARP, ETH_IPV4, Action, Flow, Goto, Output, SetField, flow
 
 AFTER_PORT_SECURITY = CONNTRACK
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from cloudweave.config.model import Detection, Endpoint, FlowLogs, Model, Rate, Segment
-from flows import cookies
-from flows.filters import LIMIT_PRIORITY, QUARANTINE_PRIORITY
-from flows.flowlog import KIND_LIMITED, KIND_QUARANTINE, sample
-from flows.tables import CLASSIFY, L2_FORWARD, REG_FILTERED
-from flows.values import ETH_ARP, ETH_IPV4, Flow, Meter, Resubmit, SetField, flow
+
+from . import cookies
+from .filters import LIMIT_PRIORITY, QUARANTINE_PRIORITY
+from .flowlog import KIND_LIMITED, KIND_QUARANTINE, sample
+from .tables import CLASSIFY, L2_FORWARD, REG_FILTERED
+from .values import ETH_ARP, ETH_IPV4, Flow, Meter, Resubmit, SetField, flow
 
 
 def quarantine_flows(endpoints: tuple[tuple[Endpoint, Segment], ...], uplink: str | None,

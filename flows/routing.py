@@ -23,12 +23,13 @@ import networkx as nx
 from cloudweave.config.model import Endpoint, Model, Route, RouteMatch, Segment
 from cloudweave.config.routes import AUTO_PATHS
 from cloudweave.te.paths import candidate_paths
-from flows import cookies
-from flows.acl import PORT_FIELD, net_match, port_pieces
-from flows.tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
-from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
-from flows.weights import weights_for
+
+from . import cookies
+from .acl import PORT_FIELD, net_match
+from .tables import FROM_LOCAL, FROM_TUNNEL, ROUTE
+from .topology import SiteGraph, tunnel_port_name
+from .values import CT, ETH_IPV4, Bucket, Flow, Group, MatchValue, Output, SetField, ToGroup, flow
+from .weights import weights_for
 
 AutoShares = Mapping[tuple[str, str, str], tuple[Sequence[tuple[str, ...]], Sequence[float]]]  # key -> (paths, shares)
 
@@ -213,8 +214,8 @@ class RoutingCompiler:
                 src_values: list[MatchValue | None] = list(srcs)
             else:
                 src_values = [net_match(m.src_net) if m.src_net is not None else None]
-            dst_pieces = [p for rng in m.dst_ports for p in port_pieces(rng)] or [None]
-            src_pieces = [p for rng in m.src_ports for p in port_pieces(rng)] or [None]
+            dst_pieces = [p for rng in m.dst_ports for p in rng.pieces()] or [None]
+            src_pieces = [p for rng in m.src_ports for p in rng.pieces()] or [None]
             for ep, sv, dp, sp in itertools.product(sorted(dsts, key=lambda e: e.name), src_values, dst_pieces,
                                                    src_pieces):
                 match: dict[str, MatchValue] = {"reg6": seg.vni, "eth_type": ETH_IPV4}

@@ -12,13 +12,14 @@ backend's MAC. A backend whose site the client's site cannot reach is left out o
 from __future__ import annotations
 
 from cloudweave.config.model import Model, Route
-from flows import cookies
-from flows.acl import CT_NEW
-from flows.nat import ARP_REQUEST, arp_responder
-from flows.tables import ACL_EGRESS, FROM_LOCAL, NAT, ROUTE
-from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import CT, ETH_ARP, ETH_IPV4, Bucket, Flow, Goto, Group, Nat, SetField, ToGroup, flow
-from flows.weights import weights_for
+
+from . import cookies
+from .acl import CT_NEW
+from .nat import ARP_REQUEST, arp_responder
+from .tables import ACL_EGRESS, FROM_LOCAL, NAT, ROUTE
+from .topology import SiteGraph, tunnel_port_name
+from .values import CT, ETH_ARP, ETH_IPV4, Bucket, Flow, Goto, Group, Nat, SetField, ToGroup, flow
+from .weights import weights_for
 
 PRIO_SERVICE = 59500  # above the established short-cut: only new connections match (ct_state)
 PORT_FIELD = {6: "tcp_dst", 17: "udp_dst"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Address
 
-from flows.values import Flow, Group, Meter
+from .values import Flow, Group, Meter
 
 Unit = tuple[str, ...]  # what a part of a site's flows is of: ("overlay", "prod"), ("acl_rules",), ...
 METERED_UNITS = (("filters",), ("limit",))  # the units whose flows may name a meter (flows.incremental)

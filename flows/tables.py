@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.values import CT, Conjunction, Flow, Goto, Group, Meter, Move, Output, Resubmit, Sample, SetField, ToGroup
+from .values import CT, Conjunction, Flow, Goto, Group, Meter, Move, Output, Resubmit, Sample, SetField, ToGroup
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,8 @@ def broken_promises(path: str) -> list[str]:
     if rc != 0:
         return broken
     from cloudweave.config import load_model
-    from flows.compile import compile_site
-    from flows.ofctl import render_flows, render_groups
+    from cloudweave.flows.compile import compile_site
+    from cloudweave.flows.ofctl import render_flows, render_groups
 
     model, _ = load_model(path)
     for site in model.sites:

@@ -14,9 +14,9 @@ import sys
 import time
 
 import yaml
-from cloudweave.testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
 
 from cloudweave.store.cluster import free_port  # noqa: F401 - re-exported for the tests
+from cloudweave.testbed.ovs import NetnsOvs  # noqa: F401 - re-exported for the tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -304,9 +304,7 @@ def _check_reach(f: Filter, what: str, names: Names, error: Report, warn: Report
 
 
 def _pieces(ranges: tuple[PortRange, ...]) -> int:
-    from flows.acl import port_pieces
-
-    return sum(len(port_pieces(r)) for r in ranges)
+    return sum(len(r.pieces()) for r in ranges)
 
 
 def _covers(a: Filter, b: Filter) -> bool:

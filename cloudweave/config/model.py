@@ -33,6 +33,19 @@ class PortRange:
     def __str__(self) -> str:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
+    def pieces(self) -> tuple[int | tuple[int, int], ...]:
+        """The range as few value/mask matches, a full mask as a plain value (as OVS reports it)."""
+        out: list[int | tuple[int, int]] = []
+        lo, hi = self.lo, self.hi
+        while lo <= hi:
+            size = lo & -lo if lo else 1 << 16
+            while size > hi - lo + 1:
+                size >>= 1
+            mask = 0xFFFF & ~(size - 1)
+            out.append(lo if mask == 0xFFFF else (lo, mask))
+            lo += size
+        return tuple(out)
+
 
 @dataclass(frozen=True)
 class Site:

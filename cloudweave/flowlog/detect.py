@@ -1,7 +1,7 @@
 """Anomaly detection on flow-log lines, per source: pure, fed lines in time order, tested on recorded streams.
 
-Three signals that can be measured honestly (../shared/research/telemetry.md §0.6: raw per-source rates and
-EWMA baselines flagged 3-33 % of benign windows; these flagged none):
+Three signals that can be measured honestly (on recorded benign traffic, raw per-source rates and EWMA
+baselines flagged 3-33 % of windows; these flagged none: docs/secops.md):
 - scan: distinct (destination, port) pairs of new connections within `scan_window_s`;
 - flood: packets nobody has answered (unreplied records times their sampling factor) per second, and ICMP
   requests (an echo flood is answered: its requests are counted in their own direction);

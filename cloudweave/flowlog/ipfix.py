@@ -1,6 +1,6 @@
 """An IPFIX (RFC 7011) decoder for what OVS 3.1 exports from `sample` actions.
 
-No well-kept Python library decodes OVS's IPFIX (measured, ../shared/research/telemetry.md: scapy refuses its
+No well-kept Python library decodes OVS's IPFIX (measured when this was written: scapy refuses its
 templates, which carry interfaceName twice; `netflow` fails on nearly every datagram), so this is small and
 ours. Templates are kept per (observation domain, template id); a data set whose template has not been seen
 is counted, not guessed at (OVS re-sends templates only every 600 s: the collector re-creates the bridge's

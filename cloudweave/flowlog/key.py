@@ -21,10 +21,6 @@ class KeyFileError(Exception):
     pass
 
 
-def default_key_path(config: str) -> str:
-    """Beside the configuration, named after it (as the flow log and the quarantine list are)."""
-    config = os.path.abspath(config)
-    return os.path.join(os.path.dirname(config), f".{os.path.basename(config)}.flowlog-key")
 
 
 def new_key() -> str:

@@ -11,8 +11,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from cloudweave.config.model import Endpoint, Model
-from flows.filters import deciding_filter
-from flows.flowlog import (
+from cloudweave.flows.filters import deciding_filter
+from cloudweave.flows.flowlog import (
     KIND_FILTER,
     KIND_ICMP,
     KIND_LIMITED,
@@ -23,7 +23,7 @@ from flows.flowlog import (
     KIND_UNREPLIED,
     sampled_probability,
 )
-from flows.policy import Policy
+from cloudweave.flows.policy import Policy
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 132: "sctp"}
 

@@ -3,7 +3,7 @@
 
 The files travel as one JSON document cut into strings of CHUNK characters: python-ovs from PyPI parses JSON
 in pure Python, where one long string costs superlinear time (1 MB in one string ~7 s, as 10,000 short ones
-~0.2 s; ../shared/research/scaleout.md §5.1).
+~0.2 s, measured when the store was designed: docs/replicas.md).
 """
 
 from __future__ import annotations

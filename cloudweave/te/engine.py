@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cloudweave.config.model import Model
+from cloudweave.config.routes import AUTO_PATHS
 from cloudweave.te.lp import Arc, NoSolution, link_loads, mlu, split_with_more_paths
 from cloudweave.te.paths import Path, arcs, candidate_paths
 from cloudweave.te.predict import Predictor
@@ -34,7 +35,7 @@ Key = tuple[str, str, str]  # route, source site, destination site
 IMPROVEMENT = 0.05  # relative MLU gain that is worth regrouping for
 SATURATED = 0.9  # of a link's capacity delivered: it dropped some of what it was offered
 QUIET = 0.5  # the utilisation below which no link needs relief: the weights in force stay
-K_PATHS, MAX_PATHS = 4, 8
+K_PATHS, MAX_PATHS = AUTO_PATHS, 8  # the compiler's paths are the engine's first K_PATHS: one constant
 
 
 def auto_keys(model: Model) -> list[Key]:

@@ -14,18 +14,19 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
-from cloudweave.testbed.ovs import OvsInstance, alive, kill
-from cloudweave.testbed.state import State
 from mininet.link import Link
 from mininet.node import Host
 
+from cloudweave import paths
 from cloudweave.config.model import Model
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.cookies import OWNER, OWNER_MASK
+from cloudweave.launch import PYTHON_M
 from cloudweave.store.cluster import free_port
-from flows.compile import compile_site
-from flows.cookies import OWNER, OWNER_MASK
+from cloudweave.testbed.ovs import OvsInstance, alive, kill
+from cloudweave.testbed.state import State
 
 LOG = logging.getLogger("cloudweave.testbed")
 UNDERLAY_BRIDGE = "br-phy"
@@ -108,7 +109,6 @@ def site_rundir(model: Model, site: str) -> str:
 def start_replica(state: State, model: Model, name: str, import_file: bool = False) -> subprocess.Popen:
     """Start (or start again) one replica of a test bed: its socket linked into every site's run directory, its
     pid and log in the state file (so that `down` stops it whoever started it)."""
-    from cloudweave import quarantine
 
     sock = os.path.join(state.workdir, f"{name}.sock")
     log = os.path.join(state.workdir, f"{name}.log")
@@ -118,11 +118,11 @@ def start_replica(state: State, model: Model, name: str, import_file: bool = Fal
             os.unlink(link)
         os.symlink(sock, link)
     metrics = f"127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "cloudweave", "run", *([state.topology] if import_file else []),
+    argv = [*PYTHON_M, "cloudweave", "run", *([state.topology] if import_file else []),
             "--store", state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
             "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
     env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(state.workdir, f"{name}-policy"),
-               CLOUDWEAVE_QUARANTINE=quarantine.default_quarantine_path(state.topology))
+               CLOUDWEAVE_QUARANTINE=paths.default_quarantine_path(state.topology))
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
@@ -249,7 +249,7 @@ class Testbed:
             if os.path.lexists(link):
                 os.unlink(link)
             os.symlink(sock, link)
-        argv = [sys.executable, "-m", "cloudweave", "run", self.state.topology, "--listen", f"unix:{sock}",
+        argv = [*PYTHON_M, "cloudweave", "run", self.state.topology, "--listen", f"unix:{sock}",
                 "--switch-target", "unix:{ovsdb_dir}/" + SITE_CONTROLLER_SOCK, "--metrics", metrics,
                 "--state", os.path.join(self.state.workdir, "te-state.json")]
         with open(log, "wb") as fh:
@@ -285,7 +285,7 @@ class Testbed:
         """Return once every site's bridge holds exactly its compiled flows (by count of our cookies)."""
         from cloudweave import quarantine
 
-        cut_off = quarantine.active(quarantine.load(quarantine.default_quarantine_path(self.state.topology)))
+        cut_off = quarantine.active(quarantine.load(paths.default_quarantine_path(self.state.topology)))
         want = {s.name: len(compile_site(self.model, s.name, quarantined=cut_off).flows) for s in self.model.sites}
         deadline = time.monotonic() + timeout_s
         have: dict[str, int] = {}

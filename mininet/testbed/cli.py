@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from cloudweave.launch import PYTHON_M
 from cloudweave.testbed.cleanup import force_cleanup
 from cloudweave.testbed.ovs import alive, kill
 from cloudweave.testbed.state import State
@@ -30,7 +31,7 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
     stale_state = os.path.join(workdir, "te-state.json")
     if os.path.exists(stale_state):  # a new test bed learns its own traffic matrix
         os.unlink(stale_state)
-    argv = [sys.executable, "-m", "cloudweave.testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
+    argv = [*PYTHON_M, "cloudweave.testbed.keeper", os.path.abspath(topology), "--workdir", workdir,
             "--metrics", metrics]
     if controller:
         argv += ["--controller", controller]

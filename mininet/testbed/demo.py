@@ -7,16 +7,15 @@ import itertools
 import os
 import re
 import subprocess
-import sys
 import time
 
+from cloudweave.config import load_model
+from cloudweave.flows.policy import Policy
+from cloudweave.flows.services import service_group_id
+from cloudweave.launch import PYTHON_M
 from cloudweave.testbed.cli import down, exec_in, up
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import iperf, probe, serve_probes, stop
-
-from cloudweave.config import load_model
-from flows.policy import Policy
-from flows.services import service_group_id
 
 DEFAULT_TOPOLOGY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "topologies", "three-clouds.yaml")
@@ -57,7 +56,7 @@ def _service_split(workdir: str, model, policy: Policy, connections: int = 300) 
         return [int(n) for n in re.findall(r"bucket\d+:packet_count=(\d+)", out)]
 
     before = counts()
-    run = exec_in(workdir, client.name, [sys.executable, "-m", "cloudweave.testbed.load", "tcp", str(svc.vip),
+    run = exec_in(workdir, client.name, [*PYTHON_M, "cloudweave.testbed.load", "tcp", str(svc.vip),
                                          f"{svc.port}-{svc.port}", str(connections)], capture_output=True, text=True)
     time.sleep(1.5)  # userspace flow statistics lag
     after = counts()

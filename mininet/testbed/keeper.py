@@ -14,11 +14,10 @@ import sys
 import threading
 import traceback
 
+from cloudweave.config import ConfigError, load_model
 from cloudweave.testbed.build import Testbed
 from cloudweave.testbed.cleanup import force_cleanup
 from cloudweave.testbed.state import State
-
-from cloudweave.config import ConfigError, load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cloudweave.config import load_model
+from cloudweave.config.model import Model
 from cloudweave.testbed.build import UNDERLAY_BRIDGE, plug_underlay, site_rundir, underlay_mac, vtep_address_command
 from cloudweave.testbed.ovs import OvsError, OvsInstance, alive
 from cloudweave.testbed.state import State
-
-from cloudweave.config import load_model
-from cloudweave.config.model import Model
 
 
 @dataclass(frozen=True)

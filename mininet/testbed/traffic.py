@@ -7,13 +7,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 
+from cloudweave.launch import PYTHON_M
 from cloudweave.testbed.state import State
 
-LOAD = (sys.executable, "-m", "cloudweave.testbed.load")  # the load generator, run inside a namespace
+LOAD = (*PYTHON_M, "cloudweave.testbed.load")  # the load generator, run inside a namespace
 
 
 def ns_argv(workdir: str, name: str, *argv: str) -> list[str]:
@@ -49,7 +49,7 @@ def serve_probes(workdir: str, hosts: Iterable[str], tcp: Iterable[int] = (),
     """Start TCP listeners and UDP echo servers in each host; returns once all are listening."""
     servers = []
     for host in hosts:
-        srv = subprocess.Popen(ns_argv(workdir, host, sys.executable, "-m", "cloudweave.testbed.probe", "serve",
+        srv = subprocess.Popen(ns_argv(workdir, host, *PYTHON_M, "cloudweave.testbed.probe", "serve",
                                        "--tcp", ",".join(map(str, tcp)), "--udp", ",".join(map(str, udp))),
                                stdout=subprocess.PIPE, text=True)
         servers.append(srv)
@@ -61,7 +61,7 @@ def serve_probes(workdir: str, hosts: Iterable[str], tcp: Iterable[int] = (),
 
 def probe(workdir: str, src: str, targets: list[str], timeout: float = 1.0) -> dict[str, bool]:
     """Run probes (tcp:IP:PORT, udp:IP:PORT, icmp:IP) from src, concurrently; target -> reached."""
-    run = subprocess.run(ns_argv(workdir, src, sys.executable, "-m", "cloudweave.testbed.probe", "check", "--timeout",
+    run = subprocess.run(ns_argv(workdir, src, *PYTHON_M, "cloudweave.testbed.probe", "check", "--timeout",
                                  str(timeout), *targets), capture_output=True, text=True, timeout=120)
     if run.returncode != 0:
         raise RuntimeError(f"probe from {src} failed: {run.stderr.strip()}")

@@ -12,12 +12,12 @@ import sys
 import time
 
 import pytest
+
+from cloudweave import paths, quarantine
+from cloudweave.flows.policy import Policy
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, ns_argv, probe, serve_probes, stop
-
-from cloudweave import quarantine
-from flows.policy import Policy
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, wait_for
 
@@ -152,7 +152,7 @@ def test_benign_traffic_over_a_thousand_endpoint_windows_quarantines_nobody(bed)
 
 
 def _quarantined(workdir: str) -> frozenset[str]:
-    return quarantine.active(quarantine.load(quarantine.default_quarantine_path(State.load(workdir).topology)))
+    return quarantine.active(quarantine.load(paths.default_quarantine_path(State.load(workdir).topology)))
 
 
 def _release_all(workdir: str) -> None:
@@ -180,7 +180,7 @@ def test_an_attacker_is_quarantined_and_everyone_else_keeps_talking(bed, attack)
     try:
         proc = subprocess.Popen(ns_argv(workdir, attacker, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: attacker in _quarantined(workdir), timeout_s=20, what=f"{attacker} quarantined")
-        entry = next(e for e in quarantine.load(quarantine.default_quarantine_path(State.load(workdir).topology))
+        entry = next(e for e in quarantine.load(paths.default_quarantine_path(State.load(workdir).topology))
                      if e.endpoint == attacker)
         assert entry.source == "auto" and entry.evidence["examples"]
         # The victim's other peers, and the victim itself, keep their traffic while the attack goes on.
@@ -281,7 +281,6 @@ def test_an_outside_flooder_is_rate_limited_at_the_uplinks_and_its_victim_keeps_
     import re
 
     from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
-
     from tests.harness import appctl
 
     workdir, model = nat_bed
@@ -300,7 +299,7 @@ def test_an_outside_flooder_is_rate_limited_at_the_uplinks_and_its_victim_keeps_
     metered = re.compile(r"^\s*0\. .*priority 34000.*\n.*meter:\d+", re.M)
     try:
         wait_for(lambda: FLOODER in _quarantined(workdir), timeout_s=10, what=f"{FLOODER} limited")
-        entry = next(e for e in quarantine.load(quarantine.default_quarantine_path(topology))
+        entry = next(e for e in quarantine.load(paths.default_quarantine_path(topology))
                      if e.endpoint == FLOODER)
         assert entry.source == "auto" and entry.evidence["signal"] == "connections"
         # The victim and everyone else keep their traffic while the flood goes on; the victim is not held.

@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
+
 from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
-
 from tests.e2e.test_testbed import bring_up
 from tests.harness import appctl, wait_for
 

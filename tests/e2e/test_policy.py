@@ -9,11 +9,11 @@ import time
 
 import pytest
 import yaml
+
+from cloudweave.flows.policy import Policy
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
-
-from flows.policy import Policy
 from tests.e2e.test_testbed import bring_up
 from tests.harness import wait_for
 

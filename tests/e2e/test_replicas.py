@@ -16,13 +16,13 @@ import threading
 import time
 
 import pytest
+
+from cloudweave.flows import cookies
+from cloudweave.store.shards import site_shards
 from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv, stop
-
-from cloudweave.store.shards import site_shards
-from flows import cookies
 from tests.e2e.test_testbed import bring_up
 from tests.harness import store_rows, wait_for
 

@@ -13,12 +13,12 @@ import time
 
 import pytest
 import yaml
+
+from cloudweave.flows.routing import route_group_id
 from cloudweave.testbed.build import underlay_port
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv, serve_probes, stop
-
-from flows.routing import route_group_id
 from tests.e2e.test_testbed import STATS_SETTLE_S, bring_up
 from tests.harness import appctl, wait_for
 

@@ -10,11 +10,11 @@ import sys
 import time
 
 import pytest
+
+from cloudweave import paths
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, log_times, ns_argv, probe, serve_probes, stop
-
-from cloudweave import quarantine
 from tests.e2e.test_policy import edit_policy
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, appctl, wait_for
@@ -140,7 +140,7 @@ def test_a_quarantined_endpoint_is_cut_off_and_everyone_else_keeps_talking(bed):
         released = time.time()
         r = _cli("quarantine", "release", topology, "dev2")
         assert r.returncode == 0, r.stderr
-        written = os.stat(quarantine.default_quarantine_path(topology)).st_mtime  # when the CLI replaced the list
+        written = os.stat(paths.default_quarantine_path(topology)).st_mtime  # when the CLI replaced the list
         _, arrivals = stream.result()
     finally:
         _cli("quarantine", "release", topology, "dev2")

@@ -20,10 +20,10 @@ import time
 
 import pytest
 import yaml
+
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv
-
 from tests.e2e.test_testbed import bring_up
 from tests.harness import ROOT, wait_for
 

@@ -9,16 +9,16 @@ import sys
 import time
 
 import pytest
+
+from cloudweave.config import load_model
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.policy import Policy
+from cloudweave.flows.tables import FLOOD, PORT_SECURITY
 from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 from cloudweave.testbed.cli import down, exec_in, up
 from cloudweave.testbed.ovs import alive
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import iperf, ns_argv, probe
-
-from cloudweave.config import load_model
-from flows.compile import compile_site
-from flows.policy import Policy
-from flows.tables import FLOOD, PORT_SECURITY
 from tests.harness import ROOT, free_port, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.testbed

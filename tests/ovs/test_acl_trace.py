@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from flows.policy import Policy
-from flows.tables import L2_FORWARD
+from cloudweave.flows.policy import Policy
+from cloudweave.flows.tables import L2_FORWARD
 from tests.harness import ROOT, OvsSites
 
 pytestmark = pytest.mark.ovs

@@ -11,15 +11,15 @@ import os
 import random
 
 import pytest
-from cloudweave.testbed.ovs import NetnsOvs
 from os_ken.ofproto import ofproto_v1_5 as ofp
 
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.ofctl import render_flows, render_groups
+from cloudweave.flows.topology import tunnel_port_name
+from cloudweave.testbed.ovs import NetnsOvs
 from controller.codec import canonical_actual
 from controller.flow_desc import RawFlowDescBody, canonical_flows
 from controller.osken_fixes import install as install_osken_fixes
-from flows.compile import compile_site
-from flows.ofctl import render_flows, render_groups
-from flows.topology import tunnel_port_name
 from tests.config_fuzz import dump, mutate_doc, seed_docs
 from tests.harness import flow_desc_body
 

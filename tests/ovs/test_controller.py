@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from cloudweave.config import load_model
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.ofctl import render_flows
+from cloudweave.flows.tables import L2_FORWARD
 from controller.codec import canonical_desired
-from flows.compile import compile_site
-from flows.ofctl import render_flows
-from flows.tables import L2_FORWARD
 from tests.harness import ROOT, Controller, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs

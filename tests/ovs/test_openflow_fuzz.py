@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cloudweave.config import load_model
-from flows.compile import compile_site
+from cloudweave.flows.compile import compile_site
 from tests.harness import OvsSites, wait_for
 from tests.openflow_fuzz import (
     EDIT_BOUND_S,

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from cloudweave.testbed.ovs import OvsError
 
 from cloudweave.config import load_model
+from cloudweave.flows.compile import compile_site
 from cloudweave.store.shards import site_shards
-from flows.compile import compile_site
+from cloudweave.testbed.ovs import OvsError
 from tests.harness import ROOT, OvsSites, Replica, Store, wait_for
 
 pytestmark = pytest.mark.ovs
@@ -394,7 +394,7 @@ def test_a_store_made_anew_takes_over_switches_that_remember_higher_generations(
 def test_replicas_write_the_stores_flow_log_domains(cluster):
     """The flow-log key lives in the store (Cluster.flowlog_key): whichever replica masters a site, its samplers
     carry the site's domain under that one key, so the collector of any replica believes them (#24)."""
-    from flows.flowlog import site_domain
+    from cloudweave.flows.flowlog import site_domain
 
     c = cluster
     start_three(c)

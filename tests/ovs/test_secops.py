@@ -11,9 +11,9 @@ import sys
 import pytest
 import yaml
 
-from cloudweave import quarantine
-from flows.filters import deciding_filter
-from flows.tables import L2_FORWARD
+from cloudweave import paths, quarantine
+from cloudweave.flows.filters import deciding_filter
+from cloudweave.flows.tables import L2_FORWARD
 from tests.harness import ROOT, OvsSites, wait_for
 
 pytestmark = pytest.mark.ovs
@@ -166,7 +166,7 @@ def test_quarantine_is_followed_while_running_and_kept_across_a_restart(secured)
         assert "quarantine: endpoint web1 at site hq cut off" in ctl.log()
     finally:
         ctl2.stop()
-    assert quarantine.load(quarantine.default_quarantine_path(sites.config)) == ()
+    assert quarantine.load(paths.default_quarantine_path(sites.config)) == ()
 
 
 def test_quarantine_cli_refuses_what_it_cannot_do(secured):
@@ -193,7 +193,7 @@ def test_an_outside_address_goes_on_the_list_and_off_again(secured):
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "198.51.100.7 (outside) held to 1000pps at the uplinks of no site (none has " \
                                    "an uplink) until released"
-        path = quarantine.default_quarantine_path(sites.config)
+        path = paths.default_quarantine_path(sites.config)
         assert [(e.endpoint, e.source) for e in quarantine.load(path)] == [("198.51.100.7", "cli")]
         wait_for(lambda: "quarantine: outside address 198.51.100.7 held to 1000pps at every uplink (sites none)"
                  in ctl.log(), timeout_s=5, what="the controller's log")

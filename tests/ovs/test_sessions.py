@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cloudweave.config import load_model
-from flows.compile import compile_site
+from cloudweave.flows.compile import compile_site
 from tests.harness import ROOT, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs

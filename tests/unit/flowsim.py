@@ -12,9 +12,9 @@ from __future__ import annotations
 import zlib
 from ipaddress import IPv4Address
 
-from flows.acl import EST, NEW, TRK
-from flows.topology import TUNNEL_PREFIX
-from flows.values import CT, IN_PORT, Conjunction, Goto, Move, Output, SetField, ToGroup
+from cloudweave.flows.acl import EST, NEW, TRK
+from cloudweave.flows.topology import TUNNEL_PREFIX
+from cloudweave.flows.values import CT, IN_PORT, Conjunction, Goto, Move, Output, SetField, ToGroup
 
 RPL = 0x08
 PORT_FIELDS = ("tcp_dst", "udp_dst", "sctp_dst")

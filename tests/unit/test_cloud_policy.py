@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from cloudweave.config import load_model
-from flows.compile import compile_site
-from flows.ofctl import render_flows, render_groups
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.ofctl import render_flows, render_groups
 from tests.unit.test_config import ROOT
 from tests.unit.test_config_robust import rejected
 

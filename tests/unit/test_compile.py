@@ -7,13 +7,13 @@ import pytest
 import yaml
 
 from cloudweave.config import load_model
-from flows import cookies
-from flows.compile import compile_model, compile_site
-from flows.ofctl import render_flows
-from flows.policy import Policy
-from flows.tables import ROUTE, TableViolation, check_flow
-from flows.topology import SiteGraph, tunnel_port_name
-from flows.values import Goto, Output, flow
+from cloudweave.flows import cookies
+from cloudweave.flows.compile import compile_model, compile_site
+from cloudweave.flows.ofctl import render_flows
+from cloudweave.flows.policy import Policy
+from cloudweave.flows.tables import ROUTE, TableViolation, check_flow
+from cloudweave.flows.topology import SiteGraph, tunnel_port_name
+from cloudweave.flows.values import Goto, Output, flow
 from tests.unit.flowsim import Fabric, arp, frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,9 +8,9 @@ import pytest
 from cloudweave.config import load_model
 from cloudweave.config.errors import Invalid
 from cloudweave.config.filters import parse_expression
-from flows.compile import compile_site
-from flows.filters import FILTER_TOP, deciding_filter
-from flows.ofctl import render_flow, render_meters
+from cloudweave.flows.compile import compile_site
+from cloudweave.flows.filters import FILTER_TOP, deciding_filter
+from cloudweave.flows.ofctl import render_flow, render_meters
 from tests.unit.test_config import GOOD, problems
 
 WITH_GROUP = GOOD.replace('ip: 10.0.0.2}', 'ip: 10.0.0.2, groups: [web]}') + (
@@ -34,7 +34,7 @@ def test_the_seeds_example_is_a_filter(tmp_path):
 
 
 def flows_cookie(model) -> int:
-    from flows import cookies
+    from cloudweave.flows import cookies
 
     return cookies.cookie("filter", model.filters[0].name)
 
@@ -139,7 +139,7 @@ def test_from_expands_into_ports_and_tunnels(tmp_path):
 
 
 def model_meter(model) -> int:
-    from flows import cookies
+    from cloudweave.flows import cookies
 
     return cookies.meter_id("filter/cap")
 

@@ -11,10 +11,10 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_5 as ofp
 
 from cloudweave.config import load_model
+from cloudweave.flows.compile import compile_model
 from controller.codec import canonical_actual, canonical_desired, flow_add
 from controller.flow_desc import MalformedReply, RawFlowDescBody, canonical_flows
 from controller.osken_fixes import install as install_osken_fixes
-from flows.compile import compile_model
 from tests.unit.test_wire import ROOT, FakeDatapath
 
 FLOW_MOD_FIXED = 8 + 40  # header, then the flow-mod's fixed part; the match follows

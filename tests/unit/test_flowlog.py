@@ -13,7 +13,7 @@ from cloudweave.config.model import Detection
 from cloudweave.flowlog.detect import Detector
 from cloudweave.flowlog.ipfix import VMWARE, Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator
-from flows.flowlog import KIND_FILTER, KIND_NEW, KIND_UNREPLIED, obs_point
+from cloudweave.flows.flowlog import KIND_FILTER, KIND_NEW, KIND_UNREPLIED, obs_point
 from tests.harness import ROOT
 
 # (information element, length, enterprise): a flow-sample template as OVS builds it, interfaceName twice
@@ -211,9 +211,9 @@ def test_an_outside_flooder_is_limited_where_an_endpoint_would_be_quarantined(tm
 
 
 def test_an_outside_address_is_metered_at_every_uplink_and_only_there(tmp_path):
-    from flows.filters import FILTER_TOP, LIMIT_PRIORITY
-    from flows.incremental import IncrementalCompiler
-    from flows.values import Meter
+    from cloudweave.flows.filters import FILTER_TOP, LIMIT_PRIORITY
+    from cloudweave.flows.incremental import IncrementalCompiler
+    from cloudweave.flows.values import Meter
 
     _, model = _limit_model(tmp_path, "filters:\n  - {name: f1, match: 'ip.src == 198.51.100.7', action: drop}\n")
     c = IncrementalCompiler()
@@ -252,7 +252,7 @@ def test_the_limit_is_checked_with_its_place(tmp_path):
 
 
 def test_what_a_limit_lets_through_is_recorded_as_such(tmp_path):
-    from flows.flowlog import KIND_LIMITED
+    from cloudweave.flows.flowlog import KIND_LIMITED
 
     _, model = _limit_model(tmp_path)
     rec = {"obs_point": obs_point(KIND_LIMITED), "src_mac": "02:aa:00:00:00:01", "dst_mac": "02:aa:00:00:00:02",

@@ -21,12 +21,12 @@ from cloudweave.config.model import Detection
 from cloudweave.flowlog import detect
 from cloudweave.flowlog.detect import Detector
 from cloudweave.flowlog.key import KeyFileError, load_or_create, parse
+from cloudweave.flows.flowlog import obs_domain, site_domain
 from controller.app import port_name
 from controller.connections import ConnectionTable, Limits
 from controller.flowlog_service import _rejected
 from controller.guard import Budget, RepeatFilter, Repeats, guarded
 from controller.session import _name, _over_bound, _Pending
-from flows.flowlog import obs_domain, site_domain
 
 
 def test_repeats_says_once_a_window_counts_the_rest_and_forgets_the_oldest():
@@ -258,8 +258,8 @@ def test_the_watchdog_exits_loudly_when_a_watched_thread_ends():
 def test_flow_monitor_updates_are_read_from_bytes_and_never_trusted():
     import struct
 
+    from cloudweave.flows.cookies import OWNER, OWNER_MASK
     from controller import flow_monitor as fm
-    from flows.cookies import OWNER, OWNER_MASK
 
     def full(event: int, cookie: int) -> bytes:  # ofp_flow_update_full without match and instructions
         body = struct.pack("!HHBBHHH4xQ", 24, event, 3, 0, 0, 0, 100, cookie)

@@ -5,12 +5,12 @@ import random
 import networkx as nx
 
 from cloudweave.config import load_model
+from cloudweave.flows import ids
+from cloudweave.flows.compile import compile_model
+from cloudweave.flows.routing import route_cookie, route_group_id, route_group_purpose
 from cloudweave.te.engine import TrafficEngineer
 from cloudweave.te.paths import candidate_paths
 from cloudweave.te.predict import Predictor
-from flows import ids
-from flows.compile import compile_model
-from flows.routing import route_cookie, route_group_id, route_group_purpose
 
 
 def test_allocate_probes_past_a_taken_id_and_depends_only_on_the_names():
@@ -112,7 +112,7 @@ def test_a_rule_inserted_above_others_re_keys_none_of_their_flows():
     import os
     from ipaddress import IPv4Network
 
-    from flows import cookies
+    from cloudweave.flows import cookies
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     model, _ = load_model(os.path.join(root, "topologies", "matrix.yaml"))

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from bench.generate import mesh
 from cloudweave.config import load_model
 from cloudweave.config.model import Filter, FilterMatch, Model
+from cloudweave.flows.incremental import IncrementalCompiler
+from cloudweave.flows.topology import SiteGraph
 from cloudweave.te.engine import auto_keys
 from cloudweave.te.paths import candidate_paths
-from flows.incremental import IncrementalCompiler
-from flows.topology import SiteGraph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = sorted(glob.glob(os.path.join(ROOT, "topologies", "*.yaml")))

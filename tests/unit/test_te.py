@@ -150,8 +150,8 @@ def te_model(tmp_path):
 
 
 def test_engine_adopts_weights_only_when_they_help_enough(tmp_path):
+    from cloudweave.flows.topology import SiteGraph
     from cloudweave.te.engine import TrafficEngineer, capacities
-    from flows.topology import SiteGraph
 
     model = te_model(tmp_path)
     graph = SiteGraph(model).declared
@@ -180,8 +180,8 @@ def test_engine_leaves_quiet_links_alone(tmp_path):
     """20 Mbit/s on a 100 Mbit/s link: halving it over a detour would lower the MLU, and help no one. Nothing
     is adopted while every link stays under half full, even at the burst prediction (a new demand's first
     prediction is twice its rate); at 80 Mbit/s the split is."""
+    from cloudweave.flows.topology import SiteGraph
     from cloudweave.te.engine import TrafficEngineer, capacities
-    from flows.topology import SiteGraph
 
     model = te_model(tmp_path)
     graph = SiteGraph(model).declared
@@ -205,8 +205,8 @@ def test_engine_leaves_quiet_links_alone(tmp_path):
 def test_engine_learns_each_links_other_traffic_and_moves_the_split_off_a_busy_link(tmp_path):
     """A link's far end counts everything it received; the pinned-path flows count what the route put on each
     path. The difference is the link's background, and the LP plans around it."""
+    from cloudweave.flows.topology import SiteGraph
     from cloudweave.te.engine import TrafficEngineer, capacities
-    from flows.topology import SiteGraph
 
     model = te_model(tmp_path)
     graph = SiteGraph(model).declared
@@ -307,7 +307,7 @@ def test_the_controller_state_survives_a_restart(tmp_path):
 
 
 def test_tm_prints_the_matrix_and_draws_it(tmp_path, capsys):
-    from cloudweave import tm
+    from cloudweave.cli import tm
 
     doc = {"updated": 100.0, "poll_interval_s": 1.0,
            "keys": [{"route": "realtime", "src": "onprem", "dst": "cloud1",

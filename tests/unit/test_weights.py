@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from flows.weights import MAX_WEIGHT, shares, weights_for
+from cloudweave.flows.weights import MAX_WEIGHT, shares, weights_for
 
 
 def simulate(weights, n=200_000, seed=7):

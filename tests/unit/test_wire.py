@@ -7,11 +7,11 @@ from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as parser
 
 from cloudweave.config import load_model
+from cloudweave.flows.compile import compile_model
+from cloudweave.flows.cookies import OWNER, OWNER_MASK
 from controller import wire
 from controller.codec import canonical_desired, flow_add, flow_delete
 from controller.osken_fixes import install as install_osken_fixes
-from flows.compile import compile_model
-from flows.cookies import OWNER, OWNER_MASK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

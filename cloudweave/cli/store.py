@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 
+from cloudweave.cli.common import load_reported
 from cloudweave.store import DB, client, cluster, ops
 from cloudweave.store.policy import read_files, write_out
 from cloudweave.store.shards import site_shards
@@ -62,9 +63,7 @@ def _member_status(members: list[cluster.Member]) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from cloudweave.cli import _load
-
-    model, rc = _load(args.file)
+    model, rc = load_reported(args.file)
     if model is None:
         print(f"{args.file}: not applied; the store keeps the policy in force", file=sys.stderr)
         return rc

@@ -6,27 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from cloudweave.config import ConfigError, load_model
+from cloudweave import paths
+from cloudweave.cli.common import load_reported
 from cloudweave.config.model import Model
 
 
-def _load(path: str) -> tuple[Model | None, int]:
-    try:
-        model, warnings = load_model(path)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
-        print(f"{path}: {exc.total} problem(s)", file=sys.stderr)
-        return None, 1
-    for w in warnings:
-        print(w, file=sys.stderr)
-    return model, 0
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    from flows.compile import compile_model
+    from cloudweave.flows.compile import compile_model
 
-    model, rc = _load(args.file)
+    model, rc = load_reported(args.file)
     if model is None:
         return rc
     states = compile_model(model)
@@ -46,10 +34,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from flows.compile import compile_site
-    from flows.ofctl import render_flows, render_groups
+    from cloudweave.flows.compile import compile_site
+    from cloudweave.flows.ofctl import render_flows, render_groups
 
-    model, rc = _load(args.file)
+    model, rc = load_reported(args.file)
     if model is None:
         return rc
     if args.site not in {s.name for s in model.sites}:
@@ -70,9 +58,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from cloudweave.config.errors import Invalid
     from cloudweave.config.security import proto as parse_proto
     from cloudweave.config.yamlpos import show
-    from flows.policy import Policy
+    from cloudweave.flows.policy import Policy
 
-    model, rc = _load(args.file)
+    model, rc = load_reported(args.file)
     if model is None:
         return rc
 
@@ -105,7 +93,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except Invalid as exc:
         print(f"cloudweave: --proto: {exc}", file=sys.stderr)
         return 2
-    from flows.filters import deciding_filter
+    from cloudweave.flows.filters import deciding_filter
 
     decision = Policy(model).decide(src, dst, proto, args.port)
     by_filter = deciding_filter(model, src, dst, proto, args.port)
@@ -133,7 +121,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_route(model: Model, src: Any, dst: Any, proto: int, port: int | None) -> None:
     """The route (from `routes` or `cloud_policy`) that carries the packet between sites, and its split."""
-    from flows.routing import route_of
+    from cloudweave.flows.routing import route_of
 
     r = route_of(model, src, dst, proto, port)
     if r is None:
@@ -149,8 +137,8 @@ def _explain_route(model: Model, src: Any, dst: Any, proto: int, port: int | Non
 
 
 def cmd_tm(args: argparse.Namespace) -> int:
-    from cloudweave.tm import main as tm_main
-    from controller.settings import default_state_path
+    from cloudweave.cli.tm import main as tm_main
+    from cloudweave.paths import default_state_path
 
     return tm_main(args.state or default_state_path(args.file), args.json, args.plot)
 
@@ -162,9 +150,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from cloudweave import quarantine as q
     from cloudweave.config.errors import Invalid
     from cloudweave.config.values import duration_s
-    from flows.quarantine import limit_rate, outside_address
+    from cloudweave.flows.quarantine import limit_rate, outside_address
 
-    path = args.state or q.default_quarantine_path(args.file)
+    path = args.state or paths.default_quarantine_path(args.file)
     try:
         if args.action == "list":
             entries = q.load(path)
@@ -182,7 +170,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 for key, value in sorted(e.evidence.items()):
                     print(f"    {key}: {value}")
             return 0
-        model, rc = _load(args.file)
+        model, rc = load_reported(args.file)
         if model is None:
             return rc
         outside = not model.has_endpoint(args.endpoint) and outside_address(args.endpoint) is not None
@@ -222,10 +210,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_flowlog(args: argparse.Namespace) -> int:
     import time
 
+    from cloudweave.cli.flowlog import FIELDS, main
     from cloudweave.config.errors import Invalid
     from cloudweave.config.values import duration_s
-    from cloudweave.flowlog.show import FIELDS, main
-    from controller.settings import default_flowlog_path
+    from cloudweave.paths import default_flowlog_path
 
     since = None
     if args.since is not None:
@@ -357,7 +345,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE)")
     s.set_defaults(func=cmd_run)
 
-    from cloudweave.store.cli import add_parsers as add_store_parsers
+    from cloudweave.cli.store import add_parsers as add_store_parsers
 
     add_store_parsers(sub)
 
