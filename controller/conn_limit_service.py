@@ -1,5 +1,6 @@
-"""Set each site's conntrack zone limits and report the segments that reach theirs (controller.conn_limits),
-every poll interval and at once after a reload, on a thread of its own (ovs-appctl can be slow)."""
+"""Set the conntrack zone limits of each site this replica masters (controller.roles) and report the segments
+that reach theirs (controller.conn_limits), every poll interval and at once after a reload or a change of
+mastership, on a thread of its own (ovs-appctl can be slow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from os_ken.lib import hub
 
 from controller import conn_limits
+from controller.roles import Duty, acts_at
 
 LOG = logging.getLogger("cloudweave")
 
@@ -24,14 +26,15 @@ class ConnLimitService:
         self.failing: set[str] = set()  # sites whose ovs-appctl fails (said once)
 
     def run(self) -> None:
-        model = None
+        model, mastered = None, None
         waited = 0.0
         while self.active:
-            current = self.published().state.model
-            if current is not model or waited >= current.poll_interval_s:
-                model, waited = current, 0.0
+            snap = self.published()
+            current = snap.state.model
+            if current is not model or snap.mastered != mastered or waited >= current.poll_interval_s:
+                model, mastered, waited = current, snap.mastered, 0.0
                 try:
-                    self.round(model)
+                    self.round(model, mastered)
                 except Exception:  # noqa: BLE001 - one bad round must not stop the limits
                     LOG.exception("connection limits")
             hub.sleep(0.1)
@@ -40,8 +43,12 @@ class ConnLimitService:
     def stop(self) -> None:
         self.active = False
 
-    def round(self, model: Any) -> None:
+    def round(self, model: Any, mastered: frozenset[str] | None = None) -> None:
+        """Set and read the limits of the sites this replica masters (`mastered`; None: alone, all of them)."""
         for site in model.sites:
+            if not acts_at(Duty.CONN_LIMITS, site.name, mastered):
+                self.limited.pop(site.name, None)  # its master sets them now, from what the model wants
+                continue
             want = set(conn_limits.wanted(model, site.name))
             had = self.limited.get(site.name, set())
             if not want and not had:

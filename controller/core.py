@@ -29,7 +29,7 @@ from cloudweave.flows.compile import SwitchState
 from cloudweave.flows.quarantine import limit_rate, limited_addresses, outside_address
 from cloudweave.flows.topology import TUNNEL_PREFIX
 from cloudweave.store.shards import site_shards
-from controller import next_hop
+from controller import next_hop, roles
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
 from controller.guard import Budget, Repeats
@@ -47,6 +47,7 @@ from controller.messages import (
     Tick,
     WeightsAdopted,
 )
+from controller.roles import Duty
 from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
@@ -245,7 +246,8 @@ class Core:
         return Role("slave", dict(m.committed).get(shard, 0))
 
     def _masters(self, site: str) -> bool:
-        return self._role_for(site).kind in ("equal", "master")
+        """Next hops are learned and asked for by the site's master only (controller.roles)."""
+        return roles.acts_at(Duty.NEXT_HOP_ARP, site, self.published.mastered)
 
     def _set_roles(self) -> None:
         for session in self.sessions.values():

@@ -1,7 +1,8 @@
-"""The flow-log collector: one UDP socket per site (made in its ovs-vswitchd's network namespace), the
-bridge's IPFIX row pointed at it, and every record decoded, named after the policy, written to the flow log
-(JSON lines, `cloudweave flowlog` reads them) and fed to the detector. An alarm is posted to the core, which
-quarantines (the core is the one writer of state); this service only reads the published snapshot.
+"""The flow-log collector: one UDP socket per site this replica masters (controller.roles; alone, every
+site), made in its ovs-vswitchd's network namespace, the bridge's IPFIX row pointed at it, and every record
+decoded, named after the policy, written to the flow log (JSON lines, `cloudweave flowlog` reads them) and fed
+to the detector. An alarm is posted to the core, which quarantines (the core is the one writer of state); this
+service only reads the published snapshot.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from controller.guard import Repeats
 from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
+from controller.roles import Duty, acts_at
 
 LOG = logging.getLogger("cloudweave.flowlog")
 ROTATE_BYTES = 64 << 20
@@ -89,14 +91,18 @@ class FlowLogService:
                 self._close(c)
             time.sleep(0.5)
             return
-        sites = {s.name: s for s in model.sites}
+        mastered = self.published().mastered
+        sites = {s.name: s for s in model.sites if acts_at(Duty.FLOW_LOG_COLLECTOR, s.name, mastered)}
         for name, c in list(self.collectors.items()):
             if name not in sites or c.key != self._key(sites[name]):
+                if name not in sites and any(s.name == name for s in model.sites):
+                    # Its new master aims the site's IPFIX row at its own collector: the row is left to it.
+                    LOG.info("site %s: flow-log collector closed (the site's master collects)", name)
                 self._close(c)
             else:
                 c.domain = site_domain(state.flowlog_key, name, sites[name].dpid)
         now = time.monotonic()
-        for site in model.sites:
+        for site in sites.values():
             if site.name not in self.collectors and self.retry_at.get(site.name, 0.0) <= now:
                 self._open(site)
         if not self.collectors:

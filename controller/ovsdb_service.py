@@ -13,6 +13,7 @@ from os_ken.lib import hub
 
 from cloudweave.config.model import Site
 from controller.ovsdb import SiteOvsdb
+from controller.roles import Duty, acts_at
 from controller.settings import Settings, switch_target_for
 
 LOG = logging.getLogger("cloudweave")
@@ -78,7 +79,7 @@ class OvsdbService:
             if self.synced_targets.get(name, targets) != targets:
                 self.due[name] = 0.0  # a replica came or went
         for name, when in sorted(self.due.items()):
-            if when <= now and name in snap.tunnels and (snap.mastered is None or name in snap.mastered):
+            if when <= now and name in snap.tunnels and acts_at(Duty.OVSDB, name, snap.mastered):
                 self._sync(wanted[name], snap.tunnels[name], targets)
 
     def _drop(self, name: str) -> None:

@@ -406,3 +406,53 @@ def test_replicas_write_the_stores_flow_log_domains(cluster):
         want = f"obs_domain_id={site_domain(bytes.fromhex(key), site, DPID[site])},"
         wait_for(lambda s=site, w=want: any(w in f for f in c._flows(s)), 20, what=f"{site}: samplers with {want}")
         assert not any(f"obs_domain_id={DPID[site]}," in f for f in c._flows(site))
+
+
+def collector_port(r: Replica, site: str) -> str | None:
+    """The port of the replica's flow-log collector for `site` as its log last said it, None if closed or none."""
+    said = re.findall(rf"site {site}: flow-log collector (on 127\.0\.0\.1:(\d+)|closed)", r.log())
+    return said[-1][1] or None if said else None
+
+
+def ipfix_port(c: Cluster, site: str) -> str:
+    out = c.sites.instances[site].vsctl("--format=csv", "--data=bare", "--no-headings", "--columns=targets",
+                                        "list", "IPFIX")
+    return ",".join(t.rpartition(":")[2] for t in out.split())
+
+
+def limits_said(r: Replica, site: str) -> bool:
+    return re.search(rf"site {site}: connection limits lab 64\b", r.log()) is not None
+
+
+def test_each_sites_flow_log_collector_and_zone_limits_follow_its_master(cluster):
+    """controller.roles: a site's IPFIX row is aimed at its master's collector and only its master sets its zone
+    limits; when the master dies, both move to the new one."""
+    c = cluster
+    start_three(c)
+
+    def edit(doc: dict) -> None:
+        doc["flow_logs"] = {}
+        doc["segments"]["lab"]["max_connections"] = 64
+
+    out = apply(c, edit, "--wait", "30")
+    assert out.returncode == 0, out.stderr
+    owners = c.owners()
+    for site in SITES:
+        master = c.replicas[owners[site]]
+        wait_for(lambda s=site, m=master: collector_port(m, s) is not None and ipfix_port(c, s) == collector_port(m, s),
+                 20, what=f"{site}: its IPFIX row aimed at {master.name}'s collector")
+        for other in c.replicas.values():
+            if other is not master:
+                assert collector_port(other, site) is None, f"{other.name} collects {site} too"
+    for site in ("onprem", "cloud2"):  # the sites with lab endpoints (cloud1 has none: no limit to set)
+        wait_for(lambda s=site: limits_said(c.replicas[owners[s]], s), 20, what=f"{site}: limits by its master")
+        assert [r.name for r in c.replicas.values() if limits_said(r, site)] == [owners[site]]
+
+    site = "cloud2"
+    victim = c.replicas[owners[site]]
+    victim.signal(signal.SIGKILL)
+    new = wait_for(lambda: c.owners()[site] != victim.name and c.owners()[site], 15, what="a new owner")
+    taker = c.replicas[new]
+    wait_for(lambda: collector_port(taker, site) is not None and ipfix_port(c, site) == collector_port(taker, site),
+             20, what=f"{site}: its IPFIX row aimed at {new}'s collector")
+    wait_for(lambda: limits_said(taker, site), 20, what=f"{site}: limits set by {new}")
