@@ -37,6 +37,7 @@ from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb_service import OvsdbService
 from controller.replica import ReplicaService
+from controller.roles import Duty, acts_for_fabric
 from controller.session import error_name
 from controller.settings import Settings
 from controller.te_loop import TeLoop
@@ -110,7 +111,7 @@ class CloudweaveApp(app_manager.OSKenApp):
         LOG.info("replica %s: store %s, policy version %d (written out to %s)", st.replica, st.store, version,
                  st.policy_dir)
         self.settings = replace(st, config=path)
-        self.te.leading = lambda: self.replica is not None and self.replica.coordinator
+        self.te.leading = lambda: acts_for_fabric(Duty.TRAFFIC_ENGINEERING, True, self.replica.coordinator)
         self.te.persist = self.replica.te_save
         self.te.take_restore = self.replica.te_take_restore
         return self.replica.stored_shares(), version
@@ -204,8 +205,7 @@ class CloudweaveApp(app_manager.OSKenApp):
     @set_ev_cls([ofp_event.EventOFPFlowDescStatsReply, ofp_event.EventOFPPortStatsReply], MAIN_DISPATCHER)
     @guarded("stats_reply")
     def _stats_reply(self, ev: Any) -> None:
-        if not self._deliver(ev.msg):
-            self.te.on_reply(ev.msg)  # the traffic engineer's counters
+        self._deliver(ev.msg)  # to the session that asked (for itself, or for the traffic engineer); else dropped
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     @guarded("error")

@@ -93,6 +93,9 @@ class Metrics:
         self.quarantine_changes = Counter("cloudweave_quarantine_changes", "Endpoints quarantined or released, "
                                           "by whom (cli, auto, expiry)", ["change", "source"], registry=r)
 
+        self.session_errors = Counter("cloudweave_session_errors", "Unexpected exceptions in a switch's session "
+                                      "(a bug of ours, not the switch's; the round is retried as a failure)",
+                                      ["site"], registry=r)
         self.handler_errors = Counter("cloudweave_handler_errors", "Exceptions raised by an OpenFlow event "
                                       "handler (the event dropped, the controller went on)", ["event"], registry=r)
         self.unknown_switches = Counter("cloudweave_unknown_switch_connections", "Connections of a switch whose "

@@ -34,17 +34,26 @@ ROUTE_KIND = cookies.OWNER | (cookies.KINDS["route"] << cookies.KIND_SHIFT)
 MAX_ENTRIES = 200_000  # flow or port entries of one counter reply (a route has a few flows per path)
 
 
+def route_flows_request(dp: Any) -> Any:
+    """The route kind's flows with their counters (OpenFlow 1.5 flow descriptions)."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return parser.OFPFlowDescStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, ROUTE_KIND,
+                                          ROUTE_KIND_MASK, parser.OFPMatch())
+
+
+def port_stats_request(dp: Any) -> Any:
+    return dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY)
+
+
 class TeLoop:
     def __init__(self, state_path: str | None, metrics: Any):
         self.state_path = state_path
         self.metrics = metrics
         self.engine = self._load()
-        self.waiting: dict[int, str] = {}  # xid -> site, of the flow-desc requests
-        self.bodies: dict[str, list[Any]] = defaultdict(list)
-        self.answered_at: dict[str, float] = {}  # site -> when its flow counters came in, this round
-        self.waiting_ports: dict[int, str] = {}  # xid -> site, of the port-stats requests
-        self.port_bodies: dict[str, list[Any]] = defaultdict(list)
-        self.ports_at: dict[str, float] = {}  # site -> when its port counters came in, this round
+        # This round's answers, on this loop's thread only (replaced whole each round):
+        self.answered_at: dict[str, float] = {}  # site -> when its flow counters came in
+        self.port_bodies: dict[str, list[Any]] = {}  # site -> its port counters
+        self.ports_at: dict[str, float] = {}  # site -> when its port counters came in
         self.reported_stale: set[str] = set()
         self.said_background: dict[tuple[str, str], float] = {}  # link -> the learned other traffic last logged
         self.active = True
@@ -84,69 +93,56 @@ class TeLoop:
 
     # ---- counters ---------------------------------------------------------------------------------------------
 
-    def on_reply(self, msg: Any) -> None:
-        """A flow-desc or port-stats reply that no session asked for (the shim hands them here)."""
-        flows = msg.xid in self.waiting
-        waiting, bodies, done = (self.waiting, self.bodies, self.answered_at) if flows else \
-            (self.waiting_ports, self.port_bodies, self.ports_at)
-        site = waiting.get(msg.xid)
-        if site is None:
-            return
-        bodies[site] += msg.body
-        if len(bodies[site]) > MAX_ENTRIES:  # a reply that never ends: dropped, the site counts as not answering
-            LOG.warning("site %s: a counter reply passed %d entries; dropped", site, MAX_ENTRIES)
-            bodies[site] = []
-            del waiting[msg.xid]
-            return
-        if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-            done[site] = time.monotonic()  # the rate's interval ends when the counters were read
-            del waiting[msg.xid]
+    @staticmethod
+    def _entries(site: str, what: str, got: tuple[tuple[Any, ...], float] | None) -> list[Any] | None:
+        """The entries of a counter reply's parts; None for no answer, or one past MAX_ENTRIES (dropped: the
+        site counts as not answering)."""
+        if got is None:
+            return None
+        entries = [e for part in got[0] for e in part.body]
+        if len(entries) > MAX_ENTRIES:
+            LOG.warning("site %s: a %s reply passed %d entries; dropped", site, what, MAX_ENTRIES)
+            return None
+        return entries
 
-    def _request(self, session: Any, site: str) -> None:
-        """Sent by the switch's session (never from here: a frozen switch must not stall this loop)."""
-        dp = session.dp
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        msg = parser.OFPFlowDescStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, ROUTE_KIND,
-                                             ROUTE_KIND_MASK, parser.OFPMatch())
-        msg.set_xid(session.new_xid())
-        self.waiting[msg.xid] = site
-        session.send_soon(msg)
-
-    def _request_ports(self, session: Any, site: str) -> None:
-        dp = session.dp
-        msg = dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY)
-        msg.set_xid(session.new_xid())
-        self.waiting_ports[msg.xid] = site
-        session.send_soon(msg)
-
-    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], wait: Any, timeout_s: float
+    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], timeout_s: float
                  ) -> tuple[dict[Key, int | None], dict[tuple[Key, int], int], dict[tuple[str, str], int | None]]:
         """Each key's byte counter (None: its site did not answer), each (key, bucket)'s, each link direction's."""
         sites = sorted({k[1] for k in keys})
         linked = sorted({s for link in model.links for s in link.sites})
-        for d in (self.waiting, self.bodies, self.answered_at, self.waiting_ports, self.port_bodies, self.ports_at):
-            d.clear()
-        why = {}
+        # Asked through each switch's session (its worker sends; a frozen switch stalls only its own answer),
+        # waited for here: nothing of this round is shared with another thread.
+        flows_asked, ports_asked, why = {}, {}, {}
         for site in sites:
             session = sessions.get(model.site(site).dpid)
             if session is not None:
-                self._request(session, site)
+                flows_asked[site] = session.ask(route_flows_request, multi=True)
                 why[site] = f"no answer within {timeout_s:.1f} s"
             else:
                 why[site] = "its switch is not connected"
         for site in linked:
             session = sessions.get(model.site(site).dpid)
             if session is not None:
-                self._request_ports(session, site)
+                ports_asked[site] = session.ask(port_stats_request, multi=True)
         deadline = time.monotonic() + timeout_s
-        while (self.waiting or self.waiting_ports) and time.monotonic() < deadline:
-            wait(0.02)
+        flows, self.answered_at = {}, {}
+        for site, asked in flows_asked.items():
+            got = asked.wait(deadline)
+            entries = self._entries(site, "flow counter", got)
+            if entries is not None:
+                flows[site], self.answered_at[site] = entries, got[1]  # the interval ends when they were read
+        self.port_bodies, self.ports_at = {}, {}
+        for site, asked in ports_asked.items():
+            got = asked.wait(deadline)
+            entries = self._entries(site, "port counter", got)
+            if entries is not None:
+                self.port_bodies[site], self.ports_at[site] = entries, got[1]
         by_cookie: dict[str, dict[int, int]] = {}
         buckets: dict[tuple[Key, int], int] = defaultdict(int)
         key_of = {route_cookie(*k): k for k in keys}
         for site in self.answered_at:
             totals: dict[int, int] = defaultdict(int)
-            for f in self.bodies[site]:
+            for f in flows[site]:
                 # Every routed packet passes exactly one pinned-path flow (ct_mark names its bucket). The group's
                 # flow sees the packets a bucket pins as well: a connection's first, or every packet of one that
                 # stays new (one-way UDP: the ACL commits it again and its ct_mark loses the path): not counted.
@@ -209,7 +205,7 @@ class TeLoop:
                     LOG.warning("the store's traffic-engineering state does not load (%s); starting empty", exc)
                     self.engine = TrafficEngineer()
             try:
-                if self.round(snap.state.model, snap.state.down, snap.sessions, hub.sleep):
+                if self.round(snap.state.model, snap.state.down, snap.sessions):
                     post(WeightsAdopted(tuple(self.auto_shares().items())))
             except Exception:  # noqa: BLE001 - one bad round must not stop traffic engineering
                 LOG.exception("traffic-engineering loop")
@@ -218,13 +214,13 @@ class TeLoop:
     def stop(self) -> None:
         self.active = False
 
-    def round(self, model: Model, down: frozenset, sessions: Mapping[int, Any], wait: Any) -> bool:
+    def round(self, model: Model, down: frozenset, sessions: Mapping[int, Any]) -> bool:
         """One round; True when new shares were adopted (the caller recompiles and reconciles)."""
         graph = SiteGraph(model, down)
         keys = self.engine.prepare(model, graph.declared)
         if not keys:
             return False
-        counters, buckets, links = self._collect(model, sessions, keys, wait, min(2.0, model.poll_interval_s * 0.8))
+        counters, buckets, links = self._collect(model, sessions, keys, min(2.0, model.poll_interval_s * 0.8))
         events = []
         sources = sorted({k[1] for k in keys})
         for site in sources:

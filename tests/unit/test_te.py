@@ -284,7 +284,7 @@ def test_the_background_gauge_falls_to_zero_when_a_links_other_traffic_stops(tmp
     loop = TeLoop(None, metrics)
     loop.engine.background[("onprem", "cloud1")] = Predictor(5e6, 1e5, 30)
     loop.engine.background[("cloud1", "onprem")] = Predictor(0.0, 0.0, 30)
-    loop.round(te_model(tmp_path), frozenset(), {}, lambda s: None)  # no switch connected: nothing measured
+    loop.round(te_model(tmp_path), frozenset(), {})  # no switch connected: nothing measured
     value = lambda link: metrics.registry.get_sample_value("cloudweave_te_background_bps", {"link": link})  # noqa
     assert value("onprem->cloud1") == 5e6 and value("cloud1->onprem") == 0.0
 
