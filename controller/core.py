@@ -15,24 +15,23 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 from os_ken.lib import hub
 
-from cloudweave import quarantine
 from cloudweave.config import ConfigError, LoadCache, load_model_cached
 from cloudweave.config.model import Site
 from cloudweave.flowlog import key as flowlog_key_file
 from cloudweave.flows.compile import SwitchState
-from cloudweave.flows.quarantine import limit_rate, limited_addresses, outside_address
 from cloudweave.flows.topology import TUNNEL_PREFIX
 from cloudweave.store.shards import site_shards
 from controller import next_hop, roles
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
-from controller.guard import Budget, Repeats
+from controller.guard import Repeats
 from controller.links import LinkWatch
 from controller.messages import (
     Mastership,
@@ -47,6 +46,7 @@ from controller.messages import (
     Tick,
     WeightsAdopted,
 )
+from controller.quarantine_keeper import QuarantineKeeper
 from controller.roles import Duty
 from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
 from controller.settings import Settings
@@ -54,11 +54,7 @@ from controller.watch import ReloadRequests
 
 LOG = logging.getLogger("cloudweave")
 TICK_S = 0.02  # how soon a settled reload or a due ARP is noticed
-KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
 MAX_UNKNOWN = 4096  # unknown dpids remembered (to say each once)
-AUTO_PER_MINUTE = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_PER_MINUTE", "20"))  # new automatic entries
-AUTO_MAX = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_MAX", "1000"))  # automatic entries in force
-KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held longer if still needed
 
 
 @dataclass(frozen=True)
@@ -93,15 +89,12 @@ class Core:
         for w in warnings:
             LOG.warning("%s", w)
         self.compiler = DesiredCompiler(metrics)
-        self._quarantine_version = quarantine.file_version(settings.quarantine) if settings.quarantine else None
-        self._quarantine_entries = quarantine.load(settings.quarantine) if settings.quarantine else ()
-        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
-        self._quarantine_seen: dict[str, float] = {}  # endpoint -> when the quarantine last dropped its traffic
-        cut_off = quarantine.active(self._quarantine_entries)
+        self.quarantine = QuarantineKeeper(settings.quarantine, settings.config, metrics)
+        cut_off = self.quarantine.cut_off()
         if flowlog_key is None and settings.flowlog_key:
             flowlog_key = _own_key(settings.flowlog_key)
         self.state = State(model, auto=tuple(auto), quarantined=cut_off, flowlog_key=flowlog_key)
-        self._log_quarantine(frozenset(), cut_off, model)
+        self.quarantine.log_changes(frozenset(), cut_off, model)
         # No switch is connected yet: each site is compiled as its switch connects (a 100,000-endpoint start
         # compiled 900,000 flows of three sites before the one switch there was could be programmed).
         self.desired: dict[str, SwitchState] = self.compiler.compile(self.state, sites=())
@@ -114,7 +107,6 @@ class Core:
         self._asking: tuple[Any, set[str]] = (None, set())  # (model, the sites of it that NAT and must ask)
         self.unknown_dpids: set[int] = set()  # said once (bounded: cleared past MAX_UNKNOWN and at reloads)
         self._said = Repeats()  # lines said at most once a minute per kind
-        self._auto_budget = Budget(AUTO_PER_MINUTE, 60.0)
         self.active = True
         self.published = self._publish()
 
@@ -142,31 +134,17 @@ class Core:
             s.stop()
 
     def _handle(self, msg: Any) -> None:
+        handler = HANDLERS.get(type(msg))
+        if handler is None:
+            LOG.error("controller core: no handler for %s; dropped", type(msg).__name__)
+            return
         try:
-            if isinstance(msg, Tick):
-                self._tick()
-            elif isinstance(msg, SwitchUp):
-                self._switch_up(msg.dp)
-            elif isinstance(msg, SwitchDown):
-                self._switch_down(msg.dp)
-            elif isinstance(msg, PortsSeen):
-                self._ports_seen(msg)
-            elif isinstance(msg, PacketIn):
-                self._packet_in(msg)
-            elif isinstance(msg, QuarantineAlarm):
-                self._quarantine_alarm(msg)
-            elif isinstance(msg, QuarantineSeen):
-                self._quarantine_seen[msg.endpoint] = msg.at
-            elif isinstance(msg, Mastership):
-                self._mastership(msg)
-            elif isinstance(msg, PolicyStored):
-                self._policy_stored(msg)
-            elif isinstance(msg, NextHopsStored):
-                self._next_hops_stored(msg)
-            elif isinstance(msg, WeightsAdopted):
-                self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
+            handler(self, msg)
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
             LOG.exception("controller core: %s", type(msg).__name__)
+
+    def _weights_adopted(self, msg: WeightsAdopted) -> None:
+        self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
 
     # ---- state changes -------------------------------------------------------------------------------------
 
@@ -437,116 +415,28 @@ class Core:
             self.metrics.next_hops_learned.labels(site.name).inc()
 
     def _check_quarantine(self) -> None:
-        """Follow the quarantine file (a stat per tick), and end entries whose hold time is over."""
-        path = self.settings.quarantine
-        if not path:
-            return
         now = time.time()
-        version = quarantine.file_version(path)
-        # In the last second of an entry: hold it longer if its endpoint still sends (before it ends, so that
-        # the list never shows it ended while it is still in force).
-        expiring = self._quarantine_expiry is not None and now >= self._quarantine_expiry - KEEP_AHEAD_S
-        if version == self._quarantine_version and not expiring:
-            return
-        if version != self._quarantine_version:
-            try:
-                entries = quarantine.load(path)
-            except quarantine.QuarantineFileError as exc:
-                LOG.error("%s; the quarantine in force stays", exc)
-                self._quarantine_version = version
-                return
-            self._quarantine_version, self._quarantine_entries = version, entries
-        if expiring and self._keep_the_active(now):
-            return  # the list was written again: the next tick reads it
-        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, now)
-        cut_off = quarantine.active(self._quarantine_entries, now)
+        cut_off = self.quarantine.check(now, self.state.model)
         before = self.state.quarantined
-        if cut_off == before:
+        if cut_off is None or cut_off == before:
             return
         if self._change(replace(self.state, quarantined=cut_off), "a quarantine change"):
-            self._log_quarantine(before, cut_off, self.state.model, now)
-
-    def _keep_the_active(self, now: float) -> bool:
-        """An automatic quarantine whose hold time is over ends only once its endpoint has been quiet for
-        KEEP_QUIET_S (its traffic is still sampled as the quarantine drops it); else it is held that much
-        longer. True when the list was written."""
-        path = self.settings.quarantine
-        kept = []
-        for e in self._quarantine_entries:
-            seen = self._quarantine_seen.get(e.endpoint, 0.0)
-            if e.source == "auto" and e.until is not None and e.until <= now + KEEP_AHEAD_S and \
-                    now - seen < KEEP_QUIET_S:
-                kept.append(e)
-        if not kept:
-            return False
-        for e in kept:
-            LOG.warning("quarantine: %s kept %.0f s more: it still sends (the quarantine saw its traffic %.1f s "
-                        "ago)", _held(e.endpoint, self.state.model), KEEP_QUIET_S,
-                        now - self._quarantine_seen[e.endpoint])
-            try:
-                quarantine.add(path, e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence)
-            except (OSError, quarantine.QuarantineFileError) as exc:
-                LOG.error("quarantine of %s not extended in %s: %s", e.endpoint, path, exc)
-                return False
-        return True
+            self.quarantine.log_changes(before, cut_off, self.state.model, now)
 
     def _quarantine_alarm(self, msg: QuarantineAlarm) -> None:
-        """Cut the endpoint off first (compile and hand the flows to its session), then write the list. Within
-        a budget: at most AUTO_PER_MINUTE new automatic entries a minute and AUTO_MAX in force (each one is a
-        flow, and for an outside address a meter, at every uplink; the list's size is capped)."""
+        """Cut the endpoint off first (compile and hand the flows to its session), then write the list, within
+        the keeper's budget of automatic entries."""
         before = self.state.quarantined
-        if msg.endpoint in before:
-            return
-        cause = quarantine.auto_refusal(self._quarantine_entries, time.time(), AUTO_MAX,
-                                        lambda: self._auto_budget.allow("auto"))
-        if cause is not None:
-            self.metrics.quarantine_refused.labels(cause).inc()
-            if self._said.check(("quarantine budget", cause)) is not None:
-                LOG.error("quarantine of %s not made: %s (%s); detection goes on, a quarantine by hand still works",
-                          msg.endpoint, f"{AUTO_MAX} automatic entries are in force" if cause == "total" else
-                          f"{AUTO_PER_MINUTE} automatic entries were made in the last minute", msg.reason)
+        if msg.endpoint in before or self.quarantine.refusal(msg.endpoint, msg.reason) is not None:
             return
         if not self._change(replace(self.state, quarantined=before | {msg.endpoint}), f"quarantine of {msg.endpoint}"):
             return
         self.metrics.quarantine_seconds.observe(max(0.0, time.time() - msg.raised_at))
-        path = self.settings.quarantine
-        try:
-            quarantine.add(path, msg.endpoint, msg.reason, "auto", msg.hold_s, dict(msg.evidence))
-            self._quarantine_entries = quarantine.load(path)
-            self._quarantine_version = quarantine.file_version(path)
-        except (OSError, quarantine.QuarantineFileError) as exc:
-            LOG.error("quarantine of %s in force, but not written to %s (it ends with this process): %s",
-                      msg.endpoint, path, exc)
-            self._quarantine_entries += (quarantine.Entry(msg.endpoint, msg.reason, "auto", time.time(),
-                                                          time.time() + msg.hold_s, dict(msg.evidence)),)
-        self._quarantine_expiry = quarantine.next_expiry(self._quarantine_entries, time.time())
-        self._log_quarantine(before, self.state.quarantined, self.state.model)
+        self.quarantine.record_auto(msg.endpoint, msg.reason, msg.hold_s, dict(msg.evidence))
+        self.quarantine.log_changes(before, self.state.quarantined, self.state.model)
 
-    def _log_quarantine(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:
-        entries = {e.endpoint: e for e in self._quarantine_entries}
-        limited = set(map(str, limited_addresses(model, after)))
-        for name in sorted(after - before):
-            e = entries[name]
-            until = "until released" if e.until is None else f"for {e.until - e.since:.0f} s"
-            why = f"({e.source}: {e.reason or 'no reason given'})"
-            if name in limited:
-                uplinks = ", ".join(s.name for s in model.sites if s.uplink) or "none"
-                LOG.warning("quarantine: outside address %s held to %s at every uplink (sites %s), %s %s", name,
-                            limit_rate(model), uplinks, until, why)
-            elif not model.has_endpoint(name):
-                LOG.warning("quarantine: '%s' is neither an endpoint of %s nor an address; nothing to cut off",
-                            name, self.settings.config)
-                continue
-            else:
-                LOG.warning("quarantine: endpoint %s at site %s cut off, %s %s", name, model.endpoint(name).site,
-                            until, why)
-            self.metrics.quarantine_changes.labels("quarantined", e.source).inc()
-        for name in sorted(before - after):
-            ended = name in entries and not entries[name].active(now)
-            LOG.warning("quarantine: %s released (%s)", _held(name, model), "its hold time is over" if ended else
-                        "its entry was removed")
-            self.metrics.quarantine_changes.labels("released", "expiry" if ended else "removed").inc()
-        self.metrics.quarantined.set(sum(1 for name in after if model.has_endpoint(name)) + len(limited))
+    def _quarantine_seen(self, msg: QuarantineSeen) -> None:
+        self.quarantine.seen(msg.endpoint, msg.at)
 
     def _tick(self) -> None:
         self._check_quarantine()
@@ -592,6 +482,17 @@ def _own_key(path: str) -> bytes | None:
         return None
 
 
-def _held(name: str, model: Any) -> str:
-    """A quarantine entry as the log names it."""
-    return f"outside address {name}" if not model.has_endpoint(name) and outside_address(name) else f"endpoint {name}"
+# Every input of the core and who handles it (tests/unit/test_core_handlers.py: none is missing).
+HANDLERS: dict[type, Callable[[Core, Any], None]] = {
+    Tick: lambda core, _: core._tick(),
+    SwitchUp: lambda core, msg: core._switch_up(msg.dp),
+    SwitchDown: lambda core, msg: core._switch_down(msg.dp),
+    PortsSeen: Core._ports_seen,
+    PacketIn: Core._packet_in,
+    QuarantineAlarm: Core._quarantine_alarm,
+    QuarantineSeen: Core._quarantine_seen,
+    Mastership: Core._mastership,
+    PolicyStored: Core._policy_stored,
+    NextHopsStored: Core._next_hops_stored,
+    WeightsAdopted: Core._weights_adopted,
+}

@@ -20,12 +20,12 @@ from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator, to_json
 from cloudweave.flows.flowlog import COLLECTOR_SET_ID, site_domain
-from cloudweave.flows.quarantine import outside_address
 from cloudweave.paths import default_flowlog_path
 from controller.guard import Repeats
 from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
+from controller.quarantine_keeper import decide
 from controller.roles import Duty, acts_at
 
 LOG = logging.getLogger("cloudweave.flowlog")
@@ -204,26 +204,13 @@ class FlowLogService:
         self.metrics.detector_sources.set(len(self.detector.sources))
 
     def _alarm(self, alarm: Alarm) -> None:
-        """An endpoint is quarantined; an outside address (a flood through an uplink) is rate-limited at every
-        uplink: a flood's victim is never the one cut off."""
+        """Act or only log, as controller.quarantine_keeper decides; acting is the core's."""
         d = self._model.detection
         self.metrics.detector_alarms.labels(alarm.signal).inc()
         self.metrics.detection_seconds.observe(max(0.0, alarm.at - alarm.first))
-        ep = self._endpoint(alarm.source)
-        outside = ep is None and outside_address(alarm.source) is not None
-        exempt = ep is not None and (ep.name in d.exempt or any(g in d.exempt for g in ep.groups))
-        held = alarm.source in self._quarantined
-        act = d.action == "quarantine" and (ep is not None or outside) and not exempt and not held
-        if act:
-            what = f"; limiting it to {d.limit} at every uplink" if outside else "; quarantining it"
-        elif held:
-            what = " (already held)"
-        elif ep is None and not outside:
-            what = " (not an endpoint nor an address: logged only)"
-        else:
-            what = " (exempt: logged only)" if exempt else ""
-        LOG.warning("detection: %s%s", alarm.describe(), what)
-        if act:
+        decision = decide(alarm, self._model, self._quarantined)
+        LOG.warning("detection: %s%s", alarm.describe(), decision.said)
+        if decision.act:
             self.post(QuarantineAlarm(alarm.source, alarm.describe(), alarm.evidence(), d.hold_s, alarm.at))
 
     def _thresholds(self, source: str) -> Any:

@@ -1,0 +1,170 @@
+"""The quarantine's one home in the controller: what to do about an alarm, the list in force (the file, its
+hold times, an automatic entry kept while its endpoint still sends, the budget of automatic entries) and the
+log of each change. The core asks it and commits what it returns: the keeper never touches the state.
+
+From alarm to flows: `cloudweave/flowlog/detect.py` raises an alarm; `decide` (on the collector's thread)
+says whether to act; the core cuts the endpoint off (`flows/quarantine.py`) and then `record_auto` writes the
+list (`cloudweave/quarantine.py`), which `cloudweave quarantine` edits by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cloudweave import quarantine
+from cloudweave.flowlog.detect import Alarm
+from cloudweave.flows.quarantine import limit_rate, limited_addresses, outside_address
+from controller.guard import Budget, Repeats
+
+LOG = logging.getLogger("cloudweave")
+KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
+KEEP_AHEAD_S = 1.0  # how long before an automatic quarantine ends it is held longer if still needed
+AUTO_PER_MINUTE = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_PER_MINUTE", "20"))  # new automatic entries
+AUTO_MAX = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_MAX", "1000"))  # automatic entries in force
+
+
+@dataclass(frozen=True)
+class Decision:
+    act: bool
+    said: str  # what the log adds to the alarm's description
+
+
+def decide(alarm: Alarm, model: Any, held: frozenset[str]) -> Decision:
+    """Act on an alarm or only log it: an endpoint is quarantined, an outside address (a flood through an
+    uplink) rate-limited at every uplink (a flood's victim is never the one cut off); not an exempt endpoint,
+    not one already held, not a name that is neither."""
+    d = model.detection
+    ep = model.endpoint(alarm.source) if model.has_endpoint(alarm.source) else None
+    outside = ep is None and outside_address(alarm.source) is not None
+    exempt = ep is not None and (ep.name in d.exempt or any(g in d.exempt for g in ep.groups))
+    already = alarm.source in held
+    if d.action == "quarantine" and (ep is not None or outside) and not exempt and not already:
+        return Decision(True, f"; limiting it to {d.limit} at every uplink" if outside else "; quarantining it")
+    if already:
+        return Decision(False, " (already held)")
+    if ep is None and not outside:
+        return Decision(False, " (not an endpoint nor an address: logged only)")
+    return Decision(False, " (exempt: logged only)" if exempt else "")
+
+
+def held_name(name: str, model: Any) -> str:
+    """A quarantine entry as the log names it."""
+    return f"outside address {name}" if not model.has_endpoint(name) and outside_address(name) else f"endpoint {name}"
+
+
+class QuarantineKeeper:
+    """The list at `path` (None: no list, nothing held), followed by a stat per tick. Used on the core's thread."""
+
+    def __init__(self, path: str | None, config: str, metrics: Any, per_minute: int = AUTO_PER_MINUTE,
+                 most: int = AUTO_MAX):
+        self.path, self.config, self.metrics, self.most = path, config, metrics, most
+        self.version = quarantine.file_version(path) if path else None
+        self.entries: tuple[quarantine.Entry, ...] = quarantine.load(path) if path else ()
+        self.expiry = quarantine.next_expiry(self.entries, time.time())
+        self.seen_at: dict[str, float] = {}  # endpoint -> when the quarantine last dropped its traffic
+        self._said = Repeats()
+        self._budget = Budget(per_minute, 60.0)
+
+    def cut_off(self) -> frozenset[str]:
+        return quarantine.active(self.entries)
+
+    def seen(self, endpoint: str, at: float) -> None:
+        self.seen_at[endpoint] = at
+
+    def check(self, now: float, model: Any) -> frozenset[str] | None:
+        """What is cut off now, when the file changed or an entry is about to end; else None. An automatic
+        entry whose endpoint still sends is held longer first (before it ends, so that the list never shows
+        it ended while it is still in force)."""
+        if not self.path:
+            return None
+        version = quarantine.file_version(self.path)
+        expiring = self.expiry is not None and now >= self.expiry - KEEP_AHEAD_S
+        if version == self.version and not expiring:
+            return None
+        if version != self.version:
+            try:
+                entries = quarantine.load(self.path)
+            except quarantine.QuarantineFileError as exc:
+                LOG.error("%s; the quarantine in force stays", exc)
+                self.version = version
+                return None
+            self.version, self.entries = version, entries
+        if expiring and self._keep_the_active(now, model):
+            return None  # the list was written again: the next tick reads it
+        self.expiry = quarantine.next_expiry(self.entries, now)
+        return quarantine.active(self.entries, now)
+
+    def _keep_the_active(self, now: float, model: Any) -> bool:
+        """An automatic quarantine whose hold time is over ends only once its endpoint has been quiet for
+        KEEP_QUIET_S (its traffic is still sampled as the quarantine drops it); else it is held that much
+        longer. True when the list was written."""
+        kept = [e for e in self.entries if e.source == "auto" and e.until is not None and
+                e.until <= now + KEEP_AHEAD_S and now - self.seen_at.get(e.endpoint, 0.0) < KEEP_QUIET_S]
+        if not kept:
+            return False
+        for e in kept:
+            LOG.warning("quarantine: %s kept %.0f s more: it still sends (the quarantine saw its traffic %.1f s "
+                        "ago)", held_name(e.endpoint, model), KEEP_QUIET_S, now - self.seen_at[e.endpoint])
+            try:
+                quarantine.add(self.path, e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence, now=now)
+            except (OSError, quarantine.QuarantineFileError) as exc:
+                LOG.error("quarantine of %s not extended in %s: %s", e.endpoint, self.path, exc)
+                return False
+        return True
+
+    def refusal(self, endpoint: str, reason: str) -> str | None:
+        """Why a new automatic entry is not made (its cause, counted and said once a minute), or None. At most
+        `per_minute` new ones a minute and `most` in force: each one is a flow, and for an outside address
+        a meter, at every uplink, and the list's size is capped."""
+        cause = quarantine.auto_refusal(self.entries, time.time(), self.most, lambda: self._budget.allow("auto"))
+        if cause is not None:
+            self.metrics.quarantine_refused.labels(cause).inc()
+            if self._said.check(("quarantine budget", cause)) is not None:
+                LOG.error("quarantine of %s not made: %s (%s); detection goes on, a quarantine by hand still works",
+                          endpoint, f"{self.most} automatic entries are in force" if cause == "total" else
+                          f"{self._budget.n} automatic entries were made in the last minute", reason)
+        return cause
+
+    def record_auto(self, endpoint: str, reason: str, hold_s: float, evidence: dict) -> None:
+        """Write an automatic entry, once its endpoint is cut off; kept in memory if the file cannot be."""
+        try:
+            quarantine.add(self.path, endpoint, reason, "auto", hold_s, evidence)
+            self.entries = quarantine.load(self.path)
+            self.version = quarantine.file_version(self.path)
+        except (OSError, quarantine.QuarantineFileError) as exc:
+            LOG.error("quarantine of %s in force, but not written to %s (it ends with this process): %s",
+                      endpoint, self.path, exc)
+            self.entries += (quarantine.Entry(endpoint, reason, "auto", time.time(), time.time() + hold_s,
+                                              evidence),)
+        self.expiry = quarantine.next_expiry(self.entries, time.time())
+
+    def log_changes(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:
+        entries = {e.endpoint: e for e in self.entries}
+        limited = set(map(str, limited_addresses(model, after)))
+        for name in sorted(after - before):
+            e = entries[name]
+            until = "until released" if e.until is None else f"for {e.until - e.since:.0f} s"
+            why = f"({e.source}: {e.reason or 'no reason given'})"
+            if name in limited:
+                uplinks = ", ".join(s.name for s in model.sites if s.uplink) or "none"
+                LOG.warning("quarantine: outside address %s held to %s at every uplink (sites %s), %s %s", name,
+                            limit_rate(model), uplinks, until, why)
+            elif not model.has_endpoint(name):
+                LOG.warning("quarantine: '%s' is neither an endpoint of %s nor an address; nothing to cut off",
+                            name, self.config)
+                continue
+            else:
+                LOG.warning("quarantine: endpoint %s at site %s cut off, %s %s", name, model.endpoint(name).site,
+                            until, why)
+            self.metrics.quarantine_changes.labels("quarantined", e.source).inc()
+        for name in sorted(before - after):
+            ended = name in entries and not entries[name].active(now)
+            LOG.warning("quarantine: %s released (%s)", held_name(name, model), "its hold time is over" if ended
+                        else "its entry was removed")
+            self.metrics.quarantine_changes.labels("released", "expiry" if ended else "removed").inc()
+        self.metrics.quarantined.set(sum(1 for name in after if model.has_endpoint(name)) + len(limited))
+
