@@ -308,7 +308,8 @@ class ReplicaService:
         snap = self._published()
         if snap is None:
             return {}
-        return {s.site: s.switch_generation for s in snap.sessions.values() if s.switch_generation}
+        return {st.site: st.switch_generation for st in (s.status() for s in snap.sessions.values())
+                if st.switch_generation}
 
     def _claim(self, txn: Any, tables: Any, shard: str) -> int | None:
         cluster = _first(tables["Cluster"].rows)
@@ -424,11 +425,11 @@ class ReplicaService:
         by_shard: dict[str, list[str]] = {}
         for site, shard in snap.site_shards:
             by_shard.setdefault(shard, []).append(site)
-        sessions = {s.site: s for s in snap.sessions.values()}
+        status = {st.site: st for st in (s.status() for s in snap.sessions.values())}
         done = []
         for shard in self.mine:
-            ok = all(site in sessions and sessions[site].role.kind == "master" and
-                     sessions[site].in_step is not None and sessions[site].in_step is snap.desired.get(site)
+            ok = all(site in status and status[site].role.kind == "master" and
+                     status[site].in_step is not None and status[site].in_step is snap.desired.get(site)
                      for site in by_shard.get(shard, []))
             if ok:
                 done.append(shard)

@@ -157,6 +157,17 @@ class Asked:
 
 
 @dataclass(frozen=True)
+class SessionStatus:
+    """What other threads may know of a session: a value, taken at once (`SwitchSession.status`)."""
+
+    dpid: int
+    site: str
+    role: Role
+    in_step: SwitchState | None  # the desired state last found in force on the switch (compared by identity)
+    switch_generation: int  # the role generation the switch said it holds, when it refused ours
+
+
+@dataclass(frozen=True)
 class Role:
     """`equal`: no replicas, nothing is sent (OVS's default role); `none`: replicas, but no word from the store
     yet (write nothing, ask nothing); `master` / `slave`: the role to hold, with its generation_id."""
@@ -255,6 +266,11 @@ class SwitchSession:
     def role(self) -> Role:
         """The role the switch confirmed for this connection."""
         return self._role_held
+
+    def status(self) -> SessionStatus:
+        """For other threads: what they may know of this session, as one value."""
+        with self._lock:
+            return SessionStatus(self.dpid, self.site, self._role_held, self.in_step, self.switch_generation)
 
     def ports_changed(self) -> None:
         """A port came or went: read the port list again (flows may be waiting for it)."""

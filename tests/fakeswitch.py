@@ -2,13 +2,14 @@
 
 `FakeDatapath` stands where os-ken's `Datapath` stands: the session calls `send_msg(msg)` and `send(bytes)`
 on it, and it answers by calling the session's `deliver(reply)` at once, on the caller's thread (as the shim
-would, later, on os-ken's). It applies what OVS applies: flow-mods (add, modify, strict delete by cookie
-mask), group-mods and meter-mods, bundles (open, add, commit, discard; atomic: a rejected message fails the
-commit and changes nothing); it answers port, flow, group and meter descriptions, aggregate counts,
-barriers and role requests (with OVS's stale-generation check). It can be made faulty: `reject` refuses
-flow-mods whose match holds a field, `frozen` answers nothing, `refuse_roles` answers a role request with
-OFPRRFC_STALE. The tests call the session's steps directly (`_step`, `_audit`, `_hold_role`), so that each
-test is a few milliseconds and no thread is left behind.
+would, later, on os-ken's). It applies what OVS applies: flow-mods (add, modify, strict delete), group-mods
+and meter-mods, bundles (open, add, commit, discard; atomic: a refused message fails the commit and changes
+nothing); it answers port, flow, group and meter descriptions, aggregate counts, barriers and role requests
+(with OVS's stale-generation check; a slave's commit is refused). Flows are kept as the flow-mods' bytes and
+read back through the decoder that reads OVS's replies. It can be made faulty: `reject` refuses flow-mods
+whose match holds a field, `frozen` answers nothing, `refuse_roles` answers a role request with OFPRRFC_STALE,
+`on_commit` runs as a commit arrives (another master taking over). The tests call the session's steps
+directly (`_step`, `_audit`, `_hold_role`), so that each is a few milliseconds and no thread is left behind.
 
 What it does not model: the datapath (packets), flow timeouts, table-full errors, OpenFlow flow monitors.
 """
@@ -90,6 +91,7 @@ class FakeDatapath:
         self.frozen = False
         self.reject: int | None = None  # an OXM field (ofp.OFPXMT_OFB_*): flow-mods matching on it are refused
         self.refuse_roles = False
+        self.on_commit: Callable[[], None] | None = None  # runs as a commit arrives (a role change mid-reconcile)
         self.role, self.generation = ofp.OFPCR_ROLE_EQUAL, None
         self.received: list[str] = []  # the kinds of message seen, in order
 
@@ -200,7 +202,12 @@ class FakeDatapath:
         elif msg.type == ofp.OFPBCT_DISCARD_REQUEST:
             self.bundles.pop(msg.bundle_id, None)
         else:
+            if self.on_commit is not None:
+                self.on_commit()
             added = self.bundles.pop(msg.bundle_id, [])
+            if self.role == ofp.OFPCR_ROLE_SLAVE:  # another master took the switch meanwhile
+                self._error(msg.xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)
+                return
             if msg.bundle_id in self.failed:  # nothing of it applied
                 self.failed.discard(msg.bundle_id)
                 self._error(msg.xid, ofp.OFPET_BUNDLE_FAILED, ofp.OFPBFC_MSG_FAILED)

@@ -46,7 +46,7 @@ def test_a_session_programs_the_switch_in_one_bundle_and_then_sends_nothing(swit
     session._step()
     assert programmed(dp, desired)
     assert dp.received.count("OFPBundleCtrlMsg") == 2  # open, commit: one bundle
-    assert session.in_step is desired
+    assert session.status().in_step is desired  # what other threads see: one value, taken at once
     seen = len(dp.received)
     session._step()  # nothing changed: nothing sent, nothing read
     assert len(dp.received) == seen
@@ -100,7 +100,8 @@ def test_a_stale_generation_is_refused_and_the_session_writes_nothing(switch):
     dp.generation = 7  # another master took the switch with generation 7
     session.set_role(Role("master", 5))
     session._step()
-    assert session.role.kind == "stale" and session.switch_generation == 7
+    status = session.status()
+    assert status.role.kind == "stale" and status.switch_generation == 7 and status.in_step is None
     assert dp.flows == {}  # no write after a refused role
     session.set_role(Role("master", 8))
     session._step()
@@ -120,3 +121,27 @@ def test_a_frozen_switch_fails_only_its_own_ask_and_by_its_deadline(switch):
     assert asked.wait(started + 0.2) is None
     assert time.monotonic() - started < 0.5
     assert not session._pending  # nothing left waiting for the frozen switch
+
+
+def test_a_master_demoted_mid_reconcile_applies_nothing_and_writes_no_more(switch):
+    """Another replica takes the switch while this one's bundle is on its way: OVS refuses the commit of a
+    slave, the switch tells the session (OFPT_ROLE_STATUS), and the session asks for nothing more."""
+    from controller.session import RequestFailed
+
+    dp, session, desired, _ = switch
+    session.set_role(Role("master", 5))
+
+    def taken() -> None:
+        dp.role, dp.generation = ofp.OFPCR_ROLE_SLAVE, 9
+        session.demoted(9)
+
+    dp.on_commit = taken
+    with pytest.raises(RequestFailed) as failed:
+        session._step()
+    assert dp.flows == {} and session.status().role == Role("slave", 9)
+    session._failed(str(failed.value))
+    dp.on_commit = None
+    seen = len(dp.received)
+    session._step()  # it still wants master with 5, below the switch's 9: it does not even ask
+    assert dp.flows == {} and "OFPRoleRequest" not in dp.received[seen:]
+    assert not any(k.startswith("raw") or k == "OFPBundleCtrlMsg" for k in dp.received[seen:])
