@@ -1,0 +1,238 @@
+"""A chaos run as the referee: the three-clouds test bed with 3 replicas on a 3-member store, traffic running
+(a 5 ms ping, a sequenced UDP stream through a weighted route, an open TCP connection, NAT egress: the replica
+tests' `Traffic`), and a random schedule of faults, each under its own traffic and followed by a settle:
+
+- crash: kill -9 of a random site's master (started again after);
+- freeze: SIGSTOP of a random site's master for 3 s;
+- leader: kill -9 of the store's Raft leader (started again after);
+- deleted: every flow of ours at a random site deleted by hand (`ovs-ofctl del-flows`);
+- modified: every flow of ours at a random site rewritten to drop by hand (`ovs-ofctl mod-flows`: same count);
+- edits: a bad edit applied (refused, nothing changes), then a good one (a rule added) and its revert.
+
+After each settle it checks the invariants: every switch holds exactly the flows it held before the fault
+(traffic-engineered paths aside: they follow the learned matrix), or the edit's; OVS reports one master per
+switch, and never two at a sample taken every 100 ms during the fault; the packets each stream lost are
+within the fault's budget (none for a replica or store fault; for flows broken by hand, what the streams send
+in REPAIR_BUDGET_S); no traceback in any replica's log. It prints each fault, its recovery time and losses,
+and the command that replays the schedule. Exit code 1 when an invariant broke.
+
+Not in the schedule yet: an OVS restart, a link cut, a quarantine by hand (the quarantine list is each
+replica's own file, not the store's, so "the same list seen from every replica" does not hold yet).
+
+Run: .venv/bin/python bench/chaos.py [--seconds 600] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import yaml  # noqa: E402
+from on_testbed import running  # noqa: E402
+
+from cloudweave.config import load_model  # noqa: E402
+from cloudweave.store import cluster  # noqa: E402
+from cloudweave.testbed.build import start_replica  # noqa: E402
+from cloudweave.testbed.state import State  # noqa: E402
+from tests.e2e.test_replicas import SITES, RoleWatch, Traffic, flows, nat_ready, owners, replica_log, with_gateways  # noqa: E402,E501
+from tests.harness import wait_for  # noqa: E402
+
+FAULTS = ("crash", "freeze", "leader", "deleted", "modified", "edits")
+REPAIR_BUDGET_S = 2.0  # flows broken by hand: repaired within this (the flow monitor reports them at once)
+RATES = {"ping": 200, "udp": 500, "nat": 200}  # packets per second of each stream (tests/e2e/test_replicas.py)
+OURS = "cookie=0xc10d000000000000/0xffff000000000000"
+MASTER = re.compile(r"^(\S+ \S+) INFO cloudweave: site (\S+) \(dpid 0x[0-9a-f]+\): master, generation (\d+)$", re.M)
+
+
+def ofctl(workdir: str, site: str, *args: str) -> str:
+    rundir = State.load(workdir).sites[site]["rundir"]
+    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", *args[:1], f"unix:{rundir}/br-int.mgmt", *args[1:]],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def masters(workdir: str) -> dict[str, int]:
+    out = {}
+    for site in SITES:
+        rundir = State.load(workdir).sites[site]["rundir"]
+        roles = subprocess.run(["ovs-vsctl", f"--db=unix:{rundir}/db.sock", "--data=bare", "--no-headings",
+                                "--columns=role", "list", "Controller"], capture_output=True, text=True).stdout
+        out[site] = roles.split().count("master")
+    return out
+
+
+def tracebacks(workdir: str) -> int:
+    return sum(replica_log(workdir, name).count("Traceback") for name in State.load(workdir).replicas)
+
+
+def lost(results: dict[str, str]) -> dict[str, int | None]:
+    """stream -> packets lost (None: it failed)."""
+    out: dict[str, int | None] = {}
+    for name, text in results.items():
+        m = re.match(r"(\d+) of \d+ lost", text)
+        out[name] = int(m.group(1)) if m else None
+    return out
+
+
+def apply(workdir: str, edit) -> subprocess.CompletedProcess:
+    state = State.load(workdir)
+    doc = yaml.safe_load(open(state.topology))
+    edit(doc)
+    path = os.path.join(workdir, f"chaos-edit-{time.monotonic_ns()}.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    return subprocess.run([sys.executable, "-P", "-m", "cloudweave", "apply", path, "--store",
+                           state.store["remotes"], "--wait", "30"], capture_output=True, text=True, cwd=ROOT)
+
+
+def add_rule(doc: dict) -> None:
+    doc["security_groups"]["db"]["ingress"].append({"from": "web", "proto": "tcp", "ports": 15432})
+
+
+def broken(doc: dict) -> None:
+    doc["security_groups"]["db"]["ingress"].append({"from": "no-such-group", "proto": "tcp", "ports": 5432})
+
+
+class Chaos:
+    def __init__(self, workdir: str, rng: random.Random):
+        self.workdir, self.rng = workdir, rng
+        self.baseline = self.snapshot()
+        self.doc = yaml.safe_load(open(State.load(workdir).topology))
+
+    def snapshot(self) -> dict[str, list[str]]:
+        return {s: flows(self.workdir, s) for s in SITES}
+
+    def settled(self, timeout_s: float = 30.0) -> float:
+        """Seconds until every switch holds the baseline again and one master each."""
+        started = time.monotonic()
+        wait_for(lambda: self.snapshot() == self.baseline and set(masters(self.workdir).values()) == {1},
+                 timeout_s, interval_s=0.1, what="the flows and masters as before the fault")
+        return time.monotonic() - started
+
+    def run_fault(self, kind: str) -> tuple[str, float, dict[str, int | None], dict[str, int]]:
+        """One fault under traffic: (what, recovery seconds, packets lost per stream, budget per stream)."""
+        site = self.rng.choice(SITES)
+        budget = {"ping": 0, "udp": 0, "nat": 0, "tcp": 0}
+        watch = RoleWatch(self.workdir)
+        watch.start()
+        traffic = Traffic(self.workdir)
+        time.sleep(2)
+        at = time.monotonic()
+        what, recovered = kind, 0.0
+        if kind in ("crash", "freeze"):
+            victim, gen = owners(self.workdir)[site]
+            pid = State.load(self.workdir).replicas[victim]["pid"]
+            what = f"{kind} {victim}, master of {site}"
+            os.kill(pid, signal.SIGKILL if kind == "crash" else signal.SIGSTOP)
+            try:
+                wait_for(lambda: owners(self.workdir)[site][1] > gen, 15, interval_s=0.02,
+                         what=f"a new master of {site}")
+                recovered = time.monotonic() - at
+                time.sleep(max(0.0, 3.0 - recovered))
+            finally:
+                if kind == "freeze":
+                    os.kill(pid, signal.SIGCONT)
+        elif kind == "leader":
+            state = State.load(self.workdir)
+            members = [cluster.load(d) for d in state.store["members"]]
+            leader = cluster.leader(members)
+            what = f"store leader {os.path.basename(leader.dir)} killed"
+            os.kill(cluster.pid(leader), signal.SIGKILL)
+            wait_for(lambda: cluster.leader([m for m in members if m != leader]) is not None, 15,
+                     what="a new store leader")
+            recovered = time.monotonic() - at
+        elif kind in ("deleted", "modified"):
+            what = f"every flow of ours at {site} {'deleted' if kind == 'deleted' else 'rewritten to drop'} by hand"
+            if kind == "deleted":
+                ofctl(self.workdir, site, "del-flows", OURS)
+            else:
+                ofctl(self.workdir, site, "mod-flows", f"{OURS},actions=drop")
+            wait_for(lambda: flows(self.workdir, site) == self.baseline[site], 15, interval_s=0.05,
+                     what=f"{site}'s flows repaired")
+            recovered = time.monotonic() - at
+            budget = {name: int(rate * REPAIR_BUDGET_S) for name, rate in RATES.items()} | {"tcp": 0}
+        results = traffic.results()
+        watch.halt.set()
+        watch.join()
+        if kind == "crash":
+            start_replica(State.load(self.workdir), load_model(State.load(self.workdir).topology)[0], victim)
+        if kind == "leader":
+            cluster.start(leader)
+            cluster.wait_formed(members)
+        self.settled()
+        if max(watch.most.values()) > 1:
+            budget["masters"] = 1  # reported below as a broken invariant
+            return what + f" (two masters at once: {watch.most})", recovered, {"masters": 2}, budget
+        return what, recovered, lost(results), budget
+
+    def edits(self) -> tuple[str, float, dict[str, int | None], dict[str, int]]:
+        """A bad edit (refused: nothing changes), then a good one and its revert, each in force at every switch."""
+        bad = apply(self.workdir, broken)
+        if bad.returncode == 0 or self.snapshot() != self.baseline:
+            return "a bad edit was applied", 0.0, {"edit": None}, {"edit": 0}
+        at = time.monotonic()
+        good = apply(self.workdir, add_rule)
+        if good.returncode != 0:
+            return f"a good edit was refused: {good.stderr[-300:]}", 0.0, {"edit": None}, {"edit": 0}
+        took = time.monotonic() - at
+        changed = self.snapshot()
+        reverted = apply(self.workdir, lambda doc: doc.update(self.doc))
+        if reverted.returncode != 0 or changed == self.baseline:
+            return "the good edit changed no flow, or its revert failed", took, {"edit": None}, {"edit": 0}
+        self.settled()
+        return "a bad edit refused; a good one in force at every switch, then reverted", took, {"edit": 0}, \
+            {"edit": 0}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=600.0, help="how long faults are injected (default 600)")
+    p.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: from the clock)")
+    args = p.parse_args()
+    seed = args.seed if args.seed is not None else int(time.time()) % 100_000
+    rng = random.Random(seed)
+    print(f"chaos: seed {seed}, {args.seconds:.0f} s of faults", flush=True)
+    broken_invariants = 0
+    rows = []
+    with running("three-clouds", with_gateways, replicas=3) as (workdir, _):
+        nat_ready(workdir)
+        wait_for(lambda: len({o for o, _ in owners(workdir).values()}) == 3, 60, what="one shard per replica")
+        chaos = Chaos(workdir, rng)
+        end = time.monotonic() + args.seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            kind = rng.choice(FAULTS)
+            started = datetime.now().strftime("%H:%M:%S")
+            what, took, losses, budget = chaos.edits() if kind == "edits" else chaos.run_fault(kind)
+            over = {k: v for k, v in losses.items() if v is None or v > budget.get(k, 0)}
+            traces = tracebacks(workdir)
+            ok = not over and traces == 0
+            broken_invariants += not ok
+            rows.append((kind, took, ok))
+            verdict = "" if ok else "  BROKEN: " + (f"over budget {over}" if over else "") + \
+                (f" {traces} tracebacks" if traces else "")
+            print(f"{n:3d} {started} {what}: recovered in {took * 1000:.0f} ms; lost {losses} (budget {budget})"
+                  f"{verdict}", flush=True)
+    print(f"chaos: {len(rows)} faults, {broken_invariants} broke an invariant")
+    for kind in FAULTS:
+        took = sorted(t for k, t, _ in rows if k == kind)
+        if took:
+            print(f"  {kind:<9} {len(took):3d} x, recovery median {took[len(took) // 2] * 1000:.0f} ms, "
+                  f"max {took[-1] * 1000:.0f} ms")
+    print(f"replay: .venv/bin/python bench/chaos.py --seconds {args.seconds:g} --seed {seed}")
+    return 1 if broken_invariants else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
