@@ -53,7 +53,6 @@ FAULTS = ("crash", "freeze", "leader", "deleted", "modified", "edits")
 REPAIR_BUDGET_S = 2.0  # flows broken by hand: repaired within this (the flow monitor reports them at once)
 RATES = {"ping": 200, "udp": 500, "nat": 200}  # packets per second of each stream (tests/e2e/test_replicas.py)
 OURS = "cookie=0xc10d000000000000/0xffff000000000000"
-MASTER = re.compile(r"^(\S+ \S+) INFO cloudweave: site (\S+) \(dpid 0x[0-9a-f]+\): master, generation (\d+)$", re.M)
 
 
 def ofctl(workdir: str, site: str, *args: str) -> str:
@@ -185,10 +184,8 @@ class Chaos:
             cluster.start(leader)
             cluster.wait_formed(members)
         self.settled()
-        if max(watch.most.values()) > 1:
-            budget["masters"] = 1  # reported below as a broken invariant
-            return what + f" (two masters at once: {watch.most})", recovered, {"masters": 2}, budget
-        return what, recovered, lost(results), budget
+        # Most masters OVS reported for one switch at a sample during the fault: one at most.
+        return what, recovered, lost(results) | {"masters": max(watch.most.values())}, budget | {"masters": 1}
 
     def edits(self) -> tuple[str, float, dict[str, int | None], dict[str, int]]:
         """A bad edit (refused: nothing changes), then a good one and its revert, each in force at every switch."""
@@ -237,8 +234,8 @@ def main() -> int:
             rows.append((kind, took, ok))
             verdict = "" if ok else "  BROKEN: " + (f"over budget {over}" if over else "") + \
                 (f" {traces} tracebacks" if traces else "")
-            print(f"{n:3d} {started} {what}: recovered in {took * 1000:.0f} ms; lost {losses} (budget {budget})"
-                  f"{verdict}", flush=True)
+            print(f"{n:3d} {started} {what}: recovered in {took * 1000:.0f} ms; packets lost and most masters "
+                  f"at once {losses} (at most {budget}){verdict}", flush=True)
     print(f"chaos: {len(rows)} faults, {broken_invariants} broke an invariant")
     for kind in FAULTS:
         took = sorted(t for k, t, _ in rows if k == kind)

@@ -158,7 +158,7 @@ class Asked:
 
 @dataclass(frozen=True)
 class SessionStatus:
-    """What other threads may know of a session: a value, taken at once (`SwitchSession.status`)."""
+    """What other threads may know of a session: a value (`SwitchSession.status`), each field as last set."""
 
     dpid: int
     site: str
@@ -268,7 +268,7 @@ class SwitchSession:
         return self._role_held
 
     def status(self) -> SessionStatus:
-        """For other threads: what they may know of this session, as one value."""
+        """For other threads: what they may know of this session, as a frozen value."""
         with self._lock:
             return SessionStatus(self.dpid, self.site, self._role_held, self.in_step, self.switch_generation)
 

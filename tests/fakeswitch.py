@@ -126,9 +126,6 @@ class FakeDatapath:
             # Anything else sent raw (a flow-monitor request) needs no answer here.
         return True
 
-    def set_xid(self, msg: Any) -> None:
-        msg.set_xid(self._next_xid())
-
     # ---- switch behaviour ------------------------------------------------------------------------------
 
     def _next_xid(self) -> int:
