@@ -176,8 +176,8 @@ class CloudweaveApp(app_manager.OSKenApp):
     # ---- replies -> the session that asked ----------------------------------------------------------------
 
     def _deliver(self, msg: Any) -> bool:
-        session = self.core.published.sessions.get(msg.datapath.id)
-        return session is not None and session.dp is msg.datapath and session.deliver(msg)
+        session = self.core.published.switches.get(msg.datapath.id)
+        return session is not None and session.speaks_for(msg.datapath) and session.deliver(msg)
 
     @set_ev_cls([ofp_event.EventOFPPortDescStatsReply, ofp_event.EventOFPGroupDescStatsReply,
                  ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPBarrierReply,
@@ -190,16 +190,17 @@ class CloudweaveApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowMonitorReply, MAIN_DISPATCHER)
     @guarded("flow_monitor")
     def _flow_monitor(self, ev: Any) -> None:
-        session = self.core.published.sessions.get(ev.msg.datapath.id)
-        if session is not None and session.dp is ev.msg.datapath:
+        session = self.core.published.switches.get(ev.msg.datapath.id)
+        if session is not None and session.speaks_for(ev.msg.datapath):
             session.monitored(ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
     @guarded("role_status")
     def _role_status(self, ev: Any) -> None:
         msg = ev.msg
-        session = self.core.published.sessions.get(msg.datapath.id)
-        if session is not None and session.dp is msg.datapath and msg.role != msg.datapath.ofproto.OFPCR_ROLE_MASTER:
+        session = self.core.published.switches.get(msg.datapath.id)
+        if session is not None and session.speaks_for(msg.datapath) and \
+                msg.role != msg.datapath.ofproto.OFPCR_ROLE_MASTER:
             session.demoted(msg.generation_id)  # it stops writing; the store's rows tell the core the rest
 
     @set_ev_cls([ofp_event.EventOFPFlowDescStatsReply, ofp_event.EventOFPPortStatsReply], MAIN_DISPATCHER)
@@ -216,8 +217,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         # ERRORS_PER_MINUTE kinds a minute (a peer sending every type and code would else write a line each).
         # A switch with no session (an unknown dpid, closed meanwhile) answers nothing of ours: debug level.
         dpid = msg.datapath.id
-        session = self.core.published.sessions.get(dpid)
-        ours = session is not None and session.dp is msg.datapath
+        session = self.core.published.switches.get(dpid)
+        ours = session is not None and session.speaks_for(msg.datapath)
         said = ours and self._errors_said.check((dpid, msg.type, msg.code)) is not None and \
             self._error_lines.allow(dpid)
         LOG.log(logging.ERROR if said else logging.DEBUG, "switch %#x: OpenFlow error %s (xid %#x)%s", dpid,

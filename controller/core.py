@@ -48,7 +48,7 @@ from controller.messages import (
 )
 from controller.quarantine_keeper import QuarantineKeeper
 from controller.roles import Duty
-from controller.session import EQUAL, NO_ROLE, Role, SwitchSession
+from controller.session import EQUAL, NO_ROLE, Role, SwitchHandle, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
 
@@ -60,11 +60,11 @@ MAX_UNKNOWN = 4096  # unknown dpids remembered (to say each once)
 @dataclass(frozen=True)
 class Published:
     """What services may read: the state in force, the desired flows of the connected sites, every site's
-    tunnel ports, and the sessions (by dpid)."""
+    tunnel ports, and a handle on each switch's session (by dpid): its status, ask(), the shim's delivery."""
 
     state: State
     desired: MappingProxyType
-    sessions: MappingProxyType
+    switches: MappingProxyType  # dpid -> controller.session.SwitchHandle
     tunnels: MappingProxyType
     mastered: frozenset[str] | None = None  # with replicas: the sites this replica masters (None: alone, all)
     policy_version: int = 0  # with replicas: the stored policy version in force
@@ -200,7 +200,8 @@ class Core:
             shards = tuple(sorted(self._site_shards().items()))
             mine = dict(self.mastership.mine) if self.mastership else {}
             mastered = frozenset(site for site, shard in shards if shard in mine)
-        return Published(self.state, MappingProxyType(dict(self.desired)), MappingProxyType(dict(self.sessions)),
+        switches = MappingProxyType({dpid: SwitchHandle(s) for dpid, s in self.sessions.items()})
+        return Published(self.state, MappingProxyType(dict(self.desired)), switches,
                          MappingProxyType(dict(self.compiler.tunnels)), mastered, self.policy_version, shards)
 
     # ---- replicas ------------------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ class ReplicaService:
         snap = self._published()
         if snap is None:
             return {}
-        return {st.site: st.switch_generation for st in (s.status() for s in snap.sessions.values())
+        return {st.site: st.switch_generation for st in (s.status() for s in snap.switches.values())
                 if st.switch_generation}
 
     def _claim(self, txn: Any, tables: Any, shard: str) -> int | None:
@@ -425,7 +425,7 @@ class ReplicaService:
         by_shard: dict[str, list[str]] = {}
         for site, shard in snap.site_shards:
             by_shard.setdefault(shard, []).append(site)
-        status = {st.site: st for st in (s.status() for s in snap.sessions.values())}
+        status = {st.site: st for st in (s.status() for s in snap.switches.values())}
         done = []
         for shard in self.mine:
             ok = all(site in status and status[site].role.kind == "master" and

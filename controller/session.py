@@ -32,8 +32,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from os_ken.lib import hub
@@ -165,6 +166,38 @@ class SessionStatus:
     role: Role
     in_step: SwitchState | None  # the desired state last found in force on the switch (compared by identity)
     switch_generation: int  # the role generation the switch said it holds, when it refused ours
+    ports: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # name -> number, as last read
+
+
+class SwitchHandle:
+    """What other threads may do with a session, and nothing more: read its status, ask it something, hand it
+    what the switch sent. The core publishes these (controller.core.Published.switches), never the session."""
+
+    __slots__ = ("_session", "dpid", "site")
+
+    def __init__(self, session: SwitchSession):
+        self._session = session
+        self.dpid: int = session.dpid
+        self.site: str = session.site
+
+    def status(self) -> SessionStatus:
+        return self._session.status()
+
+    def ask(self, build: Callable[[Any], Any], multi: bool = False) -> Asked:
+        return self._session.ask(build, multi)
+
+    def speaks_for(self, dp: Any) -> bool:
+        """Whether `dp` is this session's connection (a reply of an older one is not its)."""
+        return self._session.dp is dp
+
+    def deliver(self, msg: Any) -> bool:
+        return self._session.deliver(msg)
+
+    def monitored(self, msg: Any) -> None:
+        self._session.monitored(msg)
+
+    def demoted(self, generation: int) -> None:
+        self._session.demoted(generation)
 
 
 @dataclass(frozen=True)
@@ -202,7 +235,7 @@ class SwitchSession:
         self.site = site
         self.metrics = metrics
         self._post_ports = post_ports
-        self.ports: dict[str, int] = {}  # name -> number, as last read (replaced whole, never mutated)
+        self.ports: Mapping[str, int] = MappingProxyType({})  # name -> number, as last read (replaced whole)
         self.installed: Installed | None = None  # None: unknown, read it back
         self.active = True
         self._lock = threading.Lock()
@@ -270,7 +303,8 @@ class SwitchSession:
     def status(self) -> SessionStatus:
         """For other threads: what they may know of this session, as a frozen value."""
         with self._lock:
-            return SessionStatus(self.dpid, self.site, self._role_held, self.in_step, self.switch_generation)
+            return SessionStatus(self.dpid, self.site, self._role_held, self.in_step, self.switch_generation,
+                                 self.ports)
 
     def ports_changed(self) -> None:
         """A port came or went: read the port list again (flows may be waiting for it)."""
@@ -481,7 +515,7 @@ class SwitchSession:
             if "\ufffd" in name and name not in self.ports:
                 LOG.warning("site %s (dpid %#x): port %d's name is not valid UTF-8 (OVS cuts names to 15 bytes, "
                             "also mid-character); it is called %r here", self.site, self.dpid, no, name)
-        self.ports = {name: no for name, no, _ in seen}
+        self.ports = MappingProxyType({name: no for name, no, _ in seen})
         self._post_ports(seen)
 
     def _read_installed(self, meanwhile: Callable[[], Any]) -> tuple[Installed, Any]:

@@ -105,7 +105,7 @@ class TeLoop:
             return None
         return entries
 
-    def _collect(self, model: Model, sessions: Mapping[int, Any], keys: list[Key], timeout_s: float
+    def _collect(self, model: Model, switches: Mapping[int, Any], keys: list[Key], timeout_s: float
                  ) -> tuple[dict[Key, int | None], dict[tuple[Key, int], int], dict[tuple[str, str], int | None]]:
         """Each key's byte counter (None: its site did not answer), each (key, bucket)'s, each link direction's."""
         sites = sorted({k[1] for k in keys})
@@ -114,14 +114,14 @@ class TeLoop:
         # waited for here: nothing of this round is shared with another thread.
         flows_asked, ports_asked, why = {}, {}, {}
         for site in sites:
-            session = sessions.get(model.site(site).dpid)
+            session = switches.get(model.site(site).dpid)
             if session is not None:
                 flows_asked[site] = session.ask(route_flows_request, multi=True)
                 why[site] = f"no answer within {timeout_s:.1f} s"
             else:
                 why[site] = "its switch is not connected"
         for site in linked:
-            session = sessions.get(model.site(site).dpid)
+            session = switches.get(model.site(site).dpid)
             if session is not None:
                 ports_asked[site] = session.ask(port_stats_request, multi=True)
         deadline = time.monotonic() + timeout_s
@@ -165,9 +165,9 @@ class TeLoop:
                 self.reported_stale.discard(site)
             self.metrics.te_stale.labels(site).set(0 if site in by_cookie else 1)
         counters = {k: by_cookie[k[1]].get(route_cookie(*k), 0) if k[1] in by_cookie else None for k in keys}
-        return counters, dict(buckets), self._link_totals(model, sessions)
+        return counters, dict(buckets), self._link_totals(model, switches)
 
-    def _link_totals(self, model: Model, sessions: Mapping[int, Any]) -> dict[tuple[str, str], int | None]:
+    def _link_totals(self, model: Model, switches: Mapping[int, Any]) -> dict[tuple[str, str], int | None]:
         """Bytes each direction of each link carried, as its far end's tunnel port received them; None where
         that site did not answer or has no such port. Received, not sent: OVS 3.1's userspace tunnel ports
         count a routed packet's transmission about twice (measured on the test bed: 14.5 Mbit/s sent for
@@ -175,8 +175,8 @@ class TeLoop:
         out: dict[tuple[str, str], int | None] = {}
         for link in model.links:
             for a, b in (link.sites, link.sites[::-1]):
-                session = sessions.get(model.site(b).dpid)
-                port = session.ports.get(tunnel_port_name(a)) if session is not None else None
+                session = switches.get(model.site(b).dpid)
+                port = session.status().ports.get(tunnel_port_name(a)) if session is not None else None
                 got = {p.port_no: p.rx_bytes for p in self.port_bodies.get(b, ())} if b in self.ports_at else {}
                 out[(a, b)] = got.get(port)
         return out
@@ -205,7 +205,7 @@ class TeLoop:
                     LOG.warning("the store's traffic-engineering state does not load (%s); starting empty", exc)
                     self.engine = TrafficEngineer()
             try:
-                if self.round(snap.state.model, snap.state.down, snap.sessions):
+                if self.round(snap.state.model, snap.state.down, snap.switches):
                     post(WeightsAdopted(tuple(self.auto_shares().items())))
             except Exception:  # noqa: BLE001 - one bad round must not stop traffic engineering
                 LOG.exception("traffic-engineering loop")
@@ -214,13 +214,13 @@ class TeLoop:
     def stop(self) -> None:
         self.active = False
 
-    def round(self, model: Model, down: frozenset, sessions: Mapping[int, Any]) -> bool:
+    def round(self, model: Model, down: frozenset, switches: Mapping[int, Any]) -> bool:
         """One round; True when new shares were adopted (the caller recompiles and reconciles)."""
         graph = SiteGraph(model, down)
         keys = self.engine.prepare(model, graph.declared)
         if not keys:
             return False
-        counters, buckets, links = self._collect(model, sessions, keys, min(2.0, model.poll_interval_s * 0.8))
+        counters, buckets, links = self._collect(model, switches, keys, min(2.0, model.poll_interval_s * 0.8))
         events = []
         sources = sorted({k[1] for k in keys})
         for site in sources:
