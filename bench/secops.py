@@ -257,8 +257,8 @@ def _collector_at(model: object, rate: int, seconds: float) -> tuple[float, int,
     import selectors
     import tempfile
 
-    from cloudweave.flowlog.detect import Detector
     from cloudweave.flowlog.records import Annotator
+    from cloudweave.secops.detect import Detector
     from controller.flowlog_service import FlowLogService, _Collector
     from controller.metrics import Metrics
     from controller.netns import udp_socket

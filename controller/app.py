@@ -25,7 +25,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError
-from cloudweave.quarantine import QuarantineFileError
+from cloudweave.secops.quarantine import QuarantineFileError
 from controller import connections, flow_monitor, liveness
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
@@ -36,6 +36,7 @@ from controller.messages import PacketIn, PortsSeen, SwitchDown, SwitchUp
 from controller.metrics import Metrics
 from controller.osken_fixes import install as install_osken_fixes
 from controller.ovsdb_service import OvsdbService
+from controller.quarantine_keeper import StoreFeed
 from controller.replica import ReplicaService
 from controller.roles import Duty, acts_for_fabric
 from controller.session import error_name
@@ -82,11 +83,12 @@ class CloudweaveApp(app_manager.OSKenApp):
         self.te = TeLoop(self.settings.state, self.metrics)
         self.replica: ReplicaService | None = None
         try:
-            auto, version, key = sorted(self.te.auto_shares().items()), None, None
+            auto, version, key, listed = sorted(self.te.auto_shares().items()), None, None, None
             if self.settings.store:
                 auto, version = self._join_replicas()
                 key = self.replica.flowlog_key()
-            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, auto, version, key)
+                listed = StoreFeed(self.replica.stored_quarantine(), self.replica.write_quarantine)
+            self.core = Core(self.settings, self.metrics, self.reloads, INOTIFY, auto, version, key, listed)
         except ConfigError as exc:
             for p in exc.problems:
                 LOG.error("%s", p)

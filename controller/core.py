@@ -27,6 +27,7 @@ from cloudweave.config.model import Site
 from cloudweave.flowlog import key as flowlog_key_file
 from cloudweave.flows.compile import SwitchState
 from cloudweave.flows.topology import TUNNEL_PREFIX
+from cloudweave.secops import quarantine
 from cloudweave.store.shards import site_shards
 from controller import next_hop, roles
 from controller.changes import describe
@@ -41,12 +42,13 @@ from controller.messages import (
     PortsSeen,
     QuarantineAlarm,
     QuarantineSeen,
+    QuarantineStored,
     SwitchDown,
     SwitchUp,
     Tick,
     WeightsAdopted,
 )
-from controller.quarantine_keeper import QuarantineKeeper
+from controller.quarantine_keeper import QuarantineKeeper, StoreFeed
 from controller.roles import Duty
 from controller.session import EQUAL, NO_ROLE, Role, SwitchHandle, SwitchSession
 from controller.settings import Settings
@@ -73,10 +75,12 @@ class Published:
 
 class Core:
     def __init__(self, settings: Settings, metrics: Any, reloads: ReloadRequests, use_inotify: bool,
-                 auto: Any = (), policy_version: int | None = None, flowlog_key: bytes | None = None):
+                 auto: Any = (), policy_version: int | None = None, flowlog_key: bytes | None = None,
+                 quarantine_list: StoreFeed | quarantine.FileList | None = None):
         """Raises ConfigError when the file does not load: the controller does not start on a bad file.
         `policy_version`: a replica's (the file is the store's policy of that version, written out);
-        `flowlog_key`: the store's, for a replica (alone, it is read from settings.flowlog_key)."""
+        `flowlog_key`: the store's, for a replica (alone, it is read from settings.flowlog_key);
+        `quarantine_list`: the store's, for a replica (alone, the file settings.quarantine)."""
         self.settings = settings
         self.replicated = policy_version is not None
         self.policy_version = policy_version or 0
@@ -89,7 +93,9 @@ class Core:
         for w in warnings:
             LOG.warning("%s", w)
         self.compiler = DesiredCompiler(metrics)
-        self.quarantine = QuarantineKeeper(settings.quarantine, settings.config, metrics)
+        if quarantine_list is None and settings.quarantine:
+            quarantine_list = quarantine.FileList(settings.quarantine)
+        self.quarantine = QuarantineKeeper(quarantine_list, settings.config, metrics)
         cut_off = self.quarantine.cut_off()
         if flowlog_key is None and settings.flowlog_key:
             flowlog_key = _own_key(settings.flowlog_key)
@@ -439,6 +445,10 @@ class Core:
     def _quarantine_seen(self, msg: QuarantineSeen) -> None:
         self.quarantine.seen(msg.endpoint, msg.at)
 
+    def _quarantine_stored(self, msg: QuarantineStored) -> None:
+        if isinstance(self.quarantine.source, StoreFeed):
+            self.quarantine.source.offer(msg.entries)  # followed at the next tick, as a file's change is
+
     def _tick(self) -> None:
         self._check_quarantine()
         if not self.use_inotify:
@@ -492,6 +502,7 @@ HANDLERS: dict[type, Callable[[Core, Any], None]] = {
     PacketIn: Core._packet_in,
     QuarantineAlarm: Core._quarantine_alarm,
     QuarantineSeen: Core._quarantine_seen,
+    QuarantineStored: Core._quarantine_stored,
     Mastership: Core._mastership,
     PolicyStored: Core._policy_stored,
     NextHopsStored: Core._next_hops_stored,

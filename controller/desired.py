@@ -32,7 +32,7 @@ class State:
     down: frozenset[tuple[str, str]] = frozenset()  # links seen dead (sorted site pairs)
     next_hops: tuple[tuple[str, str], ...] = ()  # (site, uplink gateway MAC), sorted
     auto: tuple = ()  # the traffic engineer's (key, (paths, shares)), sorted
-    quarantined: frozenset[str] = frozenset()  # endpoints cut off (cloudweave.quarantine)
+    quarantined: frozenset[str] = frozenset()  # endpoints cut off (cloudweave.secops.quarantine)
     flowlog_key: bytes | None = None  # the secret of the sites' flow-log domains (cloudweave.flowlog.key)
 
 

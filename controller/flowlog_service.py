@@ -16,16 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cloudweave.flowlog.detect import Alarm, Detector
 from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator, to_json
 from cloudweave.flows.flowlog import COLLECTOR_SET_ID, site_domain
 from cloudweave.paths import default_flowlog_path
+from cloudweave.secops.decide import decide
+from cloudweave.secops.detect import Alarm, Detector
 from controller.guard import Repeats
 from controller.messages import QuarantineAlarm, QuarantineSeen
 from controller.netns import SO_RXQ_OVFL, udp_socket, vswitchd_netns
 from controller.ovsdb import SiteOvsdb
-from controller.quarantine_keeper import decide
 from controller.roles import Duty, acts_at
 
 LOG = logging.getLogger("cloudweave.flowlog")

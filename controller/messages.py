@@ -90,3 +90,11 @@ class NextHopsStored:
     """The NAT uplink gateways' MACs as the store has them (learned by each site's master): site -> MAC."""
 
     hops: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class QuarantineStored:
+    """The quarantine list as the store has it (cloudweave.secops.stored): replicas follow it instead of a
+    file."""
+
+    entries: tuple[Any, ...]  # cloudweave.secops.quarantine.Entry

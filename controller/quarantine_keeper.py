@@ -1,10 +1,11 @@
-"""The quarantine's one home in the controller: what to do about an alarm, the list in force (the file, its
+"""The quarantine's one home in the controller: the list in force (the file or the store's rows, its
 hold times, an automatic entry kept while its endpoint still sends, the budget of automatic entries) and the
 log of each change. The core asks it and commits what it returns: the keeper never touches the state.
 
-From alarm to flows: `cloudweave/flowlog/detect.py` raises an alarm; `decide` (on the collector's thread)
-says whether to act; the core cuts the endpoint off (`flows/quarantine.py`) and then `record_auto` writes the
-list (`cloudweave/quarantine.py`), which `cloudweave quarantine` edits by hand.
+From alarm to flows: `cloudweave/secops/detect.py` raises an alarm; `cloudweave/secops/decide.py` (on the
+collector's thread) says whether to act; the core cuts the endpoint off (`flows/quarantine.py`) and then
+`record_auto` writes the list (`cloudweave/secops/quarantine.py`, or with replicas the store's copy,
+`cloudweave/secops/stored.py`), which `cloudweave quarantine` edits by hand.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from cloudweave import quarantine
-from cloudweave.flowlog.detect import Alarm
-from cloudweave.flows.quarantine import limit_rate, limited_addresses, outside_address
+from cloudweave.flows.quarantine import limit_rate, limited_addresses
+from cloudweave.secops import quarantine
+from cloudweave.secops.decide import held_name
 from controller.guard import Budget, Repeats
 
 LOG = logging.getLogger("cloudweave")
@@ -27,43 +28,37 @@ AUTO_PER_MINUTE = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_PER_MINUTE", "2
 AUTO_MAX = int(os.environ.get("CLOUDWEAVE_AUTO_QUARANTINE_MAX", "1000"))  # automatic entries in force
 
 
-@dataclass(frozen=True)
-class Decision:
-    act: bool
-    said: str  # what the log adds to the alarm's description
+class StoreFeed:
+    """With replicas: the store's list (cloudweave.secops.stored), as the replica service posts it; an entry
+    this replica makes is handed to the replica service, which writes it to the store."""
 
+    def __init__(self, entries: tuple[quarantine.Entry, ...], write: Callable[[quarantine.Entry], None]):
+        self._entries, self._offered, self._write = entries, None, write
 
-def decide(alarm: Alarm, model: Any, held: frozenset[str]) -> Decision:
-    """Act on an alarm or only log it: an endpoint is quarantined, an outside address (a flood through an
-    uplink) rate-limited at every uplink (a flood's victim is never the one cut off); not an exempt endpoint,
-    not one already held, not a name that is neither."""
-    d = model.detection
-    ep = model.endpoint(alarm.source) if model.has_endpoint(alarm.source) else None
-    outside = ep is None and outside_address(alarm.source) is not None
-    exempt = ep is not None and (ep.name in d.exempt or any(g in d.exempt for g in ep.groups))
-    already = alarm.source in held
-    if d.action == "quarantine" and (ep is not None or outside) and not exempt and not already:
-        return Decision(True, f"; limiting it to {d.limit} at every uplink" if outside else "; quarantining it")
-    if already:
-        return Decision(False, " (already held)")
-    if ep is None and not outside:
-        return Decision(False, " (not an endpoint nor an address: logged only)")
-    return Decision(False, " (exempt: logged only)" if exempt else "")
+    where = "the store"
 
+    def read(self) -> tuple[quarantine.Entry, ...]:
+        return self._entries
 
-def held_name(name: str, model: Any) -> str:
-    """A quarantine entry as the log names it."""
-    return f"outside address {name}" if not model.has_endpoint(name) and outside_address(name) else f"endpoint {name}"
+    def offer(self, entries: tuple[quarantine.Entry, ...]) -> None:
+        self._offered = entries
+
+    def changed(self) -> tuple[quarantine.Entry, ...] | None:
+        offered, self._offered = self._offered, None
+        return offered
+
+    def write(self, entry: quarantine.Entry, entries: tuple[quarantine.Entry, ...]) -> tuple[quarantine.Entry, ...]:
+        self._write(entry)
+        return quarantine.with_entry(entries, entry)
 
 
 class QuarantineKeeper:
-    """The list at `path` (None: no list, nothing held), followed by a stat per tick. Used on the core's thread."""
+    """The list in `source` (None: no list, nothing held), followed each tick. Used on the core's thread."""
 
-    def __init__(self, path: str | None, config: str, metrics: Any, per_minute: int = AUTO_PER_MINUTE,
-                 most: int = AUTO_MAX):
-        self.path, self.config, self.metrics, self.most = path, config, metrics, most
-        self.version = quarantine.file_version(path) if path else None
-        self.entries: tuple[quarantine.Entry, ...] = quarantine.load(path) if path else ()
+    def __init__(self, source: quarantine.FileList | StoreFeed | None, config: str, metrics: Any,
+                 per_minute: int = AUTO_PER_MINUTE, most: int = AUTO_MAX):
+        self.source, self.config, self.metrics, self.most = source, config, metrics, most
+        self.entries: tuple[quarantine.Entry, ...] = source.read() if source is not None else ()
         self.expiry = quarantine.next_expiry(self.entries, time.time())
         self.seen_at: dict[str, float] = {}  # endpoint -> when the quarantine last dropped its traffic
         self._said = Repeats()
@@ -76,45 +71,45 @@ class QuarantineKeeper:
         self.seen_at[endpoint] = at
 
     def check(self, now: float, model: Any) -> frozenset[str] | None:
-        """What is cut off now, when the file changed or an entry is about to end; else None. An automatic
+        """What is cut off now, when the list changed or an entry is about to end; else None. An automatic
         entry whose endpoint still sends is held longer first (before it ends, so that the list never shows
         it ended while it is still in force)."""
-        if not self.path:
+        if self.source is None:
             return None
-        version = quarantine.file_version(self.path)
+        try:
+            fresh = self.source.changed()
+        except quarantine.QuarantineFileError as exc:
+            LOG.error("%s; the quarantine in force stays", exc)
+            return None
         expiring = self.expiry is not None and now >= self.expiry - KEEP_AHEAD_S
-        if version == self.version and not expiring:
+        if fresh is None and not expiring:
             return None
-        if version != self.version:
-            try:
-                entries = quarantine.load(self.path)
-            except quarantine.QuarantineFileError as exc:
-                LOG.error("%s; the quarantine in force stays", exc)
-                self.version = version
-                return None
-            self.version, self.entries = version, entries
-        if expiring and self._keep_the_active(now, model):
-            return None  # the list was written again: the next tick reads it
+        if fresh is not None:
+            self.entries = fresh
+        if expiring:
+            self._keep_the_active(now, model)
         self.expiry = quarantine.next_expiry(self.entries, now)
         return quarantine.active(self.entries, now)
 
-    def _keep_the_active(self, now: float, model: Any) -> bool:
+    def _keep_the_active(self, now: float, model: Any) -> None:
         """An automatic quarantine whose hold time is over ends only once its endpoint has been quiet for
         KEEP_QUIET_S (its traffic is still sampled as the quarantine drops it); else it is held that much
-        longer. True when the list was written."""
+        longer."""
         kept = [e for e in self.entries if e.source == "auto" and e.until is not None and
                 e.until <= now + KEEP_AHEAD_S and now - self.seen_at.get(e.endpoint, 0.0) < KEEP_QUIET_S]
-        if not kept:
-            return False
         for e in kept:
             LOG.warning("quarantine: %s kept %.0f s more: it still sends (the quarantine saw its traffic %.1f s "
                         "ago)", held_name(e.endpoint, model), KEEP_QUIET_S, now - self.seen_at[e.endpoint])
-            try:
-                quarantine.add(self.path, e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence, now=now)
-            except (OSError, quarantine.QuarantineFileError) as exc:
-                LOG.error("quarantine of %s not extended in %s: %s", e.endpoint, self.path, exc)
-                return False
-        return True
+            self._write(quarantine.make(e.endpoint, e.reason, e.source, KEEP_QUIET_S, e.evidence, now=now))
+
+    def _write(self, entry: quarantine.Entry) -> None:
+        """Write `entry`; kept in memory if it cannot be (said), so it is in force all the same."""
+        try:
+            self.entries = self.source.write(entry, self.entries)
+        except (OSError, quarantine.QuarantineFileError) as exc:
+            LOG.error("quarantine of %s in force, but not written to %s (it ends with this process): %s",
+                      entry.endpoint, self.source.where, exc)
+            self.entries = quarantine.with_entry(self.entries, entry)
 
     def refusal(self, endpoint: str, reason: str) -> str | None:
         """Why a new automatic entry is not made (its cause, counted and said once a minute), or None. At most
@@ -130,16 +125,8 @@ class QuarantineKeeper:
         return cause
 
     def record_auto(self, endpoint: str, reason: str, hold_s: float, evidence: dict) -> None:
-        """Write an automatic entry, once its endpoint is cut off; kept in memory if the file cannot be."""
-        try:
-            quarantine.add(self.path, endpoint, reason, "auto", hold_s, evidence)
-            self.entries = quarantine.load(self.path)
-            self.version = quarantine.file_version(self.path)
-        except (OSError, quarantine.QuarantineFileError) as exc:
-            LOG.error("quarantine of %s in force, but not written to %s (it ends with this process): %s",
-                      endpoint, self.path, exc)
-            self.entries += (quarantine.Entry(endpoint, reason, "auto", time.time(), time.time() + hold_s,
-                                              evidence),)
+        """Write an automatic entry, once its endpoint is cut off."""
+        self._write(quarantine.make(endpoint, reason, "auto", hold_s, evidence))
         self.expiry = quarantine.next_expiry(self.entries, time.time())
 
     def log_changes(self, before: frozenset[str], after: frozenset[str], model: Any, now: float = 0.0) -> None:

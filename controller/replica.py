@@ -40,13 +40,14 @@ from os_ken.lib import hub
 from cloudweave.config import load_model
 from cloudweave.flowlog import key as flowlog_key
 from cloudweave.flowlog.key import new_key
+from cloudweave.secops import stored
 from cloudweave.store import client, ops
 from cloudweave.store.policy import read_files, write_out
 from cloudweave.store.shards import assignment, lock_name, shard_name
-from controller.messages import Mastership, NextHopsStored, PolicyStored, WeightsAdopted
+from controller.messages import Mastership, NextHopsStored, PolicyStored, QuarantineStored, WeightsAdopted
 
 LOG = logging.getLogger("cloudweave.replica")
-MAIN_TABLES = ("Cluster", "Policy", "Shard", "Replica", "NextHop", "Shares")
+MAIN_TABLES = ("Cluster", "Policy", "Shard", "Replica", "NextHop", "Shares", stored.TABLE)
 LOCK_TABLES = ("Cluster", "Shard")
 COORDINATOR_TABLES = ("Replica", "Demand", "Shares")
 COORDINATOR_LOCK = "cloudweave_coordinator"
@@ -86,6 +87,8 @@ class ReplicaService:
         self.coordinator = False
         self.targets: tuple[str, ...] = (target,)  # every replica's target template, own included
         self._te_lock = threading.Lock()
+        self._quarantine_lock = threading.Lock()
+        self._quarantine_writes: list[Any] = []  # entries the core made, to write (under _quarantine_lock)
         self._te_pending: dict | None = None  # the traffic engineer's state to write (coordinator only)
         self.te_restore: dict | None = None  # the stored state a new coordinator's engine starts from
         self._closed = threading.Event()
@@ -157,6 +160,18 @@ class ReplicaService:
                       self.name, exc)
             return None
 
+    def stored_quarantine(self) -> tuple:
+        """The quarantine list as the store has it (at start: the core begins from it)."""
+        entries = stored.entries_of(self.main.rows(stored.TABLE))
+        self._posted["quarantine"] = entries
+        return entries
+
+    def write_quarantine(self, entry: Any) -> None:
+        """An entry this replica's core made (an automatic quarantine, or one held longer): written at the next
+        round. Called from the core's thread."""
+        with self._quarantine_lock:
+            self._quarantine_writes.append(entry)
+
     def stored_shares(self) -> tuple:
         return _shares_of(self.main.rows("Shares"))
 
@@ -222,6 +237,7 @@ class ReplicaService:
         self._follow_ownership()
         self._balance(now)
         self._next_hops()
+        self._quarantine()
         self._report_applied()
         self._coordinate(now)
         self._follow_shares()
@@ -416,6 +432,22 @@ class ReplicaService:
         if stored != self._posted.get("next_hops"):
             self._posted["next_hops"] = stored
             self._post(NextHopsStored(stored))
+
+    def _quarantine(self) -> None:
+        """Write the entries the core made, then tell it the list whenever the rows change (any replica's
+        entries, and `cloudweave quarantine --store`)."""
+        with self._quarantine_lock:
+            todo, self._quarantine_writes = self._quarantine_writes, []
+        if todo:
+            status, _ = client.commit_retrying(
+                self.main, lambda txn, tables: stored.write(txn, tables, adds=todo, by=self.name))
+            if status not in (client.SUCCESS, client.UNCHANGED):
+                LOG.error("replica %s: the store did not take %d quarantine entr%s (%s); in force here only",
+                          self.name, len(todo), "y" if len(todo) == 1 else "ies", status)
+        entries = stored.entries_of(self.main.rows(stored.TABLE))
+        if entries != self._posted.get("quarantine"):
+            self._posted["quarantine"] = entries
+            self._post(QuarantineStored(entries))
 
     def _report_applied(self) -> None:
         """Each shard this replica masters: the policy version now in force on every one of its switches."""

@@ -23,7 +23,7 @@ class Settings:
     metrics: tuple[str, int] | None
     bfd_ms: int = 100  # BFD interval on the tunnels; 0 turns BFD off (peers that cannot answer it)
     state: str | None = None  # the traffic engineer's state file (the learned matrix, the weights in force)
-    quarantine: str | None = None  # the quarantine list (cloudweave.quarantine)
+    quarantine: str | None = None  # the quarantine list (cloudweave.secops.quarantine)
     flowlog: str | None = None  # the flow log (JSON lines; controller.flowlog_service)
     store: str | None = None  # with replicas: the store's remotes (tcp:IP:PORT,...); None: alone, from the file
     replica: str = ""  # with replicas: this replica's name

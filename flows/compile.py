@@ -19,7 +19,7 @@ def compile_site(model: Model, site: str, next_hops: Mapping[str, str] | None = 
                  down: frozenset[tuple[str, str]] = frozenset(), quarantined: frozenset[str] = frozenset()
                  ) -> SwitchState:
     """`next_hops`: the uplink gateway's MAC per site, as the controller learned it (NAT mode needs it);
-    `quarantined`: the endpoints cut off (cloudweave.quarantine)."""
+    `quarantined`: the endpoints cut off (cloudweave.secops.quarantine)."""
     with gc_paused():
         return IncrementalCompiler().compile(model, down, next_hops, sites=[site], quarantined=quarantined)[site]
 

@@ -172,8 +172,7 @@ class Replica(Controller):
         sock = os.path.join(workdir, f"{name}.sock")
         argv = [sys.executable, "-m", "cloudweave", "run", *([config] if config else []), "--store", store,
                 "--replica", name, "--listen", f"unix:{sock}", "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock"]
-        env = dict(env or {}, CLOUDWEAVE_POLICY_DIR=os.path.join(workdir, f"{name}-policy"),
-                   CLOUDWEAVE_QUARANTINE=os.path.join(workdir, "quarantine.json"))
+        env = dict(env or {}, CLOUDWEAVE_POLICY_DIR=os.path.join(workdir, f"{name}-policy"))
         super().__init__(config or "", workdir, [], argv, env)
         self.sock = sock
         self.argv += ["--metrics", f"127.0.0.1:{self.metrics_port}"]

@@ -143,26 +143,57 @@ def cmd_tm(args: argparse.Namespace) -> int:
     return tm_main(args.state or default_state_path(args.file), args.json, args.plot)
 
 
+def _store_model(lst) -> tuple:  # noqa: ANN001
+    """The model of the policy in force in the store (endpoint names are checked against it)."""
+    import tempfile
+
+    from cloudweave.store import ops
+    from cloudweave.store.policy import write_out
+
+    have = ops.stored_policy(lst.idl)
+    if have is None:
+        print(f"cloudweave: {lst.where} holds no policy yet (cloudweave apply FILE --store ...)", file=sys.stderr)
+        return None, 1
+    with tempfile.TemporaryDirectory(prefix="cloudweave-policy-") as d:
+        return load_reported(write_out(have[1], d))
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
+    import getpass
     import json
+    import socket
     import time
 
-    from cloudweave import quarantine as q
     from cloudweave.config.errors import Invalid
     from cloudweave.config.values import duration_s
     from cloudweave.flows.quarantine import limit_rate, outside_address
+    from cloudweave.secops.quarantine import FileList, QuarantineFileError
+    from cloudweave.secops.stored import StoredList
+    from cloudweave.store.client import StoreUnavailable
 
-    path = args.state or paths.default_quarantine_path(args.file)
+    if args.store and args.state:
+        print("cloudweave: --store and --state name two different lists: give one", file=sys.stderr)
+        return 2
+    if not args.store and not args.file:
+        print("cloudweave: name the configuration FILE (its list is .FILE.quarantine.json beside it), or the "
+              "replicas' --store REMOTES", file=sys.stderr)
+        return 2
+    try:
+        lst = StoredList(args.store, f"{getpass.getuser()}@{socket.gethostname()}") if args.store else \
+            FileList(args.state or paths.default_quarantine_path(args.file))
+    except StoreUnavailable as exc:
+        print(f"cloudweave: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.action == "list":
-            entries = q.load(path)
+            entries = lst.load()
             now = time.time()
             if args.json:
                 print(json.dumps([{**e.__dict__, "active": e.active(now)} for e in entries], indent=1))
                 return 0
             shown = [e for e in entries if e.active(now)]
             if not shown:
-                print(f"no endpoint is quarantined ({path})")
+                print(f"no endpoint is quarantined ({lst.where})")
             for e in shown:
                 until = "until released" if e.until is None else f"{e.until - now:.0f} s left"
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.since))
@@ -170,18 +201,19 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 for key, value in sorted(e.evidence.items()):
                     print(f"    {key}: {value}")
             return 0
-        model, rc = load_reported(args.file)
+        model, rc = load_reported(args.file) if args.file else _store_model(lst)
         if model is None:
             return rc
+        policy = args.file or f"the policy in {lst.where}"
         outside = not model.has_endpoint(args.endpoint) and outside_address(args.endpoint) is not None
         if not outside and not model.has_endpoint(args.endpoint):
-            print(f"cloudweave: '{args.endpoint}' is neither an endpoint of {args.file} nor an IPv4 address",
+            print(f"cloudweave: '{args.endpoint}' is neither an endpoint of {policy} nor an IPv4 address",
                   file=sys.stderr)
             return 2
         if outside:  # one spelling of an address, as the detector and the flow log write it
             args.endpoint = str(outside_address(args.endpoint))
         if args.action == "release":
-            if not q.release(path, args.endpoint):
+            if not lst.release(args.endpoint):
                 print(f"cloudweave: {args.endpoint} is not quarantined", file=sys.stderr)
                 return 2
             print(f"{args.endpoint} released; the controller " + (
@@ -194,7 +226,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             except Invalid as exc:
                 print(f"cloudweave: --for: {exc}", file=sys.stderr)
                 return 2
-        q.add(path, args.endpoint, args.reason or "", "cli", hold)
+        lst.add(args.endpoint, args.reason or "", "cli", hold)
         if outside:
             where = ", ".join(s.name for s in model.sites if s.uplink) or "no site (none has an uplink)"
             print(f"{args.endpoint} (outside) held to {limit_rate(model)} at the uplinks of {where}", end="")
@@ -202,9 +234,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             print(f"{args.endpoint} quarantined at site {model.endpoint(args.endpoint).site}", end="")
         print(f" for {hold:g} s" if hold else " until released")
         return 0
-    except (q.QuarantineFileError, OSError) as exc:
+    except (QuarantineFileError, OSError, StoreUnavailable) as exc:
         print(f"cloudweave: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lst.close()
 
 
 def cmd_flowlog(args: argparse.Namespace) -> int:
@@ -241,6 +275,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     if args.import_policy and not (args.file and args.store):
         print("cloudweave: --import publishes FILE to --store: give both", file=sys.stderr)
+        return 2
+    if args.quarantine and args.store:
+        print("cloudweave: a replica follows the store's quarantine list (cloudweave quarantine ... --store), not "
+              "--quarantine", file=sys.stderr)
         return 2
     return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state,
                args.quarantine, args.store, args.replica, args.import_policy)
@@ -342,7 +380,8 @@ def parser() -> argparse.ArgumentParser:
                    help="traffic-engineering state file: the learned matrix and the weights in force, kept across "
                         "restarts (default: .FILE.te-state.json beside FILE)")
     s.add_argument("--quarantine", default=None,
-                   help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE)")
+                   help="the quarantine list, followed while running (default: .FILE.quarantine.json beside FILE; "
+                        "with --store, the store's)")
     s.set_defaults(func=cmd_run)
 
     from cloudweave.cli.store import add_parsers as add_store_parsers
@@ -376,20 +415,23 @@ def parser() -> argparse.ArgumentParser:
                                    "connections resume on release (conntrack is kept).")
     qsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = qsub.add_parser("list", help="the endpoints quarantined now, with why and since when")
-    q.add_argument("file")
+    q.add_argument("file", nargs="?", help="the configuration (not needed with --store)")
     q.add_argument("--json", action="store_true", help="every entry, also ended ones, as JSON")
     q = qsub.add_parser("add", help="quarantine an endpoint, or limit an outside address")
-    q.add_argument("file")
+    q.add_argument("file", nargs="?", help="the configuration (with --store: default, the policy in the store)")
     q.add_argument("endpoint", help="an endpoint's name, or an outside IPv4 address")
     q.add_argument("--for", dest="hold", default=None, metavar="DURATION",
                    help="release it after this long (examples: 90s, 15m); default: until released")
     q.add_argument("--reason", default=None, help="why, for the log and the list")
     q = qsub.add_parser("release", help="end an endpoint's quarantine, or an outside address's limit")
-    q.add_argument("file")
+    q.add_argument("file", nargs="?", help="the configuration (with --store: default, the policy in the store)")
     q.add_argument("endpoint", help="an endpoint's name, or an outside IPv4 address")
     for q in qsub.choices.values():
         q.add_argument("--state", default=None, help="the quarantine list (default: .FILE.quarantine.json "
                                                      "beside FILE)")
+        q.add_argument("--store", default=None, metavar="REMOTES",
+                       help="the replicas' list, in their store: tcp:IP:PORT[,tcp:IP:PORT...] (every replica "
+                            "follows it; it survives a failover)")
     s.set_defaults(func=cmd_quarantine)
 
     s = sub.add_parser("testbed", help="build, use and remove the emulated test bed (Mininet)")

@@ -121,8 +121,7 @@ def start_replica(state: State, model: Model, name: str, import_file: bool = Fal
     argv = [*PYTHON_M, "cloudweave", "run", *([state.topology] if import_file else []),
             "--store", state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
             "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
-    env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(state.workdir, f"{name}-policy"),
-               CLOUDWEAVE_QUARANTINE=paths.default_quarantine_path(state.topology))
+    env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(state.workdir, f"{name}-policy"))
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
@@ -281,11 +280,24 @@ class Testbed:
         self.replicas[name] = proc
         return proc
 
+    def quarantine_list(self) -> tuple:
+        """The quarantine list in force: the store's with replicas, else the file beside the topology."""
+        from cloudweave.secops import quarantine
+        from cloudweave.secops.stored import StoredList
+
+        if not self.state.store:
+            return quarantine.load(paths.default_quarantine_path(self.state.topology))
+        lst = StoredList(self.state.store["remotes"], "testbed")
+        try:
+            return lst.load()
+        finally:
+            lst.close()
+
     def wait_for_flows(self, timeout_s: float = 90.0) -> None:
         """Return once every site's bridge holds exactly its compiled flows (by count of our cookies)."""
-        from cloudweave import quarantine
+        from cloudweave.secops import quarantine
 
-        cut_off = quarantine.active(quarantine.load(paths.default_quarantine_path(self.state.topology)))
+        cut_off = quarantine.active(self.quarantine_list())
         want = {s.name: len(compile_site(self.model, s.name, quarantined=cut_off).flows) for s in self.model.sites}
         deadline = time.monotonic() + timeout_s
         have: dict[str, int] = {}

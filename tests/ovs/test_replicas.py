@@ -87,12 +87,12 @@ class Cluster:
                 time.sleep(0.1)
         raise AssertionError("unreachable")
 
-    def expected(self, config: str | None = None) -> dict[str, int]:
+    def expected(self, config: str | None = None, quarantined: frozenset[str] = frozenset()) -> dict[str, int]:
         model = load_model(config or self.sites.config)[0]
-        return {s: len(compile_site(model, s).flows) for s in SITES}
+        return {s: len(compile_site(model, s, quarantined=quarantined).flows) for s in SITES}
 
-    def programmed(self, config: str | None = None) -> None:
-        want = self.expected(config)
+    def programmed(self, config: str | None = None, quarantined: frozenset[str] = frozenset()) -> None:
+        want = self.expected(config, quarantined)
         wait_for(lambda: {s: len(f) for s, f in self.flows().items()} == want, 40, what=f"flows {want}")
 
     def balanced(self, names: list[str]) -> None:
@@ -456,3 +456,46 @@ def test_each_sites_flow_log_collector_and_zone_limits_follow_its_master(cluster
     wait_for(lambda: collector_port(taker, site) is not None and ipfix_port(c, site) == collector_port(taker, site),
              20, what=f"{site}: its IPFIX row aimed at {new}'s collector")
     wait_for(lambda: limits_said(taker, site), 20, what=f"{site}: limits set by {new}")
+
+
+def quarantine_cli(c: Cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cloudweave", "quarantine", *args, "--store", c.store.remotes],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_a_quarantine_in_the_store_holds_at_every_master_and_through_a_failover(cluster):
+    """The quarantine list lives in the store: `cloudweave quarantine add --store` (no file: the endpoint is
+    checked against the store's policy) cuts the endpoint off through its site's master, `list --store` shows
+    it, the master that takes over after a kill holds it from its first reconcile (0 flow-mods: its desired
+    state has the quarantine), and `release --store` restores the flows."""
+    c = cluster
+    start_three(c)
+    model = load_model(c.sites.config)[0]
+    site = "cloud2"
+    victim_ep = next(e.name for e in model.endpoints if e.site == site)
+    out = quarantine_cli(c, "add", victim_ep, "--reason", "by hand")
+    assert out.returncode == 0 and out.stdout.strip() == f"{victim_ep} quarantined at site {site} until released", \
+        out.stdout + out.stderr
+    held = frozenset({victim_ep})
+    c.programmed(quarantined=held)
+    listed = quarantine_cli(c, "list")
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{victim_ep}: since ") and "by cli: by hand" in \
+        listed.stdout, listed.stdout + listed.stderr
+    unknown = quarantine_cli(c, "add", "no-such-endpoint")
+    assert unknown.returncode == 2 and "'no-such-endpoint' is neither an endpoint of the policy in the store" in \
+        unknown.stderr, unknown.stderr
+
+    victim = c.replicas[c.owners()[site]]
+    gen = c.generation(site)
+    victim.signal(signal.SIGKILL)
+    new = wait_for(lambda: c.owners()[site] != victim.name and c.generation(site) > gen and c.owners()[site], 15,
+                   what="a new owner")
+    taker = c.replicas[new]
+    line = wait_for(lambda: reconcile_after(taker, site, c.generation(site)), 15, what="its reconcile")
+    assert line.endswith("(0 flow-mods)"), line
+    assert {s: len(f) for s, f in c.flows().items()} == c.expected(quarantined=held)
+
+    out = quarantine_cli(c, "release", victim_ep)
+    assert out.returncode == 0 and out.stdout.strip() == f"{victim_ep} released; the controller restores its traffic"
+    c.programmed()
+    assert quarantine_cli(c, "list").stdout.startswith("no endpoint is quarantined (the store at ")

@@ -16,12 +16,12 @@ import time
 
 import pytest
 
-from cloudweave import quarantine
 from cloudweave.config import load_model
 from cloudweave.flowlog.key import load_or_create
 from cloudweave.flows.compile import compile_site
 from cloudweave.flows.flowlog import site_domain
 from cloudweave.paths import default_key_path
+from cloudweave.secops import quarantine
 from tests import ofpeer
 from tests.harness import ROOT, OvsSites, rewrite_topology, wait_for
 

@@ -10,10 +10,10 @@ import pytest
 
 from cloudweave.config import load_model
 from cloudweave.config.model import Detection
-from cloudweave.flowlog.detect import Detector
 from cloudweave.flowlog.ipfix import VMWARE, Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator
 from cloudweave.flows.flowlog import KIND_FILTER, KIND_NEW, KIND_UNREPLIED, obs_point
+from cloudweave.secops.detect import Detector
 from tests.harness import ROOT
 
 # (information element, length, enterprise): a flow-sample template as OVS builds it, interfaceName twice
@@ -192,7 +192,7 @@ def test_an_outside_flooder_is_limited_where_an_endpoint_would_be_quarantined(tm
     it (the same entry in the list), a name that is neither is logged only, an exempt endpoint too."""
     from types import SimpleNamespace
 
-    from cloudweave.flowlog.detect import Alarm
+    from cloudweave.secops.detect import Alarm
     from controller.flowlog_service import FlowLogService
     from controller.metrics import Metrics
 

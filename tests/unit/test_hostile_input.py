@@ -16,12 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudweave import quarantine
 from cloudweave.config.model import Detection
-from cloudweave.flowlog import detect
-from cloudweave.flowlog.detect import Detector
 from cloudweave.flowlog.key import KeyFileError, load_or_create, parse
 from cloudweave.flows.flowlog import obs_domain, site_domain
+from cloudweave.secops import detect, quarantine
+from cloudweave.secops.detect import Detector
 from controller.app import port_name
 from controller.connections import ConnectionTable, Limits
 from controller.flowlog_service import _rejected

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cloudweave import quarantine as q
+from cloudweave.secops import quarantine as q
 
 
 def test_add_release_and_hold_time(tmp_path):

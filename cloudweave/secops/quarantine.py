@@ -1,8 +1,9 @@
-"""The quarantine list: endpoints cut off at their site, kept in a JSON file beside the configuration.
+"""The quarantine list: endpoints cut off at their site, kept in a JSON file beside the configuration (alone),
+or in the replicated store (replicas: `cloudweave.secops.stored`, the same entries as rows).
 
-The controller reads the file (it notices every change within a tick) and the quarantined endpoints are an
-input of the compiler, so no reconcile or restart undoes them. Writers (`cloudweave quarantine`, the
-controller's detector) change it under a lock and replace it whole, so a reader never sees half a file.
+The controller follows the list (it notices every change within a tick) and the quarantined endpoints are an
+input of the compiler, so no reconcile or restart undoes them. Writers of the file (`cloudweave quarantine`,
+the controller's detector) change it under a lock and replace it whole, so a reader never sees half a file.
 
     {"version": 1, "entries": [{"endpoint": "web1", "reason": "...", "source": "cli", "since": 1764600000.0,
                                 "until": 1764600900.0, "evidence": {...}}]}
@@ -41,6 +42,17 @@ class Entry:
         return self.until is None or now < self.until
 
 
+def make(endpoint: str, reason: str, source: str, hold_s: float | None = None,
+         evidence: dict[str, Any] | None = None, now: float | None = None) -> Entry:
+    """An entry made now (`now`), held `hold_s` (None: until released)."""
+    now = time.time() if now is None else now
+    return Entry(endpoint, reason[:MAX_REASON], source, now, None if hold_s is None else now + hold_s,
+                 dict(evidence or {}))
+
+
+def with_entry(entries: tuple[Entry, ...], entry: Entry) -> tuple[Entry, ...]:
+    """The list with `entry` in it, replacing its endpoint's earlier entry."""
+    return tuple(e for e in entries if e.endpoint != entry.endpoint) + (entry,)
 
 
 def load(path: str) -> tuple[Entry, ...]:
@@ -113,10 +125,8 @@ def update(path: str, change: Callable[[tuple[Entry, ...]], tuple[Entry, ...]]) 
 def add(path: str, endpoint: str, reason: str, source: str, hold_s: float | None = None,
         evidence: dict[str, Any] | None = None, now: float | None = None) -> Entry:
     """Quarantine `endpoint` (again: the new entry replaces an old one)."""
-    now = time.time() if now is None else now
-    entry = Entry(endpoint, reason[:MAX_REASON], source, now, None if hold_s is None else now + hold_s,
-                  dict(evidence or {}))
-    update(path, lambda es: tuple(e for e in es if e.endpoint != endpoint) + (entry,))
+    entry = make(endpoint, reason, source, hold_s, evidence, now)
+    update(path, lambda es: with_entry(es, entry))
     return entry
 
 
@@ -147,3 +157,43 @@ def file_version(path: str) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class FileList:
+    """The list in the file at `path`: what `cloudweave quarantine` edits, and what a controller alone
+    follows (by a stat per tick: `changed`)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.version = file_version(path)
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def load(self) -> tuple[Entry, ...]:
+        """The list as it is now (QuarantineFileError: the file cannot be read as one)."""
+        self.version = file_version(self.path)
+        return load(self.path)
+
+    read = load
+
+    def changed(self) -> tuple[Entry, ...] | None:
+        """The list, when the file changed since it was last read; else None."""
+        return None if file_version(self.path) == self.version else self.load()
+
+    def add(self, endpoint: str, reason: str, source: str, hold_s: float | None = None) -> Entry:
+        return add(self.path, endpoint, reason, source, hold_s)
+
+    def release(self, endpoint: str) -> bool:
+        return release(self.path, endpoint)
+
+    def write(self, entry: Entry, entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
+        """`entry` written in place of its endpoint's (OSError, QuarantineFileError: it was not); the list as
+        written."""
+        written = update(self.path, lambda es: with_entry(es, entry))
+        self.version = file_version(self.path)
+        return written
+
+    def close(self) -> None:
+        pass
