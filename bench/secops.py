@@ -31,7 +31,8 @@ from collections.abc import Iterable
 
 from on_testbed import ROOT, edit_live, running
 
-from cloudweave import paths, quarantine
+from cloudweave import paths
+from cloudweave.secops import quarantine
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
 from tests.harness import appctl

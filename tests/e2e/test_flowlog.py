@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from cloudweave import paths, quarantine
+from cloudweave import paths
 from cloudweave.flows.policy import Policy
+from cloudweave.secops import quarantine
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, ns_argv, probe, serve_probes, stop

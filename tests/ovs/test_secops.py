@@ -11,9 +11,10 @@ import sys
 import pytest
 import yaml
 
-from cloudweave import paths, quarantine
+from cloudweave import paths
 from cloudweave.flows.filters import deciding_filter
 from cloudweave.flows.tables import L2_FORWARD
+from cloudweave.secops import quarantine
 from tests.harness import ROOT, OvsSites, wait_for
 
 pytestmark = pytest.mark.ovs
