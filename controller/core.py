@@ -7,13 +7,17 @@ succeeded: a failure leaves both as they were. A site whose switch connects late
 state in force (its units memoised). The sessions of the switches whose desired state changed are handed the
 new one; every other switch hears nothing. Services read `published` (an immutable snapshot) and post
 messages; they never write here.
+
+Each feature's state has its keeper (controller.keeper): the files in force (`reload_keeper`), link liveness
+(`link_keeper`), next hops (`next_hop_keeper`), the quarantine (`quarantine_keeper`). The core hands a keeper
+its input with the published snapshot and commits the `Reply` it returns; what remains here is the one job of
+committing state with its flows, and the switches' sessions and roles that job feeds.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,18 +26,14 @@ from typing import Any
 
 from os_ken.lib import hub
 
-from cloudweave.config import ConfigError, LoadCache, load_model_cached
-from cloudweave.config.model import Site
 from cloudweave.flowlog import key as flowlog_key_file
 from cloudweave.flows.compile import SwitchState
-from cloudweave.flows.topology import TUNNEL_PREFIX
 from cloudweave.secops import quarantine
 from cloudweave.store.shards import site_shards
-from controller import next_hop, roles
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
-from controller.guard import Repeats
-from controller.links import LinkWatch
+from controller.keeper import Reply, change
+from controller.link_keeper import LinkKeeper
 from controller.messages import (
     Mastership,
     NextHopsStored,
@@ -48,8 +48,9 @@ from controller.messages import (
     Tick,
     WeightsAdopted,
 )
+from controller.next_hop_keeper import NextHopKeeper
 from controller.quarantine_keeper import QuarantineKeeper, StoreFeed
-from controller.roles import Duty
+from controller.reload_keeper import ReloadKeeper
 from controller.session import EQUAL, NO_ROLE, Role, SwitchHandle, SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
@@ -86,16 +87,15 @@ class Core:
         self.policy_version = policy_version or 0
         self.mastership: Mastership | None = None
         self.metrics = metrics
-        self.reloads = reloads
-        self.use_inotify = use_inotify
-        self.load_cache = LoadCache()  # kept for good: a reload parses only what was edited
-        model, warnings = load_model_cached(settings.config, self.load_cache)
-        for w in warnings:
-            LOG.warning("%s", w)
         self.compiler = DesiredCompiler(metrics)
+        # Each feature's keeper: its state and lifecycle; the core commits what they return (HANDLERS, _tick).
+        self.reloader = ReloadKeeper(settings.config, metrics, reloads, use_inotify, not self.replicated)
         if quarantine_list is None and settings.quarantine:
             quarantine_list = quarantine.FileList(settings.quarantine)
         self.quarantine = QuarantineKeeper(quarantine_list, settings.config, metrics)
+        self.links = LinkKeeper(metrics)
+        self.next_hops = NextHopKeeper(metrics)
+        model = self.reloader.first()
         cut_off = self.quarantine.cut_off()
         if flowlog_key is None and settings.flowlog_key:
             flowlog_key = _own_key(settings.flowlog_key)
@@ -108,11 +108,7 @@ class Core:
         LOG.info("loaded %s: %s", settings.config, describe(None, model))
         self.queue: Any = hub.Queue()
         self.sessions: dict[int, SwitchSession] = {}
-        self.links = LinkWatch()
-        self.ask_due: dict[str, float] = {}  # site -> when to ask for its uplink gateway's MAC next
-        self._asking: tuple[Any, set[str]] = (None, set())  # (model, the sites of it that NAT and must ask)
         self.unknown_dpids: set[int] = set()  # said once (bounded: cleared past MAX_UNKNOWN and at reloads)
-        self._said = Repeats()  # lines said at most once a minute per kind
         self.active = True
         self.published = self._publish()
 
@@ -149,10 +145,22 @@ class Core:
         except Exception:  # noqa: BLE001 - one bad message must not stop the controller
             LOG.exception("controller core: %s", type(msg).__name__)
 
-    def _weights_adopted(self, msg: WeightsAdopted) -> None:
-        self._change(replace(self.state, auto=msg.auto), "new traffic-engineering weights")
-
     # ---- state changes -------------------------------------------------------------------------------------
+
+    def apply(self, reply: Reply) -> bool:
+        """Commit what a keeper returned; tell it whether it was committed; send its messages. True: committed
+        (or nothing to commit, and the keeper did not turn its input down)."""
+        committed = self._change(replace(self.state, **reply.state), reply.why) if reply.state else not reply.refused
+        if reply.then is not None:
+            reply.then(committed)
+        if reply.resync:
+            for session in self.sessions.values():
+                session.resync()
+        for send in reply.sends:
+            session = self.sessions.get(send.dpid)
+            if session is not None:
+                session.send_soon(send.build(session.dp))
+        return committed
 
     def _change(self, state: State, why: str) -> bool:
         """Compile `state` and commit it with its flows; on failure keep everything as it was."""
@@ -162,7 +170,7 @@ class Core:
             LOG.exception("could not compile the flows for %s; the state in force stays", why)
             self.metrics.compile_failures.inc()
             return False
-        before = self.desired
+        before, before_model = self.desired, self.state.model
         self.state, self.desired = state, desired
         # The state in force lives long and makes no cycles: out of the cyclic collector's way, whose full
         # passes over millions of such objects would otherwise stall every thread now and then.
@@ -174,7 +182,15 @@ class Core:
                 by_site[site].set_desired(desired[site])
         self.published = self._publish()
         LOG.debug("%s: %d of %d sites changed", why, len(changed), len(desired))
+        if state.model is not before_model:
+            self._model_changed()
         return True
+
+    def _model_changed(self) -> None:
+        self.unknown_dpids.clear()
+        self._attach_sessions()
+        if self.replicated:
+            self._set_roles()  # the sites (and so the shards' sites) may have changed
 
     def _connected(self, *more: str) -> list[str]:
         """The sites whose switches are connected (and `more`), that the model has."""
@@ -230,10 +246,6 @@ class Core:
             return Role("master", mine[shard])
         return Role("slave", dict(m.committed).get(shard, 0))
 
-    def _masters(self, site: str) -> bool:
-        """Next hops are learned and asked for by the site's master only (controller.roles)."""
-        return roles.acts_at(Duty.NEXT_HOP_ARP, site, self.published.mastered)
-
     def _set_roles(self) -> None:
         for session in self.sessions.values():
             session.set_role(self._role_for(session.site))
@@ -249,67 +261,16 @@ class Core:
             LOG.info("mastering %d of %d sites%s%s", len(after), len(self.state.model.sites),
                      f"; took {', '.join(sorted(after - before))}" if after - before else "",
                      f"; gave up {', '.join(sorted(before - after))}" if before - after else "")
-            for site in after - before:
-                self.ask_due.pop(site, None)  # a new master asks for its uplink gateway at once
 
     def _policy_stored(self, msg: PolicyStored) -> None:
-        before = self.settings
-        self.settings = replace(before, config=msg.path)  # the applied file's name may differ from the last
-        if self.reload():
+        if self.apply(self.reloader.policy_stored(msg.path, self.published)):
             self.policy_version = msg.version
             self.published = self._publish()
             LOG.info("policy version %d in force", msg.version)
-        else:
-            self.settings = before
-
-    def _next_hops_stored(self, msg: NextHopsStored) -> None:
-        """Next hops learned by other sites' masters: a new master starts from them instead of a drop."""
-        hops = dict(self.state.next_hops)
-        for site, mac in msg.hops:
-            if site not in hops or not self._masters(site):
-                hops[site] = mac
-        merged = tuple(sorted(hops.items()))
-        if merged != self.state.next_hops:
-            self._change(replace(self.state, next_hops=merged), "next hops from the store")
 
     def reload(self) -> bool:
         """Load the files again; apply the difference, or keep everything as it is if they are invalid."""
-        started = time.monotonic()
-        try:
-            model, warnings = load_model_cached(self.settings.config, self.load_cache)
-        except ConfigError as exc:
-            for p in exc.problems:
-                LOG.error("%s", p)
-            LOG.error("reload rejected: %d problem(s); the running configuration stays in force", exc.total)
-            self.metrics.reloads.labels("rejected").inc()
-            return False
-        old = self.state.model
-        if model is old:
-            LOG.info("reload: no change to the files")
-            LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
-            self.metrics.reloads.labels("applied").inc()
-            return True
-        if old.sites and not model.sites:
-            LOG.error("reload rejected: %s defines no sites (emptied, or still being written?); the running "
-                      "configuration stays in force", self.settings.config)
-            self.metrics.reloads.labels("rejected").inc()
-            return False
-        for w in warnings:
-            LOG.warning("%s", w)
-        LOG.info("reload: %s", describe(old, model))
-        if not self._change(replace(self.state, model=model), "reload"):
-            self.metrics.reloads.labels("rejected").inc()
-            return False
-        self.ask_due.clear()
-        self.unknown_dpids.clear()
-        self._attach_sessions()
-        if self.replicated:
-            self._set_roles()  # the sites (and so the shards' sites) may have changed
-        if not self.replicated and {os.path.realpath(f) for f in model.files} != self.reloads.files:
-            self.reloads.watch(model.files, use_inotify=self.use_inotify)
-        self.metrics.reloads.labels("applied").inc()
-        LOG.info("reload applied in %.0f ms", (time.monotonic() - started) * 1000)
-        return True
+        return self.apply(self.reloader.reload(self.published))
 
     def _attach_sessions(self) -> None:
         """After a reload: a switch whose dpid now names another site (or none) follows the file."""
@@ -317,7 +278,7 @@ class Core:
             site = self.state.model.site_by_dpid(dpid)
             if site is None:
                 LOG.warning("switch %#x is no longer a site of %s; leaving its flows alone", dpid,
-                            self.settings.config)
+                            self.reloader.config)
                 session.stop()
                 del self.sessions[dpid]
             elif site.name != session.site:
@@ -338,14 +299,14 @@ class Core:
             # Closed, as Faucet and ONOS do: an unknown switch gets nothing, and holds no thread or socket here.
             if dp.id not in self.unknown_dpids:
                 LOG.warning("switch %#x is not a site of %s; closing its connection (said once per dpid)", dp.id,
-                            self.settings.config)
+                            self.reloader.config)
                 if len(self.unknown_dpids) >= MAX_UNKNOWN:
                     self.unknown_dpids.clear()
                 self.unknown_dpids.add(dp.id)
             self.metrics.unknown_switches.inc()
             dp.close()
         else:
-            self.links.reconnected(site.name)
+            self.links.switch_up(site.name)
             session = SwitchSession(dp, site.name, self.metrics,
                                     lambda ports, dpid=dp.id: self.post(PortsSeen(dpid, ports, complete=True)))
             session.set_desired(self._desired_for(site.name))
@@ -367,121 +328,15 @@ class Core:
         self.published = self._publish()
 
     def _ports_seen(self, msg: PortsSeen) -> None:
-        site = self.state.model.site_by_dpid(msg.dpid)
-        if site is None:
-            return
-        for name in msg.removed:
-            self.links.forget(site.name, name)
-        ours = {t.name for t in self.compiler.tunnels.get(site.name, ())}  # a peer may name any port vx-...
-        for name, _, live in msg.ports:
-            if name.startswith(TUNNEL_PREFIX) and name in ours and name not in msg.removed:
-                self.links.seen(site.name, name, live)
         session = self.sessions.get(msg.dpid)
         if not msg.complete and session is not None and (msg.removed or any(
                 name not in session.ports for name, _, _ in msg.ports)):
             session.ports_changed()  # a port came or went: flows may name it
-        self._check_links()
-
-    def _check_links(self) -> None:
-        """Recompile around links whose tunnels went down, and back when they return."""
-        peers = {(s, t.name): t.peer for s, tunnels in self.compiler.tunnels.items() for t in tunnels}
-        down = self.links.down(peers)
-        if down == self.state.down:
-            return
-        for a, b in sorted(down - self.state.down):
-            LOG.warning("link %s-%s is down (BFD): traffic moves to the remaining paths", a, b)
-            self.metrics.link_changes.labels(f"{a}-{b}", "down").inc()
-        for a, b in sorted(self.state.down - down):
-            LOG.info("link %s-%s is up again: its paths and weights return", a, b)
-            self.metrics.link_changes.labels(f"{a}-{b}", "up").inc()
-        self._change(replace(self.state, down=down), "a link change")
-
-    def _packet_in(self, msg: PacketIn) -> None:
-        """Only ARP replies from an uplink gateway come up (flows/nat.py): learn its MAC, but only from a reply
-        that came in on the site's uplink port (an endpoint, or anyone who speaks OpenFlow to us, could
-        otherwise point NATed traffic at a MAC of its choosing)."""
-        site = self.state.model.site_by_dpid(msg.dpid)
-        if site is None or site.uplink_gateway is None or not self._masters(site.name):
-            return
-        session = self.sessions.get(msg.dpid)
-        uplink = session.ports.get(site.uplink) if session is not None and site.uplink else None
-        if uplink is None or msg.in_port != uplink:
-            if self._said.check((site.name, msg.in_port)) is not None:
-                LOG.warning("site %s: a packet-in on port %s, not the uplink %s (port %s): not a next hop; "
-                            "ignored", site.name, msg.in_port, site.uplink, uplink)
-            self.metrics.next_hops_refused.labels(site.name).inc()
-            return
-        answer = next_hop.parse_reply(msg.data, site)
-        hops = dict(self.state.next_hops)
-        if answer is None or hops.get(site.name) == answer.mac:
-            return
-        LOG.info("site %s: uplink gateway %s is at %s%s", site.name, answer.ip, answer.mac,
-                 f" (was {hops[site.name]})" if site.name in hops else "")
-        hops[site.name] = answer.mac
-        if self._change(replace(self.state, next_hops=tuple(sorted(hops.items()))), f"next hop of {site.name}"):
-            self.metrics.next_hops_learned.labels(site.name).inc()
-
-    def _check_quarantine(self) -> None:
-        now = time.time()
-        cut_off = self.quarantine.check(now, self.state.model)
-        before = self.state.quarantined
-        if cut_off is None or cut_off == before:
-            return
-        if self._change(replace(self.state, quarantined=cut_off), "a quarantine change"):
-            self.quarantine.log_changes(before, cut_off, self.state.model, now)
-
-    def _quarantine_alarm(self, msg: QuarantineAlarm) -> None:
-        """Cut the endpoint off first (compile and hand the flows to its session), then write the list, within
-        the keeper's budget of automatic entries."""
-        before = self.state.quarantined
-        if msg.endpoint in before or self.quarantine.refusal(msg.endpoint, msg.reason) is not None:
-            return
-        if not self._change(replace(self.state, quarantined=before | {msg.endpoint}), f"quarantine of {msg.endpoint}"):
-            return
-        self.metrics.quarantine_seconds.observe(max(0.0, time.time() - msg.raised_at))
-        self.quarantine.record_auto(msg.endpoint, msg.reason, msg.hold_s, dict(msg.evidence))
-        self.quarantine.log_changes(before, self.state.quarantined, self.state.model)
-
-    def _quarantine_seen(self, msg: QuarantineSeen) -> None:
-        self.quarantine.seen(msg.endpoint, msg.at)
-
-    def _quarantine_stored(self, msg: QuarantineStored) -> None:
-        if isinstance(self.quarantine.source, StoreFeed):
-            self.quarantine.source.offer(msg.entries)  # followed at the next tick, as a file's change is
+        self.apply(self.links.ports_seen(msg, self.published))
 
     def _tick(self) -> None:
-        self._check_quarantine()
-        if not self.use_inotify:
-            self.reloads.poll_mtimes()
-        if self.reloads.due():
-            self.reload()
-            if self.reloads.take_resync():
-                LOG.info("SIGHUP: reading every switch back (%d connected)", len(self.sessions))
-                for session in self.sessions.values():
-                    session.resync()
-        self._ask_next_hops()
-
-    def _ask_next_hops(self) -> None:
-        """ARP for each NAT site's uplink gateway: often while unknown, then now and then to notice a change."""
-        now = time.monotonic()
-        model = self.state.model
-        if self._asking[0] is not model:
-            self._asking = (model, {s.name for s in model.sites if next_hop.needs_next_hop(model, s)})
-        hops = dict(self.state.next_hops)
-        for session in list(self.sessions.values()):
-            site: Site | None = model.site_by_dpid(session.dpid)
-            # Only the site's master asks (a replica's session holds EQUAL until its role is confirmed).
-            if site is None or site.name not in self._asking[1] or self.ask_due.get(site.name, 0.0) > now or \
-                    not session.role.writes or not self._masters(site.name):
-                continue
-            port = session.ports.get(site.uplink)
-            if port is None:
-                continue
-            self.ask_due[site.name] = now + (next_hop.ASK_KNOWN_S if site.name in hops else next_hop.ASK_UNKNOWN_S)
-            dp = session.dp
-            ofp, parser = dp.ofproto, dp.ofproto_parser
-            session.send_soon(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, parser.OFPMatch(in_port=ofp.OFPP_CONTROLLER),
-                                                  [parser.OFPActionOutput(port, 0)], next_hop.request(site)))
+        for keeper_tick in (self.quarantine.tick, self.reloader.tick, self.next_hops.tick):
+            self.apply(keeper_tick(self.published))
 
 
 def _own_key(path: str) -> bytes | None:
@@ -494,17 +349,17 @@ def _own_key(path: str) -> bytes | None:
 
 
 # Every input of the core and who handles it (tests/unit/test_core_handlers.py: none is missing).
-HANDLERS: dict[type, Callable[[Core, Any], None]] = {
+HANDLERS: dict[type, Callable[[Core, Any], Any]] = {
     Tick: lambda core, _: core._tick(),
     SwitchUp: lambda core, msg: core._switch_up(msg.dp),
     SwitchDown: lambda core, msg: core._switch_down(msg.dp),
-    PortsSeen: Core._ports_seen,
-    PacketIn: Core._packet_in,
-    QuarantineAlarm: Core._quarantine_alarm,
-    QuarantineSeen: Core._quarantine_seen,
-    QuarantineStored: Core._quarantine_stored,
     Mastership: Core._mastership,
     PolicyStored: Core._policy_stored,
-    NextHopsStored: Core._next_hops_stored,
-    WeightsAdopted: Core._weights_adopted,
+    PortsSeen: Core._ports_seen,
+    PacketIn: lambda core, msg: core.apply(core.next_hops.packet_in(msg, core.published)),
+    NextHopsStored: lambda core, msg: core.apply(core.next_hops.stored(msg, core.published)),
+    QuarantineAlarm: lambda core, msg: core.apply(core.quarantine.alarm(msg, core.published)),
+    QuarantineSeen: lambda core, msg: core.quarantine.seen(msg.endpoint, msg.at),
+    QuarantineStored: lambda core, msg: core.quarantine.stored(msg.entries),
+    WeightsAdopted: lambda core, msg: core.apply(change("new traffic-engineering weights", auto=msg.auto)),
 }

@@ -20,6 +20,8 @@ from cloudweave.flows.quarantine import limit_rate, limited_addresses
 from cloudweave.secops import quarantine
 from cloudweave.secops.decide import held_name
 from controller.guard import Budget, Repeats
+from controller.keeper import NOTHING, Reply, change
+from controller.messages import QuarantineAlarm
 
 LOG = logging.getLogger("cloudweave")
 KEEP_QUIET_S = 10.0  # an automatic quarantine ends once its endpoint has been quiet this long (sFlow-RT, ONOS)
@@ -66,6 +68,43 @@ class QuarantineKeeper:
 
     def cut_off(self) -> frozenset[str]:
         return quarantine.active(self.entries)
+
+    # ---- what the core asks (controller.keeper: each returns a Reply) ----------------------------------------
+
+    def tick(self, pub: Any, now: float | None = None) -> Reply:
+        """The list followed: a change of it, or of what is in force as entries end."""
+        now = time.time() if now is None else now
+        cut_off = self.check(now, pub.state.model)
+        before = pub.state.quarantined
+        if cut_off is None or cut_off == before:
+            return NOTHING
+
+        def then(committed: bool) -> None:
+            if committed:
+                self.log_changes(before, cut_off, pub.state.model, now)
+
+        return change("a quarantine change", then, quarantined=cut_off)
+
+    def alarm(self, msg: QuarantineAlarm, pub: Any) -> Reply:
+        """Cut the endpoint off first (the core compiles and hands the flows to its session), then write the
+        list, within the budget of automatic entries."""
+        before = pub.state.quarantined
+        if msg.endpoint in before or self.refusal(msg.endpoint, msg.reason) is not None:
+            return NOTHING
+        after = before | {msg.endpoint}
+
+        def then(committed: bool) -> None:
+            if committed:
+                self.metrics.quarantine_seconds.observe(max(0.0, time.time() - msg.raised_at))
+                self.record_auto(msg.endpoint, msg.reason, msg.hold_s, dict(msg.evidence))
+                self.log_changes(before, after, pub.state.model)
+
+        return change(f"quarantine of {msg.endpoint}", then, quarantined=after)
+
+    def stored(self, entries: tuple[quarantine.Entry, ...]) -> None:
+        """The store's list, from the replica service: followed at the next tick, as a file's change is."""
+        if isinstance(self.source, StoreFeed):
+            self.source.offer(entries)
 
     def seen(self, endpoint: str, at: float) -> None:
         self.seen_at[endpoint] = at
