@@ -18,10 +18,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.generate import site  # noqa: E402
 from cloudweave.config.model import Endpoint, Link, Model, PortRange, Rule, SecurityGroup, Segment  # noqa: E402
 from cloudweave.flows.compile import compile_model  # noqa: E402
 from cloudweave.flows.tables import ACL_EGRESS, ACL_INGRESS  # noqa: E402
+from testkit.generate import site  # noqa: E402
 
 PORTS = (PortRange(5432, 5432), PortRange(8000, 8099))
 

@@ -46,8 +46,8 @@ from cloudweave.config import load_model  # noqa: E402
 from cloudweave.store import cluster  # noqa: E402
 from cloudweave.testbed.build import start_replica  # noqa: E402
 from cloudweave.testbed.state import State  # noqa: E402
-from tests.e2e.test_replicas import SITES, RoleWatch, Traffic, flows, nat_ready, owners, replica_log, with_gateways  # noqa: E402,E501
-from tests.harness import wait_for  # noqa: E402
+from testkit.harness import wait_for  # noqa: E402
+from testkit.replica_bed import SITES, RoleWatch, Traffic, flows, nat_ready, owners, replica_log, with_gateways  # noqa: E402,E501
 
 FAULTS = ("crash", "freeze", "leader", "deleted", "modified", "edits")
 REPAIR_BUDGET_S = 2.0  # flows broken by hand: repaired within this (the flow monitor reports them at once)

@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.generate import mesh  # noqa: E402
 from cloudweave.flows.compile import compile_model  # noqa: E402
+from testkit.generate import mesh  # noqa: E402
 
 CASES = [(10, 10_000, 100), (100, 10_000, 500), (1_000, 10_000, 1_000)]
 

@@ -5,7 +5,7 @@
    controller logs the line once the switch confirmed the commit), and the flow-mods it took; a reload that
    changes nothing (the file touched; a comment added); a restart with every flow in place. Baseline, same
    run: loading and compiling the edited file from scratch, which is what every edit cost before.
-2. 1,000 sites and 10,000 endpoints (bench/generate.py's mesh): one endpoint added; every affected site that
+2. 1,000 sites and 10,000 endpoints (testkit/generate.py's mesh): one endpoint added; every affected site that
    has a switch here (up to --switches of them, real OVS) converged, and unaffected ones (--unaffected of
    them, real OVS too) sent nothing.
 
@@ -30,13 +30,13 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.generate import mesh, to_yaml_doc  # noqa: E402
 from bench.program_switch import count, topology  # noqa: E402
 from cloudweave.config import load_model  # noqa: E402
 from cloudweave.flows.compile import compile_model, compile_site  # noqa: E402
 from cloudweave.flows.incremental import IncrementalCompiler  # noqa: E402
 from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
-from tests.harness import Controller, wait_for  # noqa: E402
+from testkit.generate import mesh, to_yaml_doc  # noqa: E402
+from testkit.harness import Controller, wait_for  # noqa: E402
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 

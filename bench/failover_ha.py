@@ -2,7 +2,7 @@
 
 Part 1, on the Mininet test bed (topologies/three-clouds.yaml with every site's uplink gateway set, 3 replicas,
 a 3-member store), each fault repeated, with a 5 ms ping, a sequenced UDP stream through a weighted route, an
-open TCP connection and NAT egress running across it (tests/e2e/test_replicas.py's traffic):
+open TCP connection and NAT egress running across it (testkit/replica_bed.py's traffic):
 - crash: kill -9 of onprem's master -> the new master's session has MASTER confirmed by the switch (its log
   line); the killed replica is started again before the next round;
 - freeze: SIGSTOP of onprem's master -> the same, then SIGCONT;
@@ -41,8 +41,8 @@ from cloudweave.store import client, cluster  # noqa: E402
 from cloudweave.store.shards import site_shards  # noqa: E402
 from cloudweave.testbed.build import start_replica  # noqa: E402
 from cloudweave.testbed.state import State  # noqa: E402
-from tests.e2e.test_replicas import Traffic, lossless, nat_ready, owners, replica_log, with_gateways  # noqa: E402
-from tests.harness import OvsSites, Replica, Store, store_rows, wait_for  # noqa: E402
+from testkit.harness import OvsSites, Replica, Store, store_rows, wait_for  # noqa: E402
+from testkit.replica_bed import Traffic, lossless, nat_ready, owners, replica_log, with_gateways  # noqa: E402
 
 MASTER = re.compile(r"^(\S+ \S+) INFO cloudweave: site (\S+) \(dpid 0x[0-9a-f]+\): master, generation (\d+)$", re.M)
 
@@ -139,7 +139,8 @@ def part_failover(args: argparse.Namespace) -> dict:
 
 def generated(sites: int, workdir: str) -> str:
     import yaml
-    from generate import mesh, to_yaml_doc
+
+    from testkit.generate import mesh, to_yaml_doc
 
     model = mesh(sites, sites * 10, max(1, sites // 3), sites_per_segment=4)
     doc = to_yaml_doc(model, "/run/cloudweave")

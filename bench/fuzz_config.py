@@ -1,6 +1,6 @@
 """A longer fuzz run of the configuration promise (issue #13), with time and memory bounds per case.
 
-Each case is a mutation of a shipped file or of the reference file (tests/config_fuzz.py), plus the targeted
+Each case is a mutation of a shipped file or of the reference file (testkit/config_fuzz.py), plus the targeted
 inputs of tests/unit/test_config_robust.py's classes; each runs `check` (and, when accepted, `compile` of every
 site) in a forked child, which must keep the promise, answer within --max-seconds and stay under --max-mb of
 resident memory. Prints how many cases it tried and how many broke the promise, by kind, and keeps each
@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.config_fuzz import MAX_NASTY_LINES, broken_promises, dump, mutate_doc, mutate_text, seed_docs  # noqa: E402
+from testkit.config_fuzz import MAX_NASTY_LINES, broken_promises, dump, mutate_doc, mutate_text, seed_docs  # noqa: E402
 
 
 def run_case(path: str, max_seconds: float) -> tuple[list[str], float, float]:
@@ -73,7 +73,7 @@ def judge(path: str, case: str, args: argparse.Namespace) -> tuple[list[str], fl
 
 def heavy_cases(work: str) -> dict[str, str]:
     """The inputs of the issue's classes that cost the most, at the size the promise names (up to 10 MB)."""
-    from tests.unit.test_config import GOOD
+    from testkit.config_fuzz import GOOD
 
     with open(os.path.join(ROOT, "topologies", "routes.yaml")) as fh:
         routes_head = fh.read().split("routes:")[0] + "routes:\n"

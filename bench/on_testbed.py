@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 from cloudweave.config import load_model  # noqa: E402
 from cloudweave.testbed.cli import down, up  # noqa: E402
 from cloudweave.testbed.state import State  # noqa: E402
-from tests.harness import rewrite_topology  # noqa: E402
+from testkit.harness import rewrite_topology  # noqa: E402
 
 
 @contextmanager

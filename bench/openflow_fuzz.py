@@ -1,7 +1,7 @@
 """The OpenFlow fuzzer, long (issue #24; tests/ovs/test_openflow_fuzz.py is its short run in CI).
 
 A controller on topologies/nat.yaml with its two sites on real ovs-vswitchd instances; the fuzzer connects to
-its socket as switches of its own and runs each phase of tests/openflow_fuzz.py (garbage before HELLO, stalled
+its socket as switches of its own and runs each phase of testkit/openflow_fuzz.py (garbage before HELLO, stalled
 64 KiB messages, malformed messages of eight kinds as unknown dpids, malformed and mutated messages and
 replies as the known dpid of site west, error and port-status floods, connect-and-close churn, idle
 connections). During each phase and after it, a real edit is timed on the real switch east (a same-run
@@ -29,8 +29,8 @@ sys.path.insert(0, ROOT)
 
 from cloudweave.config import load_model  # noqa: E402
 from cloudweave.flows.compile import compile_site  # noqa: E402
-from tests.harness import OvsSites, wait_for  # noqa: E402
-from tests.openflow_fuzz import (  # noqa: E402
+from testkit.harness import OvsSites, wait_for  # noqa: E402
+from testkit.openflow_fuzz import (  # noqa: E402
     EDIT_BOUND_S,
     NAT,
     RSS_BOUND_MB,

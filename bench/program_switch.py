@@ -31,7 +31,7 @@ from cloudweave.testbed.ovs import NetnsOvs  # noqa: E402
 from controller.codec import canonical_actual  # noqa: E402
 from controller.flow_desc import RawFlowDescBody, canonical_flows  # noqa: E402
 from controller.osken_fixes import install as install_osken_fixes  # noqa: E402
-from tests.harness import Controller, flow_desc_body, wait_for  # noqa: E402
+from testkit.harness import Controller, flow_desc_body, wait_for  # noqa: E402
 
 OURS = f"cookie={OWNER:#x}/{OWNER_MASK:#x}"
 

@@ -35,7 +35,7 @@ from cloudweave import paths
 from cloudweave.secops import quarantine
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, log_times, ns_argv, stop
-from tests.harness import appctl
+from testkit.harness import appctl
 
 ATTACKER, VICTIM, VICTIM_IP, ATTACKER_SITE = "dev1", "dev2", "10.41.0.11", "east"
 ATTACKS = {
@@ -235,7 +235,7 @@ def bench_collector(rates: tuple[int, ...] = (10_000, 20_000, 30_000, 40_000), s
 SENDER = """
 import socket, struct, sys, time
 sys.path.insert(0, sys.argv[4])
-from tests.unit.test_flowlog import data_set, message, record, template_set
+from testkit.ipfix import data_set, message, record, template_set
 port, rate, seconds = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 tx.sendto(message(template_set(), domain=0x42), ("127.0.0.1", port))

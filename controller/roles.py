@@ -8,9 +8,10 @@ the whole fabric, the coordinator, because its LP sees every link at once.
 |---|---|---|
 | flow-mods, groups, meters | the site's master (OVS refuses a slave's writes) | `controller.session` |
 | OVSDB: bridge, tunnel ports, BFD | the site's master | `controller.ovsdb_service` |
-| next-hop ARP toward a NAT uplink's gateway | the site's master | `controller.core` |
+| next-hop ARP toward a NAT uplink's gateway | the site's master | `controller.next_hop_keeper` |
 | flow-log collector (the site's IPFIX row aimed at it) | the site's master | `controller.flowlog_service` |
 | conntrack zone limits | the site's master | `controller.conn_limit_service` |
+| automatic quarantine (alarm, store row, hold) | the site's master (its collector) | `controller.flowlog_service` |
 | traffic engineering | the coordinator | `controller.te_loop` |
 """
 

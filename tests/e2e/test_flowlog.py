@@ -19,8 +19,8 @@ from cloudweave.secops import quarantine
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import API_SERVICE, BENIGN_SOURCES, LOAD, benign_mix, ns_argv, probe, serve_probes, stop
+from testkit.harness import ROOT, wait_for
 from tests.e2e.test_testbed import bring_up
-from tests.harness import ROOT, wait_for
 
 pytestmark = pytest.mark.testbed
 FLOW_LOGS = {"new": 1, "unreplied": "1/16", "drops": "1/16"}
@@ -282,7 +282,7 @@ def test_an_outside_flooder_is_rate_limited_at_the_uplinks_and_its_victim_keeps_
     import re
 
     from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
-    from tests.harness import appctl
+    from testkit.harness import appctl
 
     workdir, model = nat_bed
     nat_east = str(model.site("east").nat_ip)

@@ -15,8 +15,8 @@ from cloudweave.testbed.build import INTERNET, INTERNET_SERVER
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
+from testkit.harness import appctl, wait_for
 from tests.e2e.test_testbed import bring_up
-from tests.harness import appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 EAST_NAT, WEST_NAT = "198.51.100.51", "198.51.100.52"

@@ -14,8 +14,8 @@ from cloudweave.flows.policy import Policy
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import ns_argv, probe, serve_probes, stop
+from testkit.harness import wait_for
 from tests.e2e.test_testbed import bring_up
-from tests.harness import wait_for
 
 pytestmark = pytest.mark.testbed
 TCP_PORTS = [80, 443, 8080, 9004, 9005, 5432, 22]

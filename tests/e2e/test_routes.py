@@ -19,8 +19,8 @@ from cloudweave.testbed.build import underlay_port
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv, serve_probes, stop
+from testkit.harness import appctl, wait_for
 from tests.e2e.test_testbed import STATS_SETTLE_S, bring_up
-from tests.harness import appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 SERVER, VIP = "10.61.0.21", "10.61.0.100"

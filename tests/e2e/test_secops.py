@@ -15,9 +15,9 @@ from cloudweave import paths
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, log_times, ns_argv, probe, serve_probes, stop
+from testkit.harness import ROOT, appctl, wait_for
 from tests.e2e.test_policy import edit_policy
 from tests.e2e.test_testbed import bring_up
-from tests.harness import ROOT, appctl, wait_for
 
 pytestmark = pytest.mark.testbed
 DEV2 = "10.41.0.11"  # dev2's address (web1 has it too, in the other segment)

@@ -24,8 +24,8 @@ import yaml
 from cloudweave.testbed.cli import down
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import LOAD, ns_argv
+from testkit.harness import ROOT, wait_for
 from tests.e2e.test_testbed import bring_up
-from tests.harness import ROOT, wait_for
 
 pytestmark = pytest.mark.testbed
 SCALE = 5

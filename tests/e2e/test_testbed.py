@@ -19,7 +19,7 @@ from cloudweave.testbed.cli import down, exec_in, up
 from cloudweave.testbed.ovs import alive
 from cloudweave.testbed.state import State
 from cloudweave.testbed.traffic import iperf, ns_argv, probe
-from tests.harness import ROOT, free_port, rewrite_topology, wait_for
+from testkit.harness import ROOT, free_port, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.testbed
 # The userspace datapath's revalidators push flow statistics about twice a second; counters read sooner lag.

@@ -9,7 +9,7 @@ import pytest
 
 from cloudweave.flows.policy import Policy
 from cloudweave.flows.tables import L2_FORWARD
-from tests.harness import ROOT, OvsSites
+from testkit.harness import ROOT, OvsSites
 
 pytestmark = pytest.mark.ovs
 MATRIX = os.path.join(ROOT, "topologies", "matrix.yaml")

@@ -20,8 +20,8 @@ from cloudweave.testbed.ovs import NetnsOvs
 from controller.codec import canonical_actual
 from controller.flow_desc import RawFlowDescBody, canonical_flows
 from controller.osken_fixes import install as install_osken_fixes
-from tests.config_fuzz import dump, mutate_doc, seed_docs
-from tests.harness import flow_desc_body
+from testkit.config_fuzz import dump, mutate_doc, seed_docs
+from testkit.harness import flow_desc_body
 
 pytestmark = pytest.mark.ovs
 CASES = 12

@@ -12,7 +12,7 @@ from cloudweave.flows.compile import compile_site
 from cloudweave.flows.ofctl import render_flows
 from cloudweave.flows.tables import L2_FORWARD
 from controller.codec import canonical_desired
-from tests.harness import ROOT, Controller, OvsSites, rewrite_topology, wait_for
+from testkit.harness import ROOT, Controller, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs
 REFERENCE = os.path.join(ROOT, "topologies", "three-clouds.yaml")

@@ -13,8 +13,8 @@ import pytest
 
 from cloudweave.config import load_model
 from cloudweave.flows.compile import compile_site
-from tests.harness import OvsSites, wait_for
-from tests.openflow_fuzz import (
+from testkit.harness import OvsSites, wait_for
+from testkit.openflow_fuzz import (
     EDIT_BOUND_S,
     NAT,
     RSS_BOUND_MB,

@@ -19,7 +19,7 @@ from cloudweave.config import load_model
 from cloudweave.flows.compile import compile_site
 from cloudweave.store.shards import site_shards
 from cloudweave.testbed.ovs import OvsError
-from tests.harness import ROOT, OvsSites, Replica, Store, wait_for
+from testkit.harness import ROOT, OvsSites, Replica, Store, wait_for
 
 pytestmark = pytest.mark.ovs
 REFERENCE = os.path.join(ROOT, "topologies", "three-clouds.yaml")

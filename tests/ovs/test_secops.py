@@ -15,7 +15,7 @@ from cloudweave import paths
 from cloudweave.flows.filters import deciding_filter
 from cloudweave.flows.tables import L2_FORWARD
 from cloudweave.secops import quarantine
-from tests.harness import ROOT, OvsSites, wait_for
+from testkit.harness import ROOT, OvsSites, wait_for
 
 pytestmark = pytest.mark.ovs
 MATRIX = os.path.join(ROOT, "topologies", "matrix.yaml")

@@ -9,7 +9,7 @@ import pytest
 
 from cloudweave.config import load_model
 from cloudweave.flows.compile import compile_site
-from tests.harness import ROOT, OvsSites, rewrite_topology, wait_for
+from testkit.harness import ROOT, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs
 REFERENCE = os.path.join(ROOT, "topologies", "three-clouds.yaml")

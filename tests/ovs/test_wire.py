@@ -22,8 +22,8 @@ from cloudweave.flows.compile import compile_site
 from cloudweave.flows.flowlog import site_domain
 from cloudweave.paths import default_key_path
 from cloudweave.secops import quarantine
-from tests import ofpeer
-from tests.harness import ROOT, OvsSites, rewrite_topology, wait_for
+from testkit import ofpeer
+from testkit.harness import ROOT, OvsSites, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.ovs
 NAT = os.path.join(ROOT, "topologies", "nat.yaml")
@@ -263,7 +263,7 @@ def test_an_endless_multipart_reply_is_cut_off_and_the_session_recovers(sites):
 
 def flow_body(sites) -> bytes:
     """Real flow entries as ovs-vswitchd sends them (east's, programmed), to fill the endless reply's parts."""
-    from tests.harness import flow_desc_body
+    from testkit.harness import flow_desc_body
 
     body = flow_desc_body(sites.instances["east"].mgmt("br-int"))
     assert 4000 < len(body) < 60000, len(body)

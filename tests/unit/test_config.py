@@ -10,24 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudweave.config import ConfigError, load_model
+from testkit.config_fuzz import GOOD  # noqa: F401 - the tests beside this one import it from here too
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = os.path.join(ROOT, "..", "shared", "examples", "three-clouds.yaml")
-
-GOOD = """\
-version: 1
-sites:
-  a: {dpid: 1, vtep: 172.31.0.1, ovsdb: "unix:/tmp/a.sock"}
-  b: {dpid: 2, vtep: 172.31.0.2, ovsdb: "unix:/tmp/b.sock"}
-links:
-  - {between: [a, b], capacity: 1Gbit}
-segments:
-  s: {vni: 10, subnet: 10.0.0.0/24}
-endpoints:
-  e1: {site: a, port: p1, segment: s, mac: "02:00:00:00:00:01", ip: 10.0.0.1}
-  e2: {site: b, port: p2, segment: s, mac: "02:00:00:00:00:02", ip: 10.0.0.2}
-"""
-
 
 def problems(tmp_path, text: str, name: str = "t.yaml") -> list[str]:
     path = tmp_path / name

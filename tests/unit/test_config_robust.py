@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.config_fuzz import broken_promises
+from testkit.config_fuzz import broken_promises
 from tests.unit.test_config import GOOD, ROOT
 
 ROUTES = os.path.join(ROOT, "topologies", "routes.yaml")

@@ -1,4 +1,4 @@
-"""The core against switches in memory (tests/fakeswitch.py): its inputs handled one by one, each session
+"""The core against switches in memory (testkit/fakeswitch.py): its inputs handled one by one, each session
 stepped by hand (their workers are not started), so that each path of the reducer is pinned down without
 OVS: which switch hears of a change, what a keeper's reply commits, what a refused input leaves alone."""
 
@@ -18,8 +18,8 @@ from controller.metrics import Metrics
 from controller.session import SwitchSession
 from controller.settings import Settings
 from controller.watch import ReloadRequests
-from tests.fakeswitch import FakeDatapath
-from tests.harness import ROOT
+from testkit.fakeswitch import FakeDatapath
+from testkit.harness import ROOT
 
 GATEWAY, GATEWAY_MAC = "198.51.100.254", "02:aa:bb:cc:dd:ee"
 

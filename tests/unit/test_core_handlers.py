@@ -12,7 +12,7 @@ from controller import messages
 from controller.core import HANDLERS
 from controller.metrics import Metrics
 from controller.quarantine_keeper import KEEP_QUIET_S, QuarantineKeeper, StoreFeed
-from tests.harness import ROOT
+from testkit.harness import ROOT
 
 
 def test_every_input_of_the_core_has_one_handler():

@@ -4,7 +4,7 @@ map a newcomer follows cannot drift from the tree."""
 import os
 import re
 
-from tests.harness import ROOT
+from testkit.harness import ROOT
 
 
 def where_it_happens() -> list[str]:

@@ -2,48 +2,18 @@
 detector on record streams (attacks raise one alarm each, benign traffic none, a victim never), and the
 annotator naming a record's rule and file:line as `explain` does."""
 
-import socket
-import struct
 from ipaddress import IPv4Address
 
 import pytest
 
 from cloudweave.config import load_model
 from cloudweave.config.model import Detection
-from cloudweave.flowlog.ipfix import VMWARE, Decoder, NotIpfix
+from cloudweave.flowlog.ipfix import Decoder, NotIpfix
 from cloudweave.flowlog.records import Annotator
 from cloudweave.flows.flowlog import KIND_FILTER, KIND_NEW, KIND_UNREPLIED, obs_point
 from cloudweave.secops.detect import Detector
-from tests.harness import ROOT
-
-# (information element, length, enterprise): a flow-sample template as OVS builds it, interfaceName twice
-# (ingress and egress) and variable-length, a VMware tunnel field, and fields the decoder does not name.
-TEMPLATE = [(138, 4, 0), (56, 6, 0), (80, 6, 0), (256, 2, 0), (8, 4, 0), (12, 4, 0), (4, 1, 0), (7, 2, 0),
-            (11, 2, 0), (82, 0xFFFF, 0), (82, 0xFFFF, 0), (892, 0xFFFF, VMWARE), (136, 1, 0), (2, 8, 0)]
-
-
-def template_set(tid: int = 256) -> bytes:
-    body = struct.pack("!HH", tid, len(TEMPLATE))
-    for ie, length, pen in TEMPLATE:
-        body += struct.pack("!HH", ie | (0x8000 if pen else 0), length) + (struct.pack("!I", pen) if pen else b"")
-    return struct.pack("!HH", 2, 4 + len(body)) + body
-
-
-def record(point: int, src: str, dst: str, proto: int, sport: int, dport: int, ifname: str = "web1") -> bytes:
-    name = ifname.encode()
-    return (struct.pack("!I", point) + bytes.fromhex("020000410011") + bytes.fromhex("020000410012")
-            + struct.pack("!H", 0x0800) + socket.inet_aton(src) + socket.inet_aton(dst)
-            + struct.pack("!BHH", proto, sport, dport) + bytes([len(name)]) + name + bytes([0])
-            + bytes([3]) + b"\x00\x10\x05" + bytes([3]) + struct.pack("!Q", 1))
-
-
-def message(sets: bytes, seq: int = 0, domain: int = 0x41) -> bytes:
-    return struct.pack("!HHIII", 10, 16 + len(sets), 1796000000, seq, domain) + sets
-
-
-def data_set(*records: bytes, tid: int = 256) -> bytes:
-    body = b"".join(records)
-    return struct.pack("!HH", tid, 4 + len(body)) + body
+from testkit.harness import ROOT
+from testkit.ipfix import data_set, message, record, template_set
 
 
 def test_decodes_ovs_flow_samples_and_counts_what_it_cannot():

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the loader and the compiler (issue #13): whatever a file holds, `check` exits 0
 or 1 with one FILE:LINE:COL: message line per problem and no traceback, and `compile` of an accepted file
-never raises and prints one line per flow and per group. The mutations are tests/config_fuzz.py's (also
+never raises and prints one line per flow and per group. The mutations are testkit/config_fuzz.py's (also
 used, longer and with time and memory bounds, by bench/fuzz_config.py); Hypothesis chooses and shrinks them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cloudweave.config.errors import Problem
 from cloudweave.config.yamlpos import load_located
-from tests.config_fuzz import broken_promises, dump, mutate_doc, mutate_text, seed_docs
+from testkit.config_fuzz import broken_promises, dump, mutate_doc, mutate_text, seed_docs
 
 SEEDS = seed_docs()
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

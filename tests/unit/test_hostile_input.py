@@ -222,7 +222,7 @@ def test_the_quarantine_list_never_passes_its_cap_and_auto_entries_have_a_budget
 
 
 def test_mutated_messages_keep_a_plausible_header():
-    from tests import ofpeer
+    from testkit import ofpeer
 
     rng = random.Random(1)
     for _ in range(200):

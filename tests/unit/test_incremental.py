@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.generate import mesh
 from cloudweave.config import load_model
 from cloudweave.config.model import Filter, FilterMatch, Model
 from cloudweave.flows.incremental import IncrementalCompiler
 from cloudweave.flows.topology import SiteGraph
 from cloudweave.te.engine import auto_keys
 from cloudweave.te.paths import candidate_paths
+from testkit.generate import mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = sorted(glob.glob(os.path.join(ROOT, "topologies", "*.yaml")))

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from tests.harness import ROOT
+from testkit.harness import ROOT
 
 
 def test_a_stray_flows_te_or_testbed_module_in_the_working_directory_breaks_nothing(tmp_path):
@@ -98,3 +98,23 @@ def test_each_layer_imports_only_the_layers_below_it(installed, tmp_path):
                             "name = r\ntype = layers\nlayers =\n    cloudweave.config\n    cloudweave.flows\n")
     broken = subprocess.run([*argv, str(reversed_cfg)], cwd=tmp_path, capture_output=True, text=True)
     assert broken.returncode != 0 and "cloudweave.flows.compile -> cloudweave.config" in broken.stdout, broken.stdout
+
+
+def test_benchmarks_and_tests_share_testkit_and_never_import_each_other():
+    """What both need lives in testkit/; a benchmark importing a test module (or the reverse) would tie the two
+    together again (six bench files imported tests/ before)."""
+    import ast
+
+    found = []
+    for folder, forbidden in (("bench", "tests"), ("tests", "bench"), ("testkit", "tests"), ("testkit", "bench")):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(directory, name)
+                for node in ast.walk(ast.parse(open(path).read())):
+                    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                        [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                    found += [f"{os.path.relpath(path, ROOT)}: {m}" for m in modules
+                              if m == forbidden or m.startswith(forbidden + ".")]
+    assert found == []

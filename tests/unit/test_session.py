@@ -1,4 +1,4 @@
-"""A switch's session against a switch in memory (tests/fakeswitch.py): its steps called directly, each test a
+"""A switch's session against a switch in memory (testkit/fakeswitch.py): its steps called directly, each test a
 few milliseconds. What the real-OVS tests (tests/ovs/test_sessions.py) show end to end, these pin down one
 path at a time, the paths a real switch rarely takes among them."""
 
@@ -11,8 +11,8 @@ from cloudweave.flows.compile import compile_site
 from controller.metrics import Metrics
 from controller.session import Role, SwitchSession
 from controller.te_loop import port_stats_request
-from tests.fakeswitch import FakeDatapath, ofp, parser
-from tests.harness import ROOT
+from testkit.fakeswitch import FakeDatapath, ofp, parser
+from testkit.harness import ROOT
 
 SITE = "cloud2"  # three-clouds.yaml: endpoints of every mode (NAT too), routed classes (groups), a service
 

@@ -36,6 +36,21 @@ NASTY: tuple[Any, ...] = (
     "70%", "100%", "50%", {"direct": 0}, {"direct": 1e308, "via x": 1e308}, {"k_shortest": 0},
     "unix:/tmp/x.sock", "tcp:127.0.0.1:6640", "ptcp:6640", "ssl:x", "unix:", "x" * 64, "1.5", "1e3", "0x",
 )
+# A small valid file: two sites, one link, one segment, two endpoints (the seed of hand-made mistakes).
+GOOD = """\
+version: 1
+sites:
+  a: {dpid: 1, vtep: 172.31.0.1, ovsdb: "unix:/tmp/a.sock"}
+  b: {dpid: 2, vtep: 172.31.0.2, ovsdb: "unix:/tmp/b.sock"}
+links:
+  - {between: [a, b], capacity: 1Gbit}
+segments:
+  s: {vni: 10, subnet: 10.0.0.0/24}
+endpoints:
+  e1: {site: a, port: p1, segment: s, mac: "02:00:00:00:00:01", ip: 10.0.0.1}
+  e2: {site: b, port: p2, segment: s, mac: "02:00:00:00:00:02", ip: 10.0.0.2}
+"""
+
 MAX_NASTY_LINES = ("a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n",
                    "x: " + "[" * 600 + "]" * 600 + "\n", "x: &x\n  y: *x\n", "include: /dev/zero\n",
                    "include: ../../etc/passwd\n", "<<: {version: 1}\n", "--- \n", "%YAML 1.1\n---\n")

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests import ofpeer
-from tests.harness import rewrite_topology, wait_for
+from testkit import ofpeer
+from testkit.harness import rewrite_topology, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAT = os.path.join(ROOT, "topologies", "nat.yaml")

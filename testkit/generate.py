@@ -1,4 +1,4 @@
-"""Generated topologies for the benchmarks, as typed models (and as YAML for tools that read files)."""
+"""Generated topologies for the benchmarks and the scale tests, as typed models (and as YAML for tools)."""
 
 from __future__ import annotations
 
