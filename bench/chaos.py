@@ -7,20 +7,21 @@ tests' `Traffic`), and a random schedule of faults, each under its own traffic a
 - leader: kill -9 of the store's Raft leader (started again after);
 - deleted: every flow of ours at a random site deleted by hand (`ovs-ofctl del-flows`);
 - modified: every flow of ours at a random site rewritten to drop by hand (`ovs-ofctl mod-flows`: same count);
-- edits: a bad edit applied (refused, nothing changes), then a good one (a rule added) and its revert.
+- edits: a bad edit applied (refused, nothing changes), then a good one (a rule added) and its revert;
+- ovs: a random site's ovs-vswitchd restarted as an upgrade does (`testbed restart-ovs`, flow-restore-wait);
+- link: a random underlay link cut (its veth down at one end), then restored;
+- quarantine: an endpoint no stream uses quarantined through the store (`cloudweave quarantine add --store`),
+  then released: every replica must hold the same list (each one's cloudweave_quarantined_endpoints).
 
 After each settle it checks the invariants: every switch holds exactly the flows it held before the fault
 (traffic-engineered paths aside: they follow the learned matrix), or the edit's; OVS reports one master per
 switch, and never two at a sample taken every 100 ms during the fault; the packets each stream lost are
-within the fault's budget (none for a replica or store fault; for flows broken by hand, what the streams send
-in REPAIR_BUDGET_S); no traceback in any replica's log. It prints each fault, its recovery time and losses,
-and the command that replays the schedule. Exit code 1 when an invariant broke.
+within the fault's budget (none for a replica, store or quarantine fault; for flows broken by hand, what the
+streams send in REPAIR_BUDGET_S; for an OVS restart or a link cut, in RESTART_BUDGET_S or LINK_BUDGET_S); no
+traceback in any replica's log; the quarantine list the same at every replica. It prints each fault, its
+recovery time and losses, and the command that replays the schedule. Exit code 1 when an invariant broke.
 
-Not in the schedule yet: an OVS restart, a link cut, a quarantine by hand (the quarantine list is each
-replica's own file, not the store's, so "the same list seen from every replica" does not hold yet).
-
-Run: .venv/bin/python bench/chaos.py [--seconds 600] [--seed N]
-Not in CI yet: its first CI run timed out settling after a killed master was restarted (docs/benchmarks.md).
+Run: .venv/bin/python bench/chaos.py [--seconds 600] [--seed N]   (tests/e2e/test_chaos.py: 2 minutes in CI)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,13 +46,18 @@ from on_testbed import running  # noqa: E402
 
 from cloudweave.config import load_model  # noqa: E402
 from cloudweave.store import cluster  # noqa: E402
-from cloudweave.testbed.build import start_replica  # noqa: E402
+from cloudweave.testbed.build import start_replica, underlay_port  # noqa: E402
+from cloudweave.testbed.restart import restart_ovs  # noqa: E402
 from cloudweave.testbed.state import State  # noqa: E402
+from cloudweave.testbed.traffic import ns_argv  # noqa: E402
 from testkit.harness import wait_for  # noqa: E402
 from testkit.replica_bed import SITES, RoleWatch, Traffic, flows, nat_ready, owners, replica_log, with_gateways  # noqa: E402,E501
 
-FAULTS = ("crash", "freeze", "leader", "deleted", "modified", "edits")
+FAULTS = ("crash", "freeze", "leader", "deleted", "modified", "edits", "ovs", "link", "quarantine")
 REPAIR_BUDGET_S = 2.0  # flows broken by hand: repaired within this (the flow monitor reports them at once)
+RESTART_BUDGET_S = 1.5  # an OVS restart: the userspace datapath forwards nothing while it is gone (< 1 s measured)
+LINK_BUDGET_S = 2.5  # a link cut: BFD's 300 ms detection, then the recompile (tests/e2e/test_routes.py: < 2 s)
+STREAM_HOSTS = ("lab1", "lab2")  # the endpoints the traffic uses: never quarantined here
 RATES = {"ping": 200, "udp": 500, "nat": 200}  # packets per second of each stream (tests/e2e/test_replicas.py)
 OURS = "cookie=0xc10d000000000000/0xffff000000000000"
 
@@ -95,6 +102,24 @@ def apply(workdir: str, edit) -> subprocess.CompletedProcess:
                            state.store["remotes"], "--wait", "30"], capture_output=True, text=True, cwd=ROOT)
 
 
+def quarantined_at(workdir: str) -> dict[str, float | None]:
+    """replica -> the endpoints its core holds quarantined (its cloudweave_quarantined_endpoints gauge)."""
+    out = {}
+    for name, r in State.load(workdir).replicas.items():
+        try:
+            text = urllib.request.urlopen(f"http://{r['metrics']}/metrics", timeout=2).read().decode()
+            m = re.search(r"^cloudweave_quarantined_endpoints (\S+)$", text, re.M)
+            out[name] = float(m.group(1)) if m else None
+        except OSError:
+            out[name] = None
+    return out
+
+
+def quarantine(workdir: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "cloudweave", "quarantine", *args, "--store",
+                           State.load(workdir).store["remotes"]], capture_output=True, text=True, cwd=ROOT)
+
+
 def add_rule(doc: dict) -> None:
     doc["security_groups"]["db"]["ingress"].append({"from": "web", "proto": "tcp", "ports": 15432})
 
@@ -108,6 +133,7 @@ class Chaos:
         self.workdir, self.rng = workdir, rng
         self.baseline = self.snapshot()
         self.doc = yaml.safe_load(open(State.load(workdir).topology))
+        self.model = load_model(State.load(workdir).topology)[0]
 
     def snapshot(self) -> dict[str, list[str]]:
         return {s: flows(self.workdir, s) for s in SITES}
@@ -175,6 +201,44 @@ class Chaos:
                      what=f"{site}'s flows repaired")
             recovered = time.monotonic() - at
             budget = {name: int(rate * REPAIR_BUDGET_S) for name, rate in RATES.items()} | {"tcp": 0}
+        elif kind == "ovs":
+            what = f"ovs-vswitchd of {site} restarted (flow-restore-wait)"
+            restart_ovs(self.workdir, site, flow_restore_wait=True)
+            wait_for(lambda: flows(self.workdir, site) == self.baseline[site], 20, interval_s=0.05,
+                     what=f"{site}'s flows after the restart")
+            recovered = time.monotonic() - at
+            budget = {name: int(rate * RESTART_BUDGET_S) for name, rate in RATES.items()} | {"tcp": 0}
+        elif kind == "link":
+            peer = self.rng.choice([p for link in self.model.links for p in link.sites if site in link.sites and
+                                    p != site])
+            what = f"link {site}-{peer} cut at {site}"
+            subprocess.run(ns_argv(self.workdir, site, "ip", "link", "set", underlay_port(peer), "down"), check=True)
+            try:
+                wait_for(lambda: self.snapshot() != self.baseline, 15, interval_s=0.05, what="traffic rerouted")
+                recovered = time.monotonic() - at
+                time.sleep(1.0)
+            finally:
+                subprocess.run(ns_argv(self.workdir, site, "ip", "link", "set", underlay_port(peer), "up"),
+                               check=True)
+            budget = {name: int(rate * LINK_BUDGET_S) for name, rate in RATES.items()} | {"tcp": 0}
+        elif kind == "quarantine":
+            ep = self.rng.choice([e for e in self.model.endpoints if e.name not in STREAM_HOSTS])
+            what = f"{ep.name} at {ep.site} quarantined through the store, then released"
+            added = quarantine(self.workdir, "add", ep.name, "--reason", "chaos")
+            if added.returncode != 0:
+                traffic.results()
+                watch.halt.set()
+                watch.join()
+                return f"quarantine add failed: {added.stderr[-300:]}", 0.0, {"quarantine": None}, {}
+            wait_for(lambda: set(quarantined_at(self.workdir).values()) == {1.0} and
+                     flows(self.workdir, ep.site) != self.baseline[ep.site], 15, interval_s=0.05,
+                     what="the quarantine at every replica and in force at its site")
+            recovered = time.monotonic() - at
+            released = quarantine(self.workdir, "release", ep.name)
+            if released.returncode != 0:
+                what += f" (release failed: {released.stderr[-200:]})"
+            wait_for(lambda: set(quarantined_at(self.workdir).values()) == {0.0}, 15, interval_s=0.05,
+                     what="the release at every replica")
         results = traffic.results()
         watch.halt.set()
         watch.join()
@@ -210,7 +274,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=600.0, help="how long faults are injected (default 600)")
     p.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: from the clock)")
+    p.add_argument("--only", default=",".join(FAULTS), help=f"the kinds of fault to draw from (default: all, "
+                   f"{','.join(FAULTS)})")
     args = p.parse_args()
+    kinds = tuple(k for k in args.only.split(",") if k)
+    if not kinds or set(kinds) - set(FAULTS):
+        p.error(f"--only: kinds of fault among {', '.join(FAULTS)}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     rng = random.Random(seed)
     print(f"chaos: seed {seed}, {args.seconds:.0f} s of faults", flush=True)
@@ -224,7 +293,7 @@ def main() -> int:
         n = 0
         while time.monotonic() < end:
             n += 1
-            kind = rng.choice(FAULTS)
+            kind = rng.choice(kinds)
             started = datetime.now().strftime("%H:%M:%S")
             what, took, losses, budget = chaos.edits() if kind == "edits" else chaos.run_fault(kind)
             over = {k: v for k, v in losses.items() if v is None or v > budget.get(k, 0)}
@@ -242,7 +311,8 @@ def main() -> int:
         if took:
             print(f"  {kind:<9} {len(took):3d} x, recovery median {took[len(took) // 2] * 1000:.0f} ms, "
                   f"max {took[-1] * 1000:.0f} ms")
-    print(f"replay: .venv/bin/python bench/chaos.py --seconds {args.seconds:g} --seed {seed}")
+    only = "" if kinds == FAULTS else f" --only {','.join(kinds)}"
+    print(f"replay: .venv/bin/python bench/chaos.py --seconds {args.seconds:g} --seed {seed}{only}")
     return 1 if broken_invariants else 0
 
 
