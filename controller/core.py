@@ -32,6 +32,7 @@ from cloudweave.secops import quarantine
 from cloudweave.store.shards import site_shards
 from controller.changes import describe
 from controller.desired import DesiredCompiler, State
+from controller.guard import Repeats
 from controller.keeper import Reply, change
 from controller.link_keeper import LinkKeeper
 from controller.messages import (
@@ -49,6 +50,7 @@ from controller.messages import (
     WeightsAdopted,
 )
 from controller.next_hop_keeper import NextHopKeeper
+from controller.peer_gone import peer_gone
 from controller.quarantine_keeper import QuarantineKeeper, StoreFeed
 from controller.reload_keeper import ReloadKeeper
 from controller.session import EQUAL, NO_ROLE, Role, SwitchHandle, SwitchSession
@@ -109,6 +111,7 @@ class Core:
         self.queue: Any = hub.Queue()
         self.sessions: dict[int, SwitchSession] = {}
         self.unknown_dpids: set[int] = set()  # said once (bounded: cleared past MAX_UNKNOWN and at reloads)
+        self._said = Repeats()  # lines said at most once a minute per kind
         self.active = True
         self.published = self._publish()
 
@@ -290,8 +293,19 @@ class Core:
     # ---- handlers ------------------------------------------------------------------------------------------
 
     def _switch_up(self, dp: Any) -> None:
-        LOG.info("switch %#x connected", dp.id)
         site = self.state.model.site_by_dpid(dp.id)
+        held = self.sessions.get(dp.id)
+        if held is not None and held.dp is not dp and not peer_gone(held.dp):
+            # One connection per dpid while the first lives (ONOS's rule): a second one, an impostor or a
+            # confused peer, would otherwise take the site's session and orphan the real switch. A switch that
+            # restarted has closed its old connection; if its end is still in flight it retries within seconds.
+            if self._said.check(("duplicate", dp.id)) is not None:
+                LOG.warning("switch %#x (site %s): a second connection while the first is alive; refused, the "
+                            "first keeps the session (said once a minute per dpid)", dp.id, held.site)
+            self.metrics.duplicate_switches.labels(held.site).inc()
+            dp.close()
+            return
+        LOG.info("switch %#x connected", dp.id)
         old = self.sessions.pop(dp.id, None)
         if old is not None:
             old.stop()

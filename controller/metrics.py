@@ -100,6 +100,9 @@ class Metrics:
                                       "handler (the event dropped, the controller went on)", ["event"], registry=r)
         self.unknown_switches = Counter("cloudweave_unknown_switch_connections", "Connections of a switch whose "
                                         "dpid is no site's (closed)", registry=r)
+        self.duplicate_switches = Counter("cloudweave_duplicate_switch_connections", "Second connections with the "
+                                          "dpid of a switch whose first connection lives (refused)", ["site"],
+                                          registry=r)
         self.next_hops_refused = Counter("cloudweave_next_hop_refused", "Packet-ins not taken as an uplink "
                                          "gateway's answer: not from the site's uplink port", ["site"], registry=r)
         self.reply_refused = Counter("cloudweave_switch_reply_refused", "Replies cut off at their bound (parts, "

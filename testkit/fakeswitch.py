@@ -94,6 +94,10 @@ class FakeDatapath:
         self.on_commit: Callable[[], None] | None = None  # runs as a commit arrives (a role change mid-reconcile)
         self.role, self.generation = ofp.OFPCR_ROLE_EQUAL, None
         self.received: list[str] = []  # the kinds of message seen, in order
+        self.is_active = True  # as os-ken's Datapath: False once the connection is closed
+
+    def close(self) -> None:
+        self.is_active = False
 
     # ---- what the session calls ------------------------------------------------------------------------
 

@@ -135,6 +135,31 @@ def test_a_fake_switchs_port_status_not_utf8_and_unknown_dpids(sites):
         ctl.stop()
 
 
+def test_a_second_connection_with_a_real_switchs_dpid_is_refused_and_orphans_nothing(sites):
+    """#25's impostor: a client that answers FEATURES with east's dpid while east is connected. Before, it took
+    east's session (and every later change) and left the real switch orphaned. Now it is closed at once, said
+    once, and edits still reach the real switch; its own attempts again are refused the same way."""
+    ctl = sites.controller().start()
+    try:
+        programmed(sites, ctl)
+        dpid = load_model(sites.config)[0].site("east").dpid
+        for _ in range(3):
+            s = ofpeer.handshake(ctl.sock, dpid)
+            closed = ofpeer.drain(s)
+            assert closed.wait(5.0), "the second connection is closed"
+            s.close()
+        wait_for(lambda: f"switch {dpid:#x} (site east): a second connection while the first is alive; refused"
+                 in ctl.log(), 5.0, what="the refusal in the log")
+        assert ctl.log().count("a second connection while the first is alive") == 1  # said once a minute
+        assert ctl.metric("cloudweave_duplicate_switch_connections_total", site="east") == 3
+        took = edit_reaches(sites, "02:00:00:51:03:7a")
+        assert took < 2.0, f"{took:.2f} s"
+        programmed(sites, ctl)
+        no_stray_tracebacks(ctl.log())
+    finally:
+        ctl.stop()
+
+
 def test_idle_connections_past_the_file_limit_and_emfile_leave_the_listener_serving(sites):
     """Before: 1,040 idle connections at a 1,024-descriptor limit ended os-ken's accept loop (EMFILE) and closed
     the listening socket: no switch could connect again."""

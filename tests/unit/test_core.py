@@ -167,3 +167,45 @@ def test_a_compile_failure_keeps_the_state_and_every_switch_as_they_were(fabric,
     assert {s: dict(dp.flows) for s, dp in switches.items()} == flows
     assert counter(metrics, "cloudweave_compile_failures_total") == 1
     assert quarantine.load(core.settings.quarantine) == ()  # not cut off: not written either
+
+
+def test_a_second_connection_with_a_dpid_is_refused_while_the_first_lives(fabric):
+    """ONOS's rule: an impostor (or a confused peer) announcing a site's dpid gets nothing and is closed; the
+    switch that holds the session keeps it. Once the first connection has ended, a new one takes over."""
+    core, switches, _, _, metrics = fabric
+    real = switches["cloud1"]
+    impostor = FakeDatapath(real.id, dict(real.ports))
+    impostor.deliver = lambda msg: core.published.switches[real.id].deliver(msg)
+    core._handle(SwitchUp(impostor))
+    assert not impostor.is_active and not impostor.flows and impostor.received == []
+    assert core.sessions[real.id].dp is real
+    assert counter(metrics, "cloudweave_duplicate_switch_connections_total", site="cloud1") == 1
+    real.close()  # the first connection ends (its SwitchDown not yet handled): the next one is served
+    again = FakeDatapath(real.id, dict(real.ports))
+    again.deliver = lambda msg: core.published.switches[real.id].deliver(msg)
+    core._handle(SwitchUp(again))
+    assert core.sessions[real.id].dp is again
+    step(core)
+    assert len(again.flows) == flows_of(core, "cloud1")
+
+
+def test_a_connection_is_gone_once_its_peer_closed_it_and_never_blocks_to_say_so():
+    import socket
+    import time as clock
+    from types import SimpleNamespace
+
+    from controller.peer_gone import peer_gone
+
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5.0)  # as os-ken's Datapath sets it: a blocking peek would wait this long
+    dp = SimpleNamespace(is_active=True, socket=ours)
+    started = clock.monotonic()
+    assert not peer_gone(dp)  # idle
+    theirs.sendall(b"x")
+    assert not peer_gone(dp)  # bytes to read: alive
+    assert ours.recv(1) == b"x"
+    theirs.close()
+    assert peer_gone(dp)  # end of stream waiting to be read
+    assert clock.monotonic() - started < 0.5
+    ours.close()
+    assert peer_gone(SimpleNamespace(is_active=False, socket=None))
