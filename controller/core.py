@@ -26,6 +26,8 @@ from typing import Any
 
 from os_ken.lib import hub
 
+from cloudweave import pki
+from cloudweave.config.model import Site
 from cloudweave.flowlog import key as flowlog_key_file
 from cloudweave.flows.compile import SwitchState
 from cloudweave.secops import quarantine
@@ -294,6 +296,13 @@ class Core:
 
     def _switch_up(self, dp: Any) -> None:
         site = self.state.model.site_by_dpid(dp.id)
+        refusal = _certificate_refusal(dp, site)
+        if refusal is not None:
+            if self._said.check(("certificate", dp.id, refusal)) is not None:
+                LOG.warning("switch %#x: %s; refused (said once a minute)", dp.id, refusal)
+            self.metrics.impostor_switches.inc()
+            dp.close()
+            return
         held = self.sessions.get(dp.id)
         if held is not None and held.dp is not dp and not peer_gone(held.dp):
             # One connection per dpid while the first lives (ONOS's rule): a second one, an impostor or a
@@ -351,6 +360,22 @@ class Core:
     def _tick(self) -> None:
         for keeper_tick in (self.quarantine.tick, self.reloader.tick, self.next_hops.tick):
             self.apply(keeper_tick(self.published))
+
+
+def _certificate_refusal(dp: Any, site: Site | None) -> str | None:
+    """Why a switch connected over TLS is not the site its dpid names (None: it is, or no TLS): its
+    certificate (verified against the CA by then) must be a site's, naming that site (cloudweave.pki)."""
+    getpeercert = getattr(getattr(dp, "socket", None), "getpeercert", None)
+    if getpeercert is None or site is None:
+        return None
+    try:
+        kind, names = pki.peer_identity(getpeercert())
+    except (ValueError, OSError):
+        kind, names = None, frozenset()
+    if kind == "site" and site.name in names:
+        return None
+    said = f"a {kind} certificate for {', '.join(sorted(names))}" if names else "no certificate"
+    return f"it announces site {site.name}'s dpid but presents {said}"
 
 
 def _own_key(path: str) -> bytes | None:

@@ -9,9 +9,47 @@ import sys
 import threading
 
 
+class ListenError(ValueError):
+    """A listen address that cannot be served as given: the message says why."""
+
+
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def check_listen(listen: str, key: str | None = None, cert: str | None = None, ca: str | None = None) -> None:
+    """Refuse at start what would otherwise fail later or silently: an unknown scheme, `ssl:` without its
+    key, certificate and CA (or with files that cannot be read), TLS files given for a cleartext listener. A
+    cleartext `tcp:` listener off loopback is allowed, with a warning (anyone on that network could speak
+    OpenFlow to it)."""
+    scheme, sep, rest = listen.partition(":")
+    if not sep or scheme not in ("tcp", "ssl", "unix"):
+        raise ListenError(f"unknown scheme '{scheme if sep else listen}': use ssl:HOST:PORT, tcp:HOST:PORT or "
+                          "unix:/path")
+    tls = (key, cert, ca)
+    if scheme == "ssl":
+        missing = [n for n, v in zip(("--private-key", "--certificate", "--ca-cert"), tls, strict=True) if not v]
+        if missing:
+            raise ListenError(f"TLS needs {', '.join(missing)} (cloudweave pki issue DIR NAME --kind replica)")
+        for path in tls:
+            if not os.access(path, os.R_OK):
+                raise ListenError(f"cannot read {path}")
+    elif any(tls):
+        raise ListenError("--private-key, --certificate and --ca-cert are for an ssl: listener")
+    if scheme in ("tcp", "ssl"):
+        host, _, port = rest.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ListenError(f"'{port}' is not a port (1..65535)")
+        if scheme == "tcp" and not host.startswith(LOOPBACK):
+            logging.getLogger("cloudweave").warning(
+                "OpenFlow in cleartext on %s: anyone who reaches it can speak to this controller; use ssl: "
+                "(docs/deploy.md)", listen)
+
+
 def run(config: str | None, listen: str, metrics: str, switch_target: str | None, log_level: str,
         state: str | None = None, quarantine: str | None = None, store: str | None = None,
-        replica: str | None = None, import_policy: bool = False) -> int:
+        replica: str | None = None, import_policy: bool = False,
+        tls: tuple[str, str, str] | None = None) -> int:
+    """`tls`: (key, certificate, CA) for an ssl: listener (check_listen has checked them)."""
     os.environ.setdefault("OSKEN_HUB_TYPE", "native")
     if store:
         os.environ["CLOUDWEAVE_STORE"] = store
@@ -27,7 +65,10 @@ def run(config: str | None, listen: str, metrics: str, switch_target: str | None
     os.environ["CLOUDWEAVE_METRICS"] = metrics
     if switch_target:
         os.environ["CLOUDWEAVE_SWITCH_TARGET"] = switch_target
-    args = listen_args(listen)
+    elif listen.startswith("ssl:"):  # the switches connect back the way we listen
+        host, _, port = listen.removeprefix("ssl:").rpartition(":")
+        os.environ["CLOUDWEAVE_SWITCH_TARGET"] = f"ssl:{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"
+    args = listen_args(listen, tls)
     # os-ken warns at import that its native hub is "incomplete"; we run on it by choice (docs/design.md).
     logging.getLogger("os_ken.lib.hub").setLevel(logging.ERROR)
     from os_ken import cfg
@@ -54,8 +95,15 @@ def run(config: str | None, listen: str, metrics: str, switch_target: str | None
     os._exit(0)
 
 
-def listen_args(listen: str) -> list[str]:
-    """`unix:/path` or `tcp:HOST:PORT` (also `HOST:PORT`) -> os-ken's options."""
+def listen_args(listen: str, tls: tuple[str, str, str] | None = None) -> list[str]:
+    """`unix:/path`, `tcp:HOST:PORT` or `ssl:HOST:PORT` -> os-ken's options (os-ken does the TLS: it then
+    listens on the ssl port only, and requires a client certificate signed by the CA)."""
+    if listen.startswith("ssl:"):
+        assert tls is not None, "check_listen refuses ssl: without its files"
+        host, _, port = listen.removeprefix("ssl:").rpartition(":")
+        key, cert, ca = tls
+        return ["--ofp-listen-host", host or "127.0.0.1", "--ofp-ssl-listen-port", port, "--ctl-privkey", key,
+                "--ctl-cert", cert, "--ca-certs", ca]
     if listen.startswith("unix:"):
         path = listen[len("unix:"):]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

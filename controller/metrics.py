@@ -100,6 +100,8 @@ class Metrics:
                                       "handler (the event dropped, the controller went on)", ["event"], registry=r)
         self.unknown_switches = Counter("cloudweave_unknown_switch_connections", "Connections of a switch whose "
                                         "dpid is no site's (closed)", registry=r)
+        self.impostor_switches = Counter("cloudweave_impostor_switch_connections", "Switches over TLS whose "
+                                         "certificate does not name the site their dpid is (refused)", registry=r)
         self.duplicate_switches = Counter("cloudweave_duplicate_switch_connections", "Second connections with the "
                                           "dpid of a switch whose first connection lives (refused)", ["site"],
                                           registry=r)

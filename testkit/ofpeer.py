@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -24,8 +25,9 @@ OFPPS_LIVE = 4
 OFPMPF_REPLY_MORE = 1
 
 
-def connect(target: str | tuple[str, int], timeout: float = 5.0) -> socket.socket:
-    """A unix socket path, or (host, port)."""
+def connect(target: str | tuple[str, int], timeout: float = 5.0, tls: ssl.SSLContext | None = None
+            ) -> socket.socket:
+    """A unix socket path, or (host, port); over TLS with `tls` (ssl.SSLError: the handshake failed)."""
     if isinstance(target, str):
         # A unix socket's connect fails at once (EAGAIN) while the listener's backlog is full, where TCP would
         # wait: try again until `timeout`.
@@ -44,6 +46,8 @@ def connect(target: str | tuple[str, int], timeout: float = 5.0) -> socket.socke
     else:
         s = socket.create_connection(target, timeout=timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        s = tls.wrap_socket(s)
     return s
 
 
@@ -182,14 +186,16 @@ class FakeSwitch:
 
 
 def handshake(target: str | tuple[str, int], dpid: int, ports: Iterable[tuple[int, bytes | str]] = (),
-              timeout_s: float = 10.0) -> socket.socket:
+              timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> socket.socket:
     """A raw connection taken through HELLO, FEATURES and PORT_DESC (in MAIN_DISPATCHER); it then answers
     nothing (drain() reads what comes). A connection the controller refuses at once (a cap on connections
     still in their handshake) is tried again until `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return _handshake(target, dpid, ports, max(0.5, deadline - time.monotonic()))
+            return _handshake(target, dpid, ports, max(0.5, deadline - time.monotonic()), tls)
+        except ssl.SSLError:
+            raise  # refused by TLS: trying again would be refused again
         except (ConnectionError, OSError):
             if time.monotonic() >= deadline:
                 raise
@@ -197,8 +203,8 @@ def handshake(target: str | tuple[str, int], dpid: int, ports: Iterable[tuple[in
 
 
 def _handshake(target: str | tuple[str, int], dpid: int, ports: Iterable[tuple[int, bytes | str]],
-               timeout_s: float) -> socket.socket:
-    s = connect(target)
+               timeout_s: float, tls: ssl.SSLContext | None = None) -> socket.socket:
+    s = connect(target, tls=tls)
     s.sendall(message(T["HELLO"]))
     buf, deadline = b"", time.monotonic() + timeout_s
     while time.monotonic() < deadline:

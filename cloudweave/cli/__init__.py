@@ -280,8 +280,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("cloudweave: a replica follows the store's quarantine list (cloudweave quarantine ... --store), not "
               "--quarantine", file=sys.stderr)
         return 2
+    from controller.launch import ListenError, check_listen
+
+    try:
+        check_listen(args.listen, args.private_key, args.certificate, args.ca_cert)
+    except ListenError as exc:
+        print(f"cloudweave: --listen {args.listen}: {exc}", file=sys.stderr)
+        return 2
     return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state,
-               args.quarantine, args.store, args.replica, args.import_policy)
+               args.quarantine, args.store, args.replica, args.import_policy,
+               (args.private_key, args.certificate, args.ca_cert) if args.listen.startswith("ssl:") else None)
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    from cloudweave import pki
+
+    try:
+        if args.action == "init":
+            print(f"CA made: {pki.init(args.dir)} (its key, {pki.ca_paths(args.dir)[0]}, stays here: 0600)")
+            return 0
+        issued = pki.issue(args.dir, args.name, args.kind)
+    except (pki.PkiError, OSError) as exc:
+        print(f"cloudweave: pki: {exc}", file=sys.stderr)
+        return 1
+    verb = "reissued" if args.action == "rotate" else "issued"
+    print(f"{args.kind} {args.name} {verb}: key {issued.key}, certificate {issued.cert}, CA {issued.ca}")
+    if args.kind == "site":
+        print(f"  on the switch's host: ovs-vsctl set-ssl {issued.key} {issued.cert} {issued.ca}")
+    return 0
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
@@ -368,7 +394,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--import", dest="import_policy", action="store_true",
                    help="with --store: publish FILE even if the store already holds a policy")
     s.add_argument("--listen", default="tcp:127.0.0.1:6653",
-                   help="OpenFlow listen address: tcp:HOST:PORT or unix:/path/to.sock (default %(default)s)")
+                   help="OpenFlow listen address: ssl:HOST:PORT (mutual TLS: give --private-key, --certificate and "
+                        "--ca-cert; each switch's certificate must name its site: cloudweave pki), tcp:HOST:PORT "
+                        "(cleartext: keep it on loopback) or unix:/path/to.sock (default %(default)s)")
+    s.add_argument("--private-key", default=None, help="with --listen ssl:..: this controller's key (PEM)")
+    s.add_argument("--certificate", default=None, help="with --listen ssl:..: this controller's certificate")
+    s.add_argument("--ca-cert", default=None, help="with --listen ssl:..: the CA that signs the switches' "
+                                                   "certificates; no other switch is accepted")
     s.add_argument("--switch-target", default=None,
                    help="controller target written into each bridge (default: derived from --listen); may use "
                         "{site} and {ovsdb_dir} (the directory of the site's unix OVSDB socket), since OVS only "
@@ -433,6 +465,22 @@ def parser() -> argparse.ArgumentParser:
                        help="the replicas' list, in their store: tcp:IP:PORT[,tcp:IP:PORT...] (every replica "
                             "follows it; it survives a failover)")
     s.set_defaults(func=cmd_quarantine)
+
+    s = sub.add_parser("pki", help="a CA and the keys and certificates of sites, replicas and operators",
+                       description="Mutual TLS for OpenFlow: each switch presents a certificate naming its site "
+                                   "(CN and DNS name; OU site), the controller one of kind replica. A switch whose "
+                                   "certificate names another site than its dpid's is refused.")
+    psub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = psub.add_parser("init", help="make a CA in DIR (its key stays there, 0600)")
+    q.add_argument("dir")
+    for action, text in (("issue", "a key and certificate for NAME, signed by DIR's CA"),
+                         ("rotate", "a new key and certificate for NAME in place of the old ones (same CA: peers "
+                                    "accept it at their next connection)")):
+        q = psub.add_parser(action, help=text)
+        q.add_argument("dir")
+        q.add_argument("name", help="a site's name (its switch), a replica's name, or an operator's")
+        q.add_argument("--kind", required=True, choices=["site", "replica", "operator"])
+    s.set_defaults(func=cmd_pki)
 
     s = sub.add_parser("testbed", help="build, use and remove the emulated test bed (Mininet)")
     tsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
