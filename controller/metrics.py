@@ -26,6 +26,8 @@ class Metrics:
                              "failure, drift)", ["site"], registry=r)
         self.audits = Counter("cloudweave_switch_audits", "Audits of a switch (flow count and groups)", ["site"],
                               registry=r)
+        self.foreign_flows = Gauge("cloudweave_foreign_flows", "Flows on a switch whose cookie is not ours (another "
+                                   "controller's, or a hand edit): left alone, and said", ["site"], registry=r)
         self.drift = Counter("cloudweave_switch_drift", "Audits that found the switch changed behind our back",
                              ["site"], registry=r)
         self.reconcile_failures = Counter("cloudweave_reconcile_failures", "Reconciles that failed (timeout, "

@@ -249,6 +249,7 @@ class SwitchSession:
         self._canon = CanonicalDesired()
         self._failures = 0
         self._failure_said: str | None = None
+        self._foreign_said: tuple[int, float] = (0, -60.0)  # flows not ours, as last said, and when
         self._retry_at = 0.0
         self._audit_at = 0.0
         self._full_audit_at = time.monotonic() + FULL_AUDIT_S
@@ -678,12 +679,35 @@ class SwitchSession:
             differs = count != len(installed.flows) or have_groups != installed.groups
             found = (f"{count} of our flows (installed {len(installed.flows)}) and {len(have_groups)} of our "
                      f"groups (installed {len(installed.groups)})")
+            self._count_foreign(count)
         if differs:
             LOG.warning("site %s (dpid %#x): the switch holds %s: changed behind the controller's back; "
                         "reading it back to repair it", self.site, self.dpid, found)
             self.metrics.drift.labels(self.site).inc()
             self.installed = None
             self._wake.set()
+
+    def _count_foreign(self, ours: int | None) -> None:
+        """Flows of any other cookie: another controller on the bridge, or a hand edit. They are not ours to
+        remove (an operator's flow, a monitoring tool's), but one at a high priority could divert traffic
+        before our pipeline sees it: counted, and said when their number changes (at most once a minute)."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        reply = self._request(parser.OFPAggregateStatsRequest(
+            self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()))
+        total = dict(reply[0].body.stats.fields).get("flow_count")
+        if total is None or ours is None:
+            return
+        foreign = max(0, total - ours)
+        self.metrics.foreign_flows.labels(self.site).set(foreign)
+        now = time.monotonic()
+        if foreign != self._foreign_said[0] and (foreign == 0 or now - self._foreign_said[1] >= 60.0):
+            if foreign:
+                LOG.warning("site %s (dpid %#x): %d flow(s) on the switch are not ours (another cookie): another "
+                            "controller, or a hand edit; left alone (ovs-ofctl dump-flows shows them)", self.site,
+                            self.dpid, foreign)
+            else:
+                LOG.info("site %s (dpid %#x): no flow but ours on the switch again", self.site, self.dpid)
+            self._foreign_said = (foreign, now)
 
     def _send_meters(self, p: Plan, add: dict[int, CanonMeter], modify: dict[int, CanonMeter],
                      delete: list[int] | tuple[int, ...]) -> None:

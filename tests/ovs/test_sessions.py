@@ -242,3 +242,25 @@ def test_a_switch_killed_mid_reconcile_logs_one_line_and_is_reprogrammed(fabric)
         assert len(lines) <= 5 and all("retrying" not in ln for ln in lines), lines
     finally:
         ctl.stop()
+
+
+def test_a_flow_that_is_not_ours_is_said_and_left_alone(fabric):
+    """#25: the audit counted only our cookie, so a flow added by another controller (or by hand) above our
+    pipeline went unseen. It is now said, with its count, within the 1 s audit, and left alone (an operator's
+    flow is not ours to remove); our own flows stay as they are."""
+    ctl = fabric.controller().start()
+    try:
+        programmed(fabric, ctl)
+        ovs = fabric.instances["cloud1"]
+        ovs.ofctl("add-flow", "br-int", "priority=65535,cookie=0x1234,actions=drop")
+        took = time_until(lambda: "site cloud1 (dpid 0x2): 1 flow(s) on the switch are not ours" in ctl.log(), 5,
+                          "the foreign flow said")
+        assert took < 3.0, f"{took:.2f} s"
+        assert ctl.metric("cloudweave_foreign_flows", site="cloud1") == 1
+        assert "cookie=0x1234" in ovs.ofctl("dump-flows", "br-int")  # left alone
+        assert len(ovs.flows()) == expected(fabric.config, "cloud1")
+        ovs.ofctl("del-flows", "br-int", "cookie=0x1234/-1")
+        wait_for(lambda: "site cloud1 (dpid 0x2): no flow but ours on the switch again" in ctl.log(), 5,
+                 what="the all-clear")
+    finally:
+        ctl.stop()

@@ -145,3 +145,19 @@ def test_a_master_demoted_mid_reconcile_applies_nothing_and_writes_no_more(switc
     session._step()  # it still wants master with 5, below the switch's 9: it does not even ask
     assert dp.flows == {} and "OFPRoleRequest" not in dp.received[seen:]
     assert not any(k.startswith("raw") or k == "OFPBundleCtrlMsg" for k in dp.received[seen:])
+
+
+def test_the_count_audit_says_flows_that_are_not_ours_and_leaves_them(switch):
+    import dataclasses
+
+    dp, session, desired, metrics = switch
+    session._step()
+    ours = next(iter(dp.flows.values()))
+    foreign = dataclasses.replace(ours, cookie=0x1234, priority=65535)  # a hand edit above our pipeline
+    dp.flows[foreign.key] = foreign
+    session._audit()
+    assert counter(metrics, "cloudweave_foreign_flows") == 1
+    assert session.installed is not None and foreign.key in dp.flows  # not drift of ours, and left alone
+    del dp.flows[foreign.key]
+    session._audit()
+    assert counter(metrics, "cloudweave_foreign_flows") == 0
