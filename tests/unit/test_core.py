@@ -208,4 +208,6 @@ def test_a_connection_is_gone_once_its_peer_closed_it_and_never_blocks_to_say_so
     assert peer_gone(dp)  # end of stream waiting to be read
     assert clock.monotonic() - started < 0.5
     ours.close()
+    assert peer_gone(dp)  # closed on our side (os-ken closed it before its end reached the core)
+    assert peer_gone(SimpleNamespace(is_active=False, socket=None))
     assert peer_gone(SimpleNamespace(is_active=False, socket=None))

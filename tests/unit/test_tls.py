@@ -111,3 +111,37 @@ def test_a_listen_address_is_checked_at_start(tmp_path, caplog):
     assert listen_args("ssl:10.0.0.1:6653", ("k", "c", "a")) == [
         "--ofp-listen-host", "10.0.0.1", "--ofp-ssl-listen-port", "6653", "--ctl-privkey", "k", "--ctl-cert", "c",
         "--ca-certs", "a"]
+
+
+def test_a_tls_connection_whose_peer_left_is_gone_without_reading_it(tmp_path):
+    """controller.peer_gone peeks at the wire under TLS too (an SSLSocket refuses recv flags): a switch that
+    restarted over TLS is not refused as a duplicate of its own dead connection."""
+    from controller.peer_gone import peer_gone
+
+    d = str(tmp_path / "pki")
+    pki.init(d)
+    ctl = pki.issue(d, "ctl", "replica")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(ctl.cert, ctl.key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname = False
+    cctx.load_verify_locations(ctl.ca)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    done = {}
+    t = threading.Thread(target=lambda: done.update(s=sctx.wrap_socket(conn, server_side=True)))
+    t.start()
+    tls_client = cctx.wrap_socket(client)
+    t.join(5)
+    server_side = done["s"]
+    server_side.settimeout(5.0)
+    dp = SimpleNamespace(is_active=True, socket=server_side)
+    assert not peer_gone(dp)
+    tls_client.sendall(b"x")
+    assert not peer_gone(dp)  # a record to read: alive
+    assert server_side.recv(1) == b"x"
+    tls_client.close()
+    assert peer_gone(dp)
+    server_side.close()
+    listener.close()
