@@ -58,7 +58,7 @@ REPAIR_BUDGET_S = 2.0  # flows broken by hand: repaired within this (the flow mo
 RESTART_BUDGET_S = 1.5  # an OVS restart: the userspace datapath forwards nothing while it is gone (< 1 s measured)
 LINK_BUDGET_S = 2.5  # a link cut: BFD's 300 ms detection, then the recompile (tests/e2e/test_routes.py: < 2 s)
 STREAM_HOSTS = ("lab1", "lab2")  # the endpoints the traffic uses: never quarantined here
-RATES = {"ping": 200, "udp": 500, "nat": 200}  # packets per second of each stream (tests/e2e/test_replicas.py)
+RATES = {"ping": 200, "udp": 500, "nat": 200}  # packets per second of each stream (testkit/replica_bed.py)
 OURS = "cookie=0xc10d000000000000/0xffff000000000000"
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudweave import paths
 from cloudweave.cli.common import load_reported
 from cloudweave.config.model import Model
+
+if TYPE_CHECKING:
+    from cloudweave.secops.stored import StoredList
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -143,7 +146,7 @@ def cmd_tm(args: argparse.Namespace) -> int:
     return tm_main(args.state or default_state_path(args.file), args.json, args.plot)
 
 
-def _store_model(lst) -> tuple:  # noqa: ANN001
+def _store_model(lst: StoredList) -> tuple[Model | None, int]:
     """The model of the policy in force in the store (endpoint names are checked against it)."""
     import tempfile
 

@@ -36,7 +36,7 @@ def write(txn: Any, tables: Any, adds: Iterable[Entry] = (), releases: Iterable[
     """In one transaction: each entry of `adds` replaces its endpoint's row, each endpoint of `releases` loses
     its row, and rows whose hold time is over go. Returns the endpoints released that were in force."""
     now = time.time() if now is None else now
-    adds = {e.endpoint: e for e in adds}
+    adds, releases = {e.endpoint: e for e in adds}, frozenset(releases)
     released = []
     for row in list(tables[TABLE].rows.values()):
         e = entry_of(row)

@@ -88,10 +88,10 @@ def test_openflow_over_mutual_tls_serves_the_sites_and_refuses_everyone_else(tls
         stranger = pki.issue(other, "east", "site")
         assert in_ns(east_ns, "tls", EAST_IP, str(port), stranger.key, stranger.cert, ctl_files.ca,
                      hex(sites.model.site("east").dpid)) in ("tls-refused", "closed")
-        west = pki.issue(d, "west-spare", "site")  # a valid site certificate, for another name
+        # west's own key and certificate (valid, of this CA), announcing east's dpid
         west_key, west_cert = os.path.join(d, "west-key.pem"), os.path.join(d, "west-cert.pem")
         dpid = load_model(sites.config)[0].site("east").dpid
-        assert in_ns(east_ns, "tls", EAST_IP, str(port), west_key, west_cert, west.ca, hex(dpid)) == "closed"
+        assert in_ns(east_ns, "tls", EAST_IP, str(port), west_key, west_cert, ctl_files.ca, hex(dpid)) == "closed"
         wait_for(lambda: f"switch {dpid:#x}: it announces site east's dpid but presents a site certificate for "
                  "west; refused" in ctl.log(), 5, what="the impostor's refusal, naming both")
         took = edit_reaches(sites, "02:00:00:51:0a:7c")  # the real switches still hold their sessions
