@@ -1,5 +1,5 @@
-"""cloudweave's PKI: one CA, and a key and certificate for each site (its switch), replica (a controller)
-and operator, each naming who it is: CN and a DNS name = the name, OU = the kind. A peer's certificate then
+"""cloudweave's PKI: one CA, and a key and certificate for each site (its switch), replica (a controller),
+operator and store member, each naming who it is: CN and a DNS name = the name, OU = the kind. A peer's certificate then
 says which site a switch is (controller.core refuses a switch whose certificate names another site).
 
 Built on the `cryptography` library rather than `ovs-pki`: the names are ours to set exactly (ovs-pki writes
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-KINDS = ("site", "replica", "operator")
+KINDS = ("site", "replica", "operator", "store")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 CA_DAYS, LEAF_DAYS = 3650, 825
 
@@ -104,6 +104,20 @@ def peer_identity(peercert: dict[str, Any] | None) -> tuple[str | None, frozense
     names = {subject["commonName"]} if "commonName" in subject else set()
     names |= {v for k, v in peercert.get("subjectAltName", ()) if k == "DNS"}
     return subject.get("organizationalUnitName"), frozenset(names)
+
+
+def certificate_name(path: str) -> str:
+    """The CN of the certificate in `path`: the name a peer knows its holder by (ovsdb-server's RBAC uses
+    exactly this)."""
+    try:
+        with open(path, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"{path}: not a readable PEM certificate ({exc})") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise PkiError(f"{path}: the certificate has no CN")
+    return str(names[0].value)
 
 
 def _load_ca(directory: str) -> tuple[Any, Any]:

@@ -26,6 +26,7 @@ from os_ken.ofproto import ofproto_v1_5
 
 from cloudweave.config import ConfigError
 from cloudweave.secops.quarantine import QuarantineFileError
+from cloudweave.store.client import use_tls
 from controller import connections, flow_monitor, liveness
 from controller.conn_limit_service import ConnLimitService
 from controller.core import Core
@@ -108,6 +109,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         """With a store: the stored policy (imported from the file when the store has none), written out to
         this replica's policy directory, which the core then compiles from; the shares in force."""
         st = self.settings
+        if st.tls and "ssl:" in (st.store or ""):
+            use_tls(*st.tls)
         self.replica = ReplicaService(st.replica, st.store, st.switch_target, st.policy_dir, self.metrics)
         version, path = self.replica.fetch_policy(st.config or None, st.import_policy)
         LOG.info("replica %s: store %s, policy version %d (written out to %s)", st.replica, st.store, version,

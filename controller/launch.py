@@ -16,25 +16,27 @@ class ListenError(ValueError):
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
-def check_listen(listen: str, key: str | None = None, cert: str | None = None, ca: str | None = None) -> None:
-    """Refuse at start what would otherwise fail later or silently: an unknown scheme, `ssl:` without its
-    key, certificate and CA (or with files that cannot be read), TLS files given for a cleartext listener. A
-    cleartext `tcp:` listener off loopback is allowed, with a warning (anyone on that network could speak
-    OpenFlow to it)."""
+def check_listen(listen: str, key: str | None = None, cert: str | None = None, ca: str | None = None,
+                 store: str | None = None) -> None:
+    """Refuse at start what would otherwise fail later or silently: an unknown scheme, `ssl:` (the listener
+    or a store remote) without its key, certificate and CA (or with files that cannot be read), TLS files
+    that nothing would use. A cleartext `tcp:` listener off loopback is allowed, with a warning (anyone on
+    that network could speak OpenFlow to it)."""
     scheme, sep, rest = listen.partition(":")
     if not sep or scheme not in ("tcp", "ssl", "unix"):
         raise ListenError(f"unknown scheme '{scheme if sep else listen}': use ssl:HOST:PORT, tcp:HOST:PORT or "
                           "unix:/path")
     tls = (key, cert, ca)
-    if scheme == "ssl":
+    if scheme == "ssl" or "ssl:" in (store or ""):
         missing = [n for n, v in zip(("--private-key", "--certificate", "--ca-cert"), tls, strict=True) if not v]
         if missing:
-            raise ListenError(f"TLS needs {', '.join(missing)} (cloudweave pki issue DIR NAME --kind replica)")
+            what = "TLS" if scheme == "ssl" else "the store's ssl: remotes"
+            raise ListenError(f"{what} needs {', '.join(missing)} (cloudweave pki issue DIR NAME --kind replica)")
         for path in tls:
             if not os.access(path, os.R_OK):
                 raise ListenError(f"cannot read {path}")
     elif any(tls):
-        raise ListenError("--private-key, --certificate and --ca-cert are for an ssl: listener")
+        raise ListenError("--private-key, --certificate and --ca-cert are for an ssl: listener or ssl: store")
     if scheme in ("tcp", "ssl"):
         host, _, port = rest.rpartition(":")
         if not port.isdigit() or not 0 < int(port) < 65536:
@@ -49,8 +51,13 @@ def run(config: str | None, listen: str, metrics: str, switch_target: str | None
         state: str | None = None, quarantine: str | None = None, store: str | None = None,
         replica: str | None = None, import_policy: bool = False,
         tls: tuple[str, str, str] | None = None) -> int:
-    """`tls`: (key, certificate, CA) for an ssl: listener (check_listen has checked them)."""
+    """`tls`: (key, certificate, CA) for an ssl: listener and ssl: store remotes (check_listen has checked
+    them)."""
     os.environ.setdefault("OSKEN_HUB_TYPE", "native")
+    if tls:
+        from controller.settings import TLS_ENV
+
+        os.environ.update(zip(TLS_ENV, (os.path.abspath(p) for p in tls), strict=True))
     if store:
         os.environ["CLOUDWEAVE_STORE"] = store
         if replica:
@@ -68,7 +75,7 @@ def run(config: str | None, listen: str, metrics: str, switch_target: str | None
     elif listen.startswith("ssl:"):  # the switches connect back the way we listen
         host, _, port = listen.removeprefix("ssl:").rpartition(":")
         os.environ["CLOUDWEAVE_SWITCH_TARGET"] = f"ssl:{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"
-    args = listen_args(listen, tls)
+    args = listen_args(listen, tls if listen.startswith("ssl:") else None)
     # os-ken warns at import that its native hub is "incomplete"; we run on it by choice (docs/design.md).
     logging.getLogger("os_ken.lib.hub").setLevel(logging.ERROR)
     from os_ken import cfg

@@ -47,7 +47,7 @@ from cloudweave.store.shards import assignment, lock_name, shard_name
 from controller.messages import Mastership, NextHopsStored, PolicyStored, QuarantineStored, WeightsAdopted
 
 LOG = logging.getLogger("cloudweave.replica")
-MAIN_TABLES = ("Cluster", "Policy", "Shard", "Replica", "NextHop", "Shares", stored.TABLE)
+MAIN_TABLES = ("Cluster", "Operator", "Policy", "Shard", "Replica", "NextHop", "Shares", stored.TABLE)
 LOCK_TABLES = ("Cluster", "Shard")
 COORDINATOR_TABLES = ("Replica", "Demand", "Shares")
 COORDINATOR_LOCK = "cloudweave_coordinator"
@@ -264,7 +264,7 @@ class ReplicaService:
         self.targets = tuple(sorted({r.target for r in self.main.rows("Replica")} | {self.target}))
 
     def _follow_policy(self) -> None:
-        pol = _first(self.main.idl.tables["Policy"].rows)
+        pol = ops.latest_policy(self.main.rows("Policy"))
         if pol is None or pol.version == self._policy_version or not pol.chunks:
             return
         have = ops.stored_policy(self.main)
@@ -415,23 +415,32 @@ class ReplicaService:
         return set(snap.mastered or ()) if snap is not None else set()
 
     def _next_hops(self) -> None:
+        """Write the next hops this replica learned at the sites it masters, one row per (site, replica): the
+        store lets a certificate write only rows of its own name (cloudweave.store.rbac). Tell the core, per
+        site, the row of the site's master, else the newest row of a replica the store lists."""
         snap = self._published()
-        rows = {r.site: r for r in self.main.rows("NextHop")}
-        stored = tuple(sorted((s, r.mac) for s, r in rows.items()))
+        mine = {r.site: r for r in self.main.rows("NextHop") if r.learned_by == self.name}
         if snap is not None:
             learned = dict(snap.state.next_hops)
             todo = {s: mac for s, mac in learned.items() if s in self._my_sites(snap) and
-                    (s not in rows or rows[s].mac != mac)}
+                    (s not in mine or mine[s].mac != mac)}
             if todo:
                 def build(txn, tables):
-                    have = {r.site: r for r in tables["NextHop"].rows.values()}
+                    have = {r.site: r for r in tables["NextHop"].rows.values() if r.learned_by == self.name}
                     for site, mac in todo.items():
-                        row = have.get(site) or client.StoreIdl.insert(txn, tables, "NextHop", site=site)
-                        row.mac, row.learned_by, row.learned_at = mac, self.name, time.time()
+                        row = have.get(site) or client.StoreIdl.insert(txn, tables, "NextHop", site=site,
+                                                                        learned_by=self.name)
+                        row.mac, row.learned_at = mac, time.time()
                 self.main.commit(build)
+        stored = _next_hops_of(self.main.rows("NextHop"), self._site_masters(snap),
+                               {r.name for r in self.main.rows("Replica")})
         if stored != self._posted.get("next_hops"):
             self._posted["next_hops"] = stored
             self._post(NextHopsStored(stored))
+
+    def _site_masters(self, snap: Any) -> dict[str, str]:
+        owners = {r.name: r.owner for r in self.main.rows("Shard")}
+        return {site: owners.get(shard, "") for site, shard in snap.site_shards} if snap is not None else {}
 
     def _quarantine(self) -> None:
         """Write the entries the core made, then tell it the list whenever the rows change (any replica's
@@ -516,6 +525,19 @@ class ReplicaService:
         if auto != self._posted.get("shares"):
             self._posted["shares"] = auto
             self._post(WeightsAdopted(auto))
+
+
+def _next_hops_of(rows: list[Any], masters: dict[str, str], replicas: set[str]) -> tuple:
+    """(site, mac) pairs: per site, the row its master wrote, else the newest written by a listed replica."""
+    best: dict[str, Any] = {}
+    for r in rows:
+        if r.learned_by not in replicas and r.learned_by != masters.get(r.site):
+            continue
+        have = best.get(r.site)
+        rank = (r.learned_by == masters.get(r.site), r.learned_at)
+        if have is None or rank > (have.learned_by == masters.get(r.site), have.learned_at):
+            best[r.site] = r
+    return tuple(sorted((s, r.mac) for s, r in best.items()))
 
 
 def _shares_of(rows: list[Any]) -> tuple:

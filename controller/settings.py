@@ -30,6 +30,7 @@ class Settings:
     policy_dir: str = ""  # with replicas: where the stored policy is written out to be compiled
     import_policy: bool = False  # with replicas: publish the file even if the store holds a policy
     flowlog_key: str | None = None  # alone: the file of the flow-log key (replicas: the store holds it)
+    tls: tuple[str, str, str] | None = None  # this controller's key, certificate and CA, for every TLS it speaks
 
     @staticmethod
     def from_env(listen_host: str, listen_port: int | None) -> Settings:
@@ -38,7 +39,8 @@ class Settings:
         if not config and not store:
             raise SystemExit("cloudweave: set CLOUDWEAVE_CONFIG to the topology/policy file, or CLOUDWEAVE_STORE "
                              "to a store's remotes (or start it with `cloudweave run FILE`)")
-        replica = os.environ.get("CLOUDWEAVE_REPLICA") or socket.gethostname()
+        tls = _tls_from_env()
+        replica = _replica_name(os.environ.get("CLOUDWEAVE_REPLICA") or "", tls, store)
         base = config or os.path.join(default_state_dir(), "cloudweave")
         policy_dir = os.environ.get("CLOUDWEAVE_POLICY_DIR") or os.path.join(
             os.path.dirname(os.path.abspath(base)), f".{os.path.basename(base)}.replica-{replica}")
@@ -54,7 +56,31 @@ class Settings:
         flowlog = os.environ.get("CLOUDWEAVE_FLOWLOG") or default_flowlog_path(base)
         key = None if store else os.environ.get("CLOUDWEAVE_FLOWLOG_KEY") or default_key_path(base)
         return Settings(config, target, metrics, bfd_ms, state, quarantine, flowlog, store, replica, policy_dir,
-                        os.environ.get("CLOUDWEAVE_IMPORT") == "1", key)
+                        os.environ.get("CLOUDWEAVE_IMPORT") == "1", key, tls)
+
+
+TLS_ENV = ("CLOUDWEAVE_TLS_KEY", "CLOUDWEAVE_TLS_CERT", "CLOUDWEAVE_TLS_CA")
+
+
+def _tls_from_env() -> tuple[str, str, str] | None:
+    key, cert, ca = (os.environ.get(v, "") for v in TLS_ENV)
+    return (key, cert, ca) if key and cert and ca else None
+
+
+def _replica_name(given: str, tls: tuple[str, str, str] | None, store: str | None) -> str:
+    """Over a TLS store a replica is its certificate's name: the store lets it write only rows of that name."""
+    if not (tls and store and "ssl:" in store):
+        return given or socket.gethostname()
+    from cloudweave.pki import PkiError, certificate_name
+
+    try:
+        name = certificate_name(tls[1])
+    except PkiError as exc:
+        raise SystemExit(f"cloudweave: {exc}") from None
+    if given and given != name:
+        raise SystemExit(f"cloudweave: --replica {given}: over a TLS store a replica is named by its certificate "
+                         f"({tls[1]} names '{name}'); drop --replica or issue a certificate for '{given}'")
+    return name
 
 
 

@@ -167,11 +167,13 @@ class Replica(Controller):
     """`cloudweave run --store ... --replica NAME`: one replica of several, on a socket of its own."""
 
     def __init__(self, name: str, store: str, workdir: str, rundirs: list[str], config: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, tls: tuple[str, str, str] | None = None):
         self.name = name
         sock = os.path.join(workdir, f"{name}.sock")
         argv = [sys.executable, "-m", "cloudweave", "run", *([config] if config else []), "--store", store,
                 "--replica", name, "--listen", f"unix:{sock}", "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock"]
+        if tls:
+            argv += ["--private-key", tls[0], "--certificate", tls[1], "--ca-cert", tls[2]]
         env = dict(env or {}, CLOUDWEAVE_POLICY_DIR=os.path.join(workdir, f"{name}-policy"))
         super().__init__(config or "", workdir, [], argv, env)
         self.sock = sock
@@ -197,13 +199,15 @@ class Replica(Controller):
 
 
 class Store:
-    """A 3-member store on this host (cloudweave.store.cluster.local_cluster), stopped with the test."""
+    """A 3-member store on this host (cloudweave.store.cluster.local_cluster), stopped with the test; with
+    `pki_dir`, over TLS with RBAC."""
 
-    def __init__(self, workdir: str, members: int = 3):
+    def __init__(self, workdir: str, members: int = 3, pki_dir: str | None = None, operators: tuple[str, ...] = ()):
         from cloudweave.store import cluster
 
         self.cluster = cluster
-        self.members = cluster.local_cluster(os.path.join(workdir, "store"), members)
+        self.members = cluster.local_cluster(os.path.join(workdir, "store"), members, pki_dir=pki_dir,
+                                             operators=operators)
         self.remotes = ",".join(m.remote for m in self.members)
 
     def leader(self):

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cloudweave import paths
-from cloudweave.cli.common import load_reported
+from cloudweave.cli.common import add_store_tls, load_reported, use_store_tls
 from cloudweave.config.model import Model
 
 if TYPE_CHECKING:
@@ -182,7 +182,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
               "replicas' --store REMOTES", file=sys.stderr)
         return 2
     try:
-        lst = StoredList(args.store, f"{getpass.getuser()}@{socket.gethostname()}") if args.store else \
+        who = use_store_tls(args) or f"{getpass.getuser()}@{socket.gethostname()}"
+        lst = StoredList(args.store, who) if args.store else \
             FileList(args.state or paths.default_quarantine_path(args.file))
     except StoreUnavailable as exc:
         print(f"cloudweave: {exc}", file=sys.stderr)
@@ -286,13 +287,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller.launch import ListenError, check_listen
 
     try:
-        check_listen(args.listen, args.private_key, args.certificate, args.ca_cert)
+        check_listen(args.listen, args.private_key, args.certificate, args.ca_cert, args.store)
     except ListenError as exc:
         print(f"cloudweave: --listen {args.listen}: {exc}", file=sys.stderr)
         return 2
     return run(args.file, args.listen, args.metrics, args.switch_target, args.log_level, args.state,
                args.quarantine, args.store, args.replica, args.import_policy,
-               (args.private_key, args.certificate, args.ca_cert) if args.listen.startswith("ssl:") else None)
+               (args.private_key, args.certificate, args.ca_cert) if args.private_key else None)
 
 
 def cmd_pki(args: argparse.Namespace) -> int:
@@ -400,10 +401,13 @@ def parser() -> argparse.ArgumentParser:
                    help="OpenFlow listen address: ssl:HOST:PORT (mutual TLS: give --private-key, --certificate and "
                         "--ca-cert; each switch's certificate must name its site: cloudweave pki), tcp:HOST:PORT "
                         "(cleartext: keep it on loopback) or unix:/path/to.sock (default %(default)s)")
-    s.add_argument("--private-key", default=None, help="with --listen ssl:..: this controller's key (PEM)")
-    s.add_argument("--certificate", default=None, help="with --listen ssl:..: this controller's certificate")
-    s.add_argument("--ca-cert", default=None, help="with --listen ssl:..: the CA that signs the switches' "
-                                                   "certificates; no other switch is accepted")
+    s.add_argument("--private-key", default=None,
+                   help="with --listen ssl:.. or an ssl: --store: this controller's key (PEM)")
+    s.add_argument("--certificate", default=None,
+                   help="with --listen ssl:.. or an ssl: --store: this controller's certificate; over a TLS store "
+                        "its name is the replica's")
+    s.add_argument("--ca-cert", default=None, help="with TLS: the CA that signs the switches' and the store's "
+                                                   "certificates; no other peer is accepted")
     s.add_argument("--switch-target", default=None,
                    help="controller target written into each bridge (default: derived from --listen); may use "
                         "{site} and {ovsdb_dir} (the directory of the site's unix OVSDB socket), since OVS only "
@@ -465,8 +469,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--state", default=None, help="the quarantine list (default: .FILE.quarantine.json "
                                                      "beside FILE)")
         q.add_argument("--store", default=None, metavar="REMOTES",
-                       help="the replicas' list, in their store: tcp:IP:PORT[,tcp:IP:PORT...] (every replica "
-                            "follows it; it survives a failover)")
+                       help="the replicas' list, in their store: ssl:IP:PORT[,...] (every replica follows it; "
+                            "it survives a failover)")
+        add_store_tls(q)
     s.set_defaults(func=cmd_quarantine)
 
     s = sub.add_parser("pki", help="a CA and the keys and certificates of sites, replicas and operators",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
 from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
+from cloudweave.pki import PkiError
+from cloudweave.store.client import StoreUnavailable, use_tls
 
 
 def load_reported(path: str) -> tuple[Model | None, int]:
@@ -20,3 +24,34 @@ def load_reported(path: str) -> tuple[Model | None, int]:
     for w in warnings:
         print(w, file=sys.stderr)
     return model, 0
+
+
+def add_store_tls(p: argparse.ArgumentParser) -> None:
+    """The options a store client needs for ssl: remotes: its key, certificate and the CA."""
+    p.add_argument("--private-key", default=None, help="with ssl: store remotes: your key (PEM)")
+    p.add_argument("--certificate", default=None,
+                   help="with ssl: store remotes: your certificate; its name is who the store knows you as")
+    p.add_argument("--ca-cert", default=None, help="with ssl: store remotes: the CA that signs the store's members")
+
+
+def use_store_tls(args: argparse.Namespace) -> str | None:
+    """Give this process the TLS files of `args` (add_store_tls); the certificate's name, or None without."""
+    files = (args.private_key, args.certificate, args.ca_cert)
+    if not any(files):
+        return None
+    if not all(files):
+        raise StoreUnavailable("give all three of --private-key, --certificate and --ca-cert")
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise StoreUnavailable(f"cannot read {path}")
+    try:
+        return use_tls(*files)
+    except PkiError as exc:
+        raise StoreUnavailable(str(exc)) from None
+
+
+def ovsdb_client_tls(args: argparse.Namespace) -> list[str]:
+    """The same files as ovsdb-client's options."""
+    if not args.private_key:
+        return []
+    return ["-p", args.private_key, "-c", args.certificate, "-C", args.ca_cert]

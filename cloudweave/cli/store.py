@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from cloudweave.cli.common import load_reported
+from cloudweave.cli.common import add_store_tls, load_reported, ovsdb_client_tls, use_store_tls
 from cloudweave.store import DB, client, cluster, ops
 from cloudweave.store.policy import read_files, write_out
 from cloudweave.store.shards import site_shards
@@ -23,11 +23,12 @@ def _err(msg: str) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     try:
         if args.action == "create":
-            m = cluster.create(args.dir, args.raft, args.listen, args.election_timer, args.probe)
+            m = cluster.create(args.dir, args.raft, args.listen, args.election_timer, args.probe, _tls(args),
+                               tuple(args.operator))
             print(f"store member created in {m.dir}: Raft {m.raft}, clients {m.remote}; start it with "
                   f"`cloudweave store start {args.dir}`")
         elif args.action == "join":
-            m = cluster.join(args.dir, args.raft, args.peer, args.listen, args.probe)
+            m = cluster.join(args.dir, args.raft, args.peer, args.listen, args.probe, _tls(args))
             print(f"store member created in {m.dir}, joining through {', '.join(args.peer)}; start it with "
                   f"`cloudweave store start {args.dir}`")
         elif args.action == "start":
@@ -39,14 +40,30 @@ def cmd_store(args: argparse.Namespace) -> int:
                 cluster.stop(cluster.load(d))
                 print(f"{d}: stopped")
         elif args.action == "local":
-            members = cluster.local_cluster(args.dir, args.members, election_ms=args.election_timer)
-            print(f"{len(members)}-member store running in {args.dir}")
+            members = cluster.local_cluster(args.dir, args.members, election_ms=args.election_timer,
+                                            pki_dir=args.pki, operators=tuple(args.operator))
+            print(f"{len(members)}-member store running in {args.dir}" +
+                  (f", TLS with the CA in {args.pki}" if args.pki else ""))
             print("remotes: " + ",".join(m.remote for m in members))
         elif args.action == "status":
             return _member_status([cluster.load(d) for d in args.dir])
+        elif args.action == "operator":
+            m = cluster.load(args.dir)
+            if args.op in ("add", "remove"):
+                if not args.name:
+                    return _err(f"store operator {args.op} DIR NAME: name the certificate")
+                cluster.add_operator(m, args.name, remove=args.op == "remove")
+                print(f"{args.name}: {'now an operator' if args.op == 'add' else 'no longer an operator'}")
+            else:
+                print("\n".join(cluster.operators(m)) or "(no operators)")
     except cluster.StoreError as exc:
         return _err(str(exc))
     return 0
+
+
+def _tls(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    files = (args.private_key, args.certificate, args.ca_cert)
+    return files if any(files) else None  # type: ignore[return-value]
 
 
 def _member_status(members: list[cluster.Member]) -> int:
@@ -68,6 +85,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{args.file}: not applied; the store keeps the policy in force", file=sys.stderr)
         return rc
     try:
+        use_store_tls(args)
         s = client.connect(args.store, ops.TABLES)
         applied = ops.publish(s, read_files(args.file, model.files), len(model.sites), args.shards)
     except client.StoreUnavailable as exc:
@@ -86,12 +104,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_info(remote: str) -> str:
+def _server_info(remote: str, tls: list[str]) -> str:
     """What one member says of itself, from its _Server database (leader, connected to the cluster)."""
     query = json.dumps(["_Server", {"op": "select", "table": "Database", "where": [["name", "==", DB]],
                                     "columns": ["leader", "connected", "index"]}])
     try:
-        out = subprocess.run(["ovsdb-client", "--timeout=2", "transact", remote, query], capture_output=True,
+        out = subprocess.run(["ovsdb-client", *tls, "--timeout=2", "transact", remote, query], capture_output=True,
                              text=True, timeout=4)
         rows = json.loads(out.stdout)[0]["rows"] if out.returncode == 0 else None
     except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError):
@@ -104,17 +122,21 @@ def _server_info(remote: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    remotes = client.split_remotes(args.store).split(",")
+    try:
+        use_store_tls(args)
+        remotes = client.split_remotes(args.store).split(",")
+    except client.StoreUnavailable as exc:
+        return _err(str(exc))
     print("store:")
     for r in remotes:
-        print(f"  {r}: {_server_info(r)}")
+        print(f"  {r}: {_server_info(r, ovsdb_client_tls(args))}")
     try:
         s = client.connect(args.store, ops.TABLES)
     except client.StoreUnavailable as exc:
         return _err(str(exc))
     now = time.time()
     have = ops.stored_policy(s)
-    pol = next(iter(s.rows("Policy")), None)
+    pol = ops.latest_policy(s.rows("Policy"))
     if have is None or pol is None:
         print("policy: none (cloudweave apply FILE --store ...)")
         sites: list[str] = []
@@ -139,9 +161,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         names = ", ".join(by_shard.get(row.name, [])) or "-"
         print(f"  {row.name}: master {row.owner or 'none'} (generation {row.generation}), policy "
               f"{row.policy_applied}{' (behind)' if behind else ''}; sites {names}")
-    hops = sorted(s.rows("NextHop"), key=lambda r: r.site)
+    hops = sorted(s.rows("NextHop"), key=lambda r: (r.site, r.learned_by))
     if hops:
-        print("next hops: " + ", ".join(f"{r.site} {r.mac}" for r in hops))
+        print("next hops: " + ", ".join(f"{r.site} {r.mac} (by {r.learned_by})" for r in hops))
     s.close()
     return 0
 
@@ -164,7 +186,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "transaction. Every replica compiles from that version. An invalid file changes "
                                    "nothing.")
     s.add_argument("file")
-    s.add_argument("--store", required=True, help="the store's remotes: tcp:IP:PORT[,tcp:IP:PORT...]")
+    s.add_argument("--store", required=True, help="the store's remotes: ssl:IP:PORT[,...] (tcp: on one host)")
+    add_store_tls(s)
     s.add_argument("--shards", type=int, default=None,
                    help="number of shards the sites are dealt into (default: kept; at first one per site, at "
                         "most 16)")
@@ -176,7 +199,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Print the store's members (leader, in the cluster), the policy version, the "
                                    "replicas (live or not, which one coordinates traffic engineering), each shard's "
                                    "master and generation with its sites, and the learned NAT next hops.")
-    s.add_argument("--store", required=True, help="the store's remotes: tcp:IP:PORT[,tcp:IP:PORT...]")
+    s.add_argument("--store", required=True, help="the store's remotes: ssl:IP:PORT[,...] (tcp: on one host)")
+    add_store_tls(s)
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("store", help="create, join, start, stop and check the members of a replicated store",
@@ -186,8 +210,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ssub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = ssub.add_parser("create", help="the first member of a new cluster (ovsdb-tool create-cluster)")
     t.add_argument("dir", help="the member's directory (created)")
-    t.add_argument("--raft", required=True, help="its Raft address: tcp:IP:PORT (or unix:/path on one host)")
-    t.add_argument("--listen", required=True, help="where clients connect: ptcp:PORT:IP")
+    t.add_argument("--raft", required=True, help="its Raft address: ssl:IP:PORT (tcp:IP:PORT or unix:/path on "
+                                                  "one host)")
+    t.add_argument("--listen", required=True, help="where clients connect: pssl:PORT:IP (TLS, each client known "
+                                                    "by its certificate) or ptcp:PORT:IP (one host)")
+    t.add_argument("--operator", action="append", default=[], metavar="NAME",
+                   help="a certificate name that may apply policies (repeat; later: store operator add)")
     t.add_argument("--election-timer", type=int, default=cluster.ELECTION_MS,
                    help="Raft election timer, ms (default %(default)s; raise it on a loaded or large store)")
     t.add_argument("--probe", type=int, default=cluster.PROBE_MS,
@@ -196,8 +224,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("dir")
     t.add_argument("--raft", required=True, help="this member's Raft address")
     t.add_argument("--peer", required=True, action="append", help="a member's Raft address (repeat for more)")
-    t.add_argument("--listen", required=True, help="where clients connect: ptcp:PORT:IP")
+    t.add_argument("--listen", required=True, help="where clients connect: pssl:PORT:IP or ptcp:PORT:IP")
     t.add_argument("--probe", type=int, default=cluster.PROBE_MS)
+    for t in (ssub.choices["create"], ssub.choices["join"]):
+        t.add_argument("--private-key", default=None, help="with ssl:/pssl: addresses: the member's key")
+        t.add_argument("--certificate", default=None, help="the member's certificate (cloudweave pki issue DIR "
+                                                           "NAME --kind store)")
+        t.add_argument("--ca-cert", default=None, help="the CA: every client and member must show a certificate "
+                                                       "it signed")
     t = ssub.add_parser("start", help="start members' ovsdb-server (in the background)")
     t.add_argument("dir", nargs="+")
     t = ssub.add_parser("stop", help="stop members (a leader hands over first)")
@@ -209,5 +243,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("dir")
     t.add_argument("--members", type=int, default=3)
     t.add_argument("--election-timer", type=int, default=cluster.ELECTION_MS)
+    t.add_argument("--pki", default=None, metavar="DIR",
+                   help="a CA (cloudweave pki init DIR): TLS clients and Raft, members' certificates issued there")
+    t.add_argument("--operator", action="append", default=[], metavar="NAME",
+                   help="a certificate name that may apply policies (repeat)")
+    t = ssub.add_parser("operator", help="who may apply policies: add, remove or list the certificate names, "
+                                         "through a member's unix socket (root on a store host)")
+    t.add_argument("op", choices=["add", "remove", "list"])
+    t.add_argument("dir", help="a running member's directory")
+    t.add_argument("name", nargs="?", help="the operator certificate's name (CN)")
     s.set_defaults(func=cmd_store)
 

@@ -21,7 +21,9 @@ with warnings.catch_warnings():  # python-ovs's poller imports eventlet when pre
     warnings.simplefilter("ignore")
     import ovs.poller
 import ovs.db.idl as _idl
+import ovs.stream
 
+from cloudweave.pki import certificate_name
 from cloudweave.store import SCHEMA
 
 LOCK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an OVSDB <id>: python-ovs waits forever on another name
@@ -34,6 +36,27 @@ class StoreUnavailable(RuntimeError):
     pass
 
 
+_identity: str | None = None
+
+
+def use_tls(key: str, cert: str, ca: str) -> str:
+    """Give this process's `ssl:` sessions (the store's and any other python-ovs one) their key, certificate
+    and CA; the certificate's name, which the store knows this client by (RBAC, `applied_by`). python-ovs
+    reads the files at each connection, so a rotated certificate is used from the next reconnect."""
+    global _identity
+    name = certificate_name(cert)
+    ovs.stream.Stream.ssl_set_private_key_file(key)
+    ovs.stream.Stream.ssl_set_certificate_file(cert)
+    ovs.stream.Stream.ssl_set_ca_cert_file(ca)
+    _identity = name
+    return name
+
+
+def identity() -> str | None:
+    """The name in this process's certificate (use_tls), or None in cleartext."""
+    return _identity
+
+
 def split_remotes(text: str) -> str:
     """`tcp:a:6641,tcp:b:6641` (commas or spaces) -> python-ovs's remote list; checked, not guessed."""
     parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
@@ -42,6 +65,9 @@ def split_remotes(text: str) -> str:
     for p in parts:
         if not re.match(r"^(tcp|ssl|unix):", p):
             raise StoreUnavailable(f"'{p}' is not an OVSDB remote (tcp:IP:PORT, ssl:IP:PORT or unix:/path)")
+        if p.startswith("ssl:") and _identity is None:
+            raise StoreUnavailable(f"'{p}' needs this client's --private-key, --certificate and --ca-cert "
+                                   "(cloudweave pki issue DIR NAME --kind replica|operator)")
     return ",".join(parts)
 
 

@@ -5,6 +5,11 @@ lists this member's client remote with its inactivity probe, served with `--remo
 a per-server probe), `member.json` (what it was created with), the server's pid file, log, control socket and
 a unix socket for local tools. Clients reach it on TCP (`listen`): only TCP carries inactivity probes, which
 is how a frozen replica's locks are freed (1,000 ms probe: ~2 s; a unix socket never frees them).
+
+Across hosts a member runs with TLS (`tls`: its key, certificate and the CA): clients on `pssl:` must show a
+certificate of the CA and get the RBAC role of `cloudweave.store.rbac`; Raft between members runs over
+`ssl:` with the same files. The unix socket (root only) stays the administrator's way in: no role, which is
+how operators are added (`add_operator`). A `ptcp:` listener is for one host: no names, no role.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
-from cloudweave.store import DB, LOCAL_SCHEMA, SCHEMA
+from cloudweave import pki
+from cloudweave.store import DB, LOCAL_SCHEMA, SCHEMA, rbac
 
 PROBE_MS = 1000  # the least OVS accepts; a frozen client's locks go after about twice this
 # Raft election timer: a follower calls an election the timer plus up to 1 s after the last heartbeat (raft.c).
@@ -33,13 +39,14 @@ class StoreError(RuntimeError):
 @dataclass(frozen=True)
 class Member:
     dir: str
-    raft: str  # this member's Raft address: unix:/path, tcp:IP:PORT
-    listen: str  # its client remote: ptcp:PORT:IP
+    raft: str  # this member's Raft address: unix:/path, tcp:IP:PORT, ssl:IP:PORT
+    listen: str  # its client remote: pssl:PORT:IP (TLS, RBAC) or ptcp:PORT:IP (one host)
     probe_ms: int = PROBE_MS
+    tls: tuple[str, str, str] | None = None  # its key, certificate and CA (absolute paths)
 
     @property
     def remote(self) -> str:
-        """What a client connects to: tcp:IP:PORT."""
+        """What a client connects to: ssl:IP:PORT or tcp:IP:PORT."""
         return client_remote(self.listen)
 
     def path(self, name: str) -> str:
@@ -48,11 +55,32 @@ class Member:
 
 def client_remote(listen: str) -> str:
     kind, _, rest = listen.partition(":")
-    if kind != "ptcp":
-        raise StoreError(f"a member listens for clients on TCP (ptcp:PORT:IP), not '{listen}': only TCP carries "
-                         f"the inactivity probe that frees a frozen replica's locks")
+    if kind not in ("pssl", "ptcp"):
+        raise StoreError(f"a member listens for clients on pssl:PORT:IP (or ptcp:PORT:IP on one host), not "
+                         f"'{listen}': only TCP carries the inactivity probe that frees a frozen replica's locks")
     port, _, ip = rest.partition(":")
-    return f"tcp:{ip or '127.0.0.1'}:{port}"
+    return f"{kind[1:]}:{ip or '127.0.0.1'}:{port}"
+
+
+def _checked_tls(raft: str, listen: str, tls: tuple[str, str, str] | None) -> tuple[str, str, str] | None:
+    """TLS files as absolute paths, checked against the addresses that need them; StoreError says what is
+    missing."""
+    client_remote(listen)
+    needs = [a for a in (raft, listen) if a.startswith(("ssl:", "pssl:"))]
+    if tls is None or not any(tls):
+        if needs:
+            raise StoreError(f"{needs[0]} needs the member's --private-key, --certificate and --ca-cert "
+                             "(cloudweave pki issue DIR NAME --kind replica)")
+        return None
+    if not all(tls):
+        raise StoreError("give all three of --private-key, --certificate and --ca-cert")
+    for path in tls:
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"cannot read {path}")
+    if not needs:
+        raise StoreError("TLS files given, but neither --raft nor --listen is ssl:/pssl:")
+    a, b, c = (os.path.abspath(p) for p in tls)
+    return a, b, c
 
 
 def _run(*argv: str, timeout: float = 30) -> str:
@@ -65,10 +93,11 @@ def _run(*argv: str, timeout: float = 30) -> str:
 def _prepare(m: Member) -> None:
     local = m.path("local.db")
     _run("ovsdb-tool", "create", local, LOCAL_SCHEMA)
+    role = rbac.ROLE if m.listen.startswith("pssl:") else ""
     _run("ovsdb-tool", "transact", local, json.dumps(
         ["CloudweaveLocal",
          {"op": "insert", "table": "Connection", "uuid-name": "c",
-          "row": {"target": m.listen, "inactivity_probe": m.probe_ms}},
+          "row": {"target": m.listen, "inactivity_probe": m.probe_ms, "role": role}},
          {"op": "insert", "table": "Root", "row": {"connections": ["named-uuid", "c"]}}]))
     with open(m.path("member.json"), "w") as fh:
         json.dump(asdict(m), fh, indent=1)
@@ -80,23 +109,28 @@ def _fresh(directory: str) -> None:
         raise StoreError(f"{directory} already holds a store member (cloudweave.db); remove it first")
 
 
-def create(directory: str, raft: str, listen: str, election_ms: int = ELECTION_MS, probe_ms: int = PROBE_MS) -> Member:
-    """The first member of a new cluster (`ovsdb-tool create-cluster`)."""
+def create(directory: str, raft: str, listen: str, election_ms: int = ELECTION_MS, probe_ms: int = PROBE_MS,
+           tls: tuple[str, str, str] | None = None, operators: tuple[str, ...] = ()) -> Member:
+    """The first member of a new cluster (`ovsdb-tool create-cluster`), its database seeded with the RBAC
+    role and the first `operators` (certificate names that may apply a policy)."""
     _fresh(directory)
-    client_remote(listen)
-    m = Member(os.path.abspath(directory), raft, listen, probe_ms)
-    _run("ovsdb-tool", f"--election-timer={election_ms}", "create-cluster", m.path("cloudweave.db"), SCHEMA, raft)
+    m = Member(os.path.abspath(directory), raft, listen, probe_ms, _checked_tls(raft, listen, tls))
+    seed = m.path("seed.db")
+    _run("ovsdb-tool", "create", seed, SCHEMA)
+    _run("ovsdb-tool", "transact", seed, json.dumps(rbac.seed_operations(DB, operators)))
+    _run("ovsdb-tool", f"--election-timer={election_ms}", "create-cluster", m.path("cloudweave.db"), seed, raft)
+    os.unlink(seed)
     _prepare(m)
     return m
 
 
-def join(directory: str, raft: str, peers: list[str], listen: str, probe_ms: int = PROBE_MS) -> Member:
+def join(directory: str, raft: str, peers: list[str], listen: str, probe_ms: int = PROBE_MS,
+         tls: tuple[str, str, str] | None = None) -> Member:
     """A member that joins an existing cluster through any of `peers` (their Raft addresses)."""
     _fresh(directory)
-    client_remote(listen)
     if not peers:
         raise StoreError("join: name at least one member of the cluster (its Raft address)")
-    m = Member(os.path.abspath(directory), raft, listen, probe_ms)
+    m = Member(os.path.abspath(directory), raft, listen, probe_ms, _checked_tls(raft, listen, tls))
     _run("ovsdb-tool", "join-cluster", m.path("cloudweave.db"), DB, raft, *peers)
     _prepare(m)
     return m
@@ -105,7 +139,8 @@ def join(directory: str, raft: str, peers: list[str], listen: str, probe_ms: int
 def load(directory: str) -> Member:
     try:
         with open(os.path.join(directory, "member.json")) as fh:
-            return Member(**json.load(fh))
+            doc = json.load(fh)
+        return Member(**{**doc, "tls": tuple(doc["tls"]) if doc.get("tls") else None})
     except (OSError, ValueError, TypeError) as exc:
         raise StoreError(f"{directory} is not a store member (no readable member.json: {exc})") from None
 
@@ -127,10 +162,11 @@ def start(m: Member) -> int:
     """Start the member's ovsdb-server in the background; its pid."""
     if pid(m) is not None:
         return pid(m)  # type: ignore[return-value]
+    tls = [f"--private-key={m.tls[0]}", f"--certificate={m.tls[1]}", f"--ca-cert={m.tls[2]}"] if m.tls else []
     _run("ovsdb-server", "--detach", "--no-chdir", f"--pidfile={m.path('ovsdb-server.pid')}",
          "-vconsole:off", "-vfile:info", f"--log-file={m.path('ovsdb-server.log')}",
          f"--unixctl={m.path('ovsdb-server.ctl')}", f"--remote=punix:{m.path('db.sock')}",
-         "--remote=db:CloudweaveLocal,Root,connections", m.path("cloudweave.db"), m.path("local.db"))
+         "--remote=db:CloudweaveLocal,Root,connections", *tls, m.path("cloudweave.db"), m.path("local.db"))
     p = pid(m)
     if p is None:
         raise StoreError(f"ovsdb-server did not start in {m.dir}; see {m.path('ovsdb-server.log')}")
@@ -165,20 +201,46 @@ def status(m: Member, timeout_s: float = 2.0) -> dict[str, str]:
     return kv
 
 
+def add_operator(m: Member, name: str, remove: bool = False) -> None:
+    """Let the holder of certificate `name` apply policies (or no longer): written through the member's unix
+    socket, which only root on a store host reaches; the cluster's leader takes it from there."""
+    op = ({"op": "delete", "table": "Operator", "where": [["name", "==", name]]} if remove else
+          {"op": "insert", "table": "Operator", "row": {"name": name}})
+    out = json.loads(_run("ovsdb-client", "transact", f"unix:{m.path('db.sock')}", json.dumps([DB, op])))
+    errors = [r for r in out if isinstance(r, dict) and "error" in r]
+    if errors and errors[0].get("error") != "constraint violation":  # the index: already an operator
+        raise StoreError(f"operator {name}: {errors[0].get('error')}: {errors[0].get('details', '')}")
+
+
+def operators(m: Member) -> list[str]:
+    out = json.loads(_run("ovsdb-client", "transact", f"unix:{m.path('db.sock')}", json.dumps(
+        [DB, {"op": "select", "table": "Operator", "where": [], "columns": ["name"]}])))
+    return sorted(r["name"] for r in out[0]["rows"])
+
+
 def local_cluster(root: str, members: int = 3, ports: list[int] | None = None, ip: str = "127.0.0.1",
-                  election_ms: int = ELECTION_MS) -> list[Member]:
-    """A whole cluster on this host (a test bed, a demo): Raft on unix sockets, clients on loopback TCP."""
+                  election_ms: int = ELECTION_MS, pki_dir: str | None = None,
+                  operators: tuple[str, ...] = ()) -> list[Member]:
+    """A whole cluster on this host (a test bed, a demo): Raft on unix sockets, clients on loopback TCP; with
+    `pki_dir` (a CA made by cloudweave.pki), TLS: each member gets a certificate named store-1, store-2, ..., clients
+    connect on ssl: with RBAC, and Raft runs over ssl: on loopback."""
     if ports is None:
         ports = [free_port(ip) for _ in range(members)]
+    raft_ports = [free_port(ip) for _ in range(members)] if pki_dir else []
     out: list[Member] = []
     for i in range(members):
         d = os.path.join(root, f"s{i + 1}")
-        raft = f"unix:{os.path.join(os.path.abspath(d), 'raft.sock')}"
-        listen = f"ptcp:{ports[i]}:{ip}"
-        if i == 0:
-            out.append(create(d, raft, listen, election_ms))
+        if pki_dir:
+            got = pki.issue(pki_dir, f"store-{i + 1}", "store")
+            tls: tuple[str, str, str] | None = (got.key, got.cert, got.ca)
+            raft, listen = f"ssl:{ip}:{raft_ports[i]}", f"pssl:{ports[i]}:{ip}"
         else:
-            out.append(join(d, raft, [m.raft for m in out], listen))
+            tls = None
+            raft, listen = f"unix:{os.path.join(os.path.abspath(d), 'raft.sock')}", f"ptcp:{ports[i]}:{ip}"
+        if i == 0:
+            out.append(create(d, raft, listen, election_ms, tls=tls, operators=operators))
+        else:
+            out.append(join(d, raft, [m.raft for m in out], listen, tls=tls))
     for m in out:
         start(m)
     wait_formed(out)

@@ -14,7 +14,7 @@ from cloudweave.store.policy import CHUNK, PolicyFiles, from_chunks, read_files,
 from cloudweave.store.shards import assignment, site_shards
 from cloudweave.te.engine import TrafficEngineer
 from cloudweave.te.predict import Predictor
-from controller.replica import _shares_of, _te_doc, _write_te
+from controller.replica import _next_hops_of, _shares_of, _te_doc, _write_te
 
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=3 * CHUNK)
 
@@ -132,3 +132,16 @@ def test_the_traffic_engineers_state_goes_into_rows_and_comes_back():
     del eng.predictors[other]
     _write_te(txn, tables, eng.to_json())  # a key that went is removed
     assert len(tables["Demand"].rows) == 1
+
+
+def test_a_sites_next_hop_is_its_masters_row_else_the_newest_by_a_listed_replica():
+    def row(site, mac, by, at):
+        return SimpleNamespace(site=site, mac=mac, learned_by=by, learned_at=at)
+
+    rows = [row("a", "02:00:00:00:00:01", "r1", 10.0), row("a", "02:00:00:00:00:02", "r2", 20.0),
+            row("b", "02:00:00:00:00:03", "r1", 5.0), row("b", "02:00:00:00:00:04", "r2", 6.0),
+            row("c", "02:66:66:66:66:66", "east", 99.0)]  # a name no replica has: a site certificate, say
+    got = dict(_next_hops_of(rows, {"a": "r1", "b": "", "c": "r1"}, {"r1", "r2"}))
+    assert got == {"a": "02:00:00:00:00:01", "b": "02:00:00:00:00:04"}
+    # the site's master is believed even before its Replica row is seen
+    assert dict(_next_hops_of(rows, {"c": "east"}, set())) == {"c": "02:66:66:66:66:66"}
