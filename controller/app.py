@@ -68,6 +68,8 @@ class CloudweaveApp(app_manager.OSKenApp):
         conf = cfg.CONF
         self.connections = connections.install()
         self.settings = Settings.from_env(conf.ofp_listen_host, conf.ofp_tcp_listen_port)
+        if self.settings.tls:  # python-ovs's ssl: sessions (the store's, sites' OVSDB) present this certificate
+            LOG.info("TLS as '%s' to ssl: peers", use_tls(*self.settings.tls))
         self.metrics = Metrics()
         self.metrics.watch_connections(self.connections)
         if self.settings.metrics:
@@ -99,6 +101,12 @@ class CloudweaveApp(app_manager.OSKenApp):
             # Starting without it would release every quarantined endpoint at once.
             LOG.error("%s; not starting (repair or remove the file)", exc)
             raise SystemExit(1) from None
+        plain = [s.name for s in self.core.state.model.sites if s.ovsdb.startswith("ssl:")] \
+            if not self.settings.tls else []
+        if plain:
+            LOG.error("site %s: ovsdb %s needs this controller's --private-key, --certificate and --ca-cert; "
+                      "not starting", plain[0], self.core.state.model.site(plain[0]).ovsdb)
+            raise SystemExit(1)
         targets = (lambda: self.replica.targets) if self.replica else None
         self.ovsdb = OvsdbService(self.settings, self.metrics, lambda: self.core.published, targets)
         self.limits = ConnLimitService(self.metrics, lambda: self.core.published)
@@ -109,8 +117,6 @@ class CloudweaveApp(app_manager.OSKenApp):
         """With a store: the stored policy (imported from the file when the store has none), written out to
         this replica's policy directory, which the core then compiles from; the shares in force."""
         st = self.settings
-        if st.tls and "ssl:" in (st.store or ""):
-            use_tls(*st.tls)
         self.replica = ReplicaService(st.replica, st.store, st.switch_target, st.policy_dir, self.metrics)
         version, path = self.replica.fetch_policy(st.config or None, st.import_policy)
         LOG.info("replica %s: store %s, policy version %d (written out to %s)", st.replica, st.store, version,

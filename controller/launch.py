@@ -19,24 +19,23 @@ LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 def check_listen(listen: str, key: str | None = None, cert: str | None = None, ca: str | None = None,
                  store: str | None = None) -> None:
     """Refuse at start what would otherwise fail later or silently: an unknown scheme, `ssl:` (the listener
-    or a store remote) without its key, certificate and CA (or with files that cannot be read), TLS files
-    that nothing would use. A cleartext `tcp:` listener off loopback is allowed, with a warning (anyone on
-    that network could speak OpenFlow to it)."""
+    or a store remote) without its key, certificate and CA, one or two of the three, or a file that cannot
+    be read. The files are this controller's for every TLS peer (also sites' `ovsdb: ssl:`, which the core
+    checks once the file is loaded). A cleartext `tcp:` listener off loopback is allowed, with a warning
+    (anyone on that network could speak OpenFlow to it)."""
     scheme, sep, rest = listen.partition(":")
     if not sep or scheme not in ("tcp", "ssl", "unix"):
         raise ListenError(f"unknown scheme '{scheme if sep else listen}': use ssl:HOST:PORT, tcp:HOST:PORT or "
                           "unix:/path")
     tls = (key, cert, ca)
-    if scheme == "ssl" or "ssl:" in (store or ""):
+    if scheme == "ssl" or "ssl:" in (store or "") or any(tls):
         missing = [n for n, v in zip(("--private-key", "--certificate", "--ca-cert"), tls, strict=True) if not v]
         if missing:
-            what = "TLS" if scheme == "ssl" else "the store's ssl: remotes"
+            what = "TLS" if any(tls) or scheme == "ssl" else "the store's ssl: remotes"
             raise ListenError(f"{what} needs {', '.join(missing)} (cloudweave pki issue DIR NAME --kind replica)")
         for path in tls:
             if not os.access(path, os.R_OK):
                 raise ListenError(f"cannot read {path}")
-    elif any(tls):
-        raise ListenError("--private-key, --certificate and --ca-cert are for an ssl: listener or ssl: store")
     if scheme in ("tcp", "ssl"):
         host, _, port = rest.rpartition(":")
         if not port.isdigit() or not 0 < int(port) < 65536:

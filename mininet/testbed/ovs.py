@@ -49,7 +49,11 @@ class OvsInstance:
             os.unlink(db)
         self._check(["ovsdb-tool", "create", db, SCHEMA])
         r = self.rundir
+        # As ovs-ctl starts it: managers and SSL files from the database, so `ovs-vsctl set-ssl` and
+        # `set-manager pssl:...` serve OVSDB over TLS to a controller on another host.
         self.run(f"ovsdb-server {db} --remote=punix:{self.db_sock} --pidfile={r}/ovsdb-server.pid "
+                 "--remote=db:Open_vSwitch,Open_vSwitch,manager_options --private-key=db:Open_vSwitch,SSL,private_key "
+                 "--certificate=db:Open_vSwitch,SSL,certificate --ca-cert=db:Open_vSwitch,SSL,ca_cert "
                  f"--unixctl={r}/ovsdb-server.ctl --log-file={r}/ovsdb-server.log --detach")
         self.vsctl("--no-wait", "init")
         self.start_vswitchd()

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from cloudweave import pki
 from cloudweave.config import load_model
@@ -23,6 +24,7 @@ from tests.ovs.test_wire import NAT, edit_reaches, programmed
 
 pytestmark = pytest.mark.ovs
 EAST_IP, WEST_IP = "10.254.0.1", "10.254.0.2"
+OVSDB_PORT = 6640
 
 
 @pytest.fixture
@@ -41,6 +43,13 @@ def tls_sites(tmp_path):
         for site in ("east", "west"):
             issued = pki.issue(d, site, "site")
             sites.instances[site].vsctl("set-ssl", issued.key, issued.cert, issued.ca)
+        # west's OVSDB too is reached across the management link, over TLS with the same certificate
+        sites.instances["west"].vsctl("set-manager", f"pssl:{OVSDB_PORT}:{WEST_IP}")
+        with open(sites.config) as fh:
+            doc = yaml.safe_load(fh)
+        doc["sites"]["west"]["ovsdb"] = f"ssl:{WEST_IP}:{OVSDB_PORT}"
+        with open(sites.config, "w") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
         yield sites, d, f"cwm{tag}w"
     finally:
         sites.stop()  # the namespaces go, and the veth with them
@@ -62,9 +71,23 @@ def test_openflow_over_mutual_tls_serves_the_sites_and_refuses_everyone_else(tls
     argv = ["ip", "netns", "exec", east_ns, sys.executable, "-m", "cloudweave", "run", sites.config,
             "--listen", listen, "--private-key", ctl_files.key, "--certificate", ctl_files.cert,
             "--ca-cert", ctl_files.ca, "--metrics", "off"]
+    # What crosses the management link while the controller starts: west's OVSDB session (the bridge, its
+    # ports, the tunnel) and its OpenFlow session, both in TLS records; never a name in clear.
+    start_capture = str(tmp_path / "start.frames")
+    sniffer = subprocess.Popen(["ip", "netns", "exec", west_ns, sys.executable, "-m", "testkit.tls_peer",
+                                "sniff", mgmt_west, "8", start_capture], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the sniffer is listening
     ctl = Controller(sites.config, sites.workdir, [], argv).start()
     try:
         programmed(sites, ctl)  # both switches, over TLS (west's across the management link)
+        said = sniffer.communicate(timeout=30)[0].strip()
+        frames = open(start_capture, "rb").read()
+        assert int(said.split()[1]) > 0 and b"\x17\x03\x03" in frames, said
+        assert b"br-int" not in frames and b"Open_vSwitch" not in frames and b"monitor" not in frames
+        assert "ovsdb ssl:" not in ctl.log() and "Traceback" not in ctl.log()
+        wait_for(lambda: sites.instances["west"].vsctl("--bare", "--columns=is_connected", "list",
+                                                       "manager").strip() == "true", 10,
+                 what="the controller's OVSDB session at west's manager")
         targets = {s: o.vsctl("get", "controller", "br-int", "target").strip() for s, o in sites.instances.items()}
         assert set(targets.values()) == {f'"{listen}"'}, targets
         assert "Traceback" not in ctl.log()

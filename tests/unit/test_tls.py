@@ -100,8 +100,11 @@ def test_a_listen_address_is_checked_at_start(tmp_path, caplog):
         check_listen("ssl:10.0.0.1:6653", str(key))
     with pytest.raises(ListenError, match="cannot read /nonexistent"):
         check_listen("ssl:10.0.0.1:6653", str(key), str(key), "/nonexistent")
-    with pytest.raises(ListenError, match="are for an ssl: listener"):
-        check_listen("tcp:127.0.0.1:6653", str(key), str(key), str(key))
+    with pytest.raises(ListenError, match="TLS needs --ca-cert"):
+        check_listen("tcp:127.0.0.1:6653", str(key), str(key))
+    with pytest.raises(ListenError, match="the store's ssl: remotes needs --private-key"):
+        check_listen("tcp:127.0.0.1:6653", store="ssl:10.0.0.1:6641")
+    check_listen("tcp:127.0.0.1:6653", str(key), str(key), str(key))  # for sites' ovsdb: ssl:
     with pytest.raises(ListenError, match="'66x' is not a port"):
         check_listen("tcp:127.0.0.1:66x")
     check_listen("tcp:127.0.0.1:6653")
