@@ -86,6 +86,7 @@ class ReplicaService:
         self._posted: dict[str, Any] = {}
         self.coordinator = False
         self.targets: tuple[str, ...] = (target,)  # every replica's target template, own included
+        self._refused_targets: set[tuple[str, str]] = set()  # said once each
         self._te_lock = threading.Lock()
         self._quarantine_lock = threading.Lock()
         self._quarantine_writes: list[Any] = []  # entries the core made, to write (under _quarantine_lock)
@@ -261,7 +262,17 @@ class ReplicaService:
             row.mastered = sorted(snap.mastered or ()) if snap is not None else []
 
         self.main.commit(build)
-        self.targets = tuple(sorted({r.target for r in self.main.rows("Replica")} | {self.target}))
+        snap = self._published()
+        listed = snap.state.model.replicas if snap is not None else None
+        rows = tuple((r.name, r.target) for r in self.main.rows("Replica"))
+        targets, refused = allowed_targets(rows, listed, (self.name, self.target))
+        if targets:  # never empty: a bridge whose controller list empties loses its flows
+            self.targets = targets
+        for name, target in refused:
+            if (name, target) not in self._refused_targets:
+                LOG.warning("replica %s's target %s is not on the policy's replicas list: no switch is pointed at "
+                            "it", name, target)
+        self._refused_targets = set(refused)
 
     def _follow_policy(self) -> None:
         pol = ops.latest_policy(self.main.rows("Policy"))
@@ -525,6 +536,19 @@ class ReplicaService:
         if auto != self._posted.get("shares"):
             self._posted["shares"] = auto
             self._post(WeightsAdopted(auto))
+
+
+def allowed_targets(rows: tuple[tuple[str, str], ...], listed: tuple[tuple[str, str], ...] | None,
+                    own: tuple[str, str]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(the controller targets written into every bridge, the (name, target) rows refused). Without a
+    `replicas:` list in the policy, every replica's row and this one's own; with it, only the listed pairs
+    of replicas that have a row (or are this one)."""
+    if listed is None:
+        return tuple(sorted({t for _, t in rows} | {own[1]})), ()
+    allowed = set(listed)
+    present = {pair for pair in rows if pair in allowed} | ({own} & allowed)
+    refused = tuple(sorted(pair for pair in set(rows) | {own} if pair not in allowed))
+    return tuple(sorted({t for _, t in present})), refused
 
 
 def _next_hops_of(rows: list[Any], masters: dict[str, str], replicas: set[str]) -> tuple:

@@ -20,6 +20,7 @@ from cloudweave.config.filters import Names, read_filters
 from cloudweave.config.flowlogs import read_detection, read_flow_logs
 from cloudweave.config.model import TUNNEL_PREFIX, Endpoint, Link, Model, Segment, Site
 from cloudweave.config.nat import check_nat, forwards_list, port_range, read_forwards, with_default_gateway
+from cloudweave.config.replicas import read_replicas
 from cloudweave.config.routes import check_routes, read_routes
 from cloudweave.config.security import check_groups, read_groups
 from cloudweave.config.yamlpos import LDict, LList, known_keys, load_located, show
@@ -58,11 +59,12 @@ ENDPOINT: Schema = {
 TRAFFIC: Schema = {"poll_interval": (v.between_s(0.5, 3600.0), False)}
 MIN_SUBNET_PREFIX = 8  # a segment wider than a /8 is a typo (a /0 would claim every address)
 TOP_KEYS = ("version", "include", "sites", "links", "segments", "endpoints",
-            "security_groups", "routes", "cloud_policy", "filters", "flow_logs", "detection", "traffic")
+            "security_groups", "routes", "cloud_policy", "filters", "flow_logs", "detection", "traffic",
+            "replicas")
 MAX_PROBLEMS = 1000  # kept and printed; the rest are counted
 NAMED_SECTIONS = ("sites", "segments", "endpoints", "security_groups")
 LIST_SECTIONS = ("links", "routes", "cloud_policy", "filters")
-SINGLE_SECTIONS = ("flow_logs", "detection", "traffic")  # a mapping, given once in all the files
+SINGLE_SECTIONS = ("flow_logs", "detection", "traffic", "replicas")  # a mapping, given once in all the files
 
 
 @dataclass
@@ -374,12 +376,13 @@ def _build(merged: dict[str, Any], c: _Collector, files: tuple[str, ...], cache:
         group_names, c.error, c.warn)
     filters = read_filters(merged.get("filters", []), Names(site_by_name, {e.name: e for e in endpoints}, group_names),
                            c.error, c.warn) if merged.get("filters") else []
+    replicas = read_replicas(*merged["replicas"], c.error) if "replicas" in merged else None
     flow_logs = read_flow_logs(*merged["flow_logs"], c.error) if "flow_logs" in merged else None
     detection = read_detection(*merged["detection"], flow_logs, group_names | {e.name for e in endpoints},
                                {s.name for s in segments}, c.error, c.warn) if "detection" in merged else None
     return Model(sites=tuple(sites), links=tuple(links), segments=tuple(segments), endpoints=tuple(endpoints),
                  poll_interval_s=poll, security_groups=tuple(groups), routes=tuple(routes), filters=tuple(filters),
-                 flow_logs=flow_logs, detection=detection, files=files)
+                 flow_logs=flow_logs, detection=detection, files=files, replicas=replicas)
 
 
 def _is_address(text: str) -> bool:

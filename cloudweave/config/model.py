@@ -336,6 +336,7 @@ class Model:
     flow_logs: FlowLogs | None = None
     detection: Detection | None = None
     files: tuple[str, ...] = field(default=(), compare=False)
+    replicas: tuple[tuple[str, str], ...] | None = None  # (name, controller target) allowed; None: any
 
     def site(self, name: str) -> Site:
         return self._sites[name]

@@ -60,7 +60,7 @@ def test_unknown_key_and_section(tmp_path):
         "t.yaml:3:61: unknown key 'brige' in site 'a' (expected one of: dpid, vtep, ovsdb, bridge, datapath, "
         "uplink, nat_ip, uplink_gateway, nat_ports)",
         "t.yaml:12:1: unknown section 'colour' (expected one of: version, include, sites, links, segments, "
-        "endpoints, security_groups, routes, cloud_policy, filters, flow_logs, detection, traffic)",
+        "endpoints, security_groups, routes, cloud_policy, filters, flow_logs, detection, traffic, replicas)",
     ]
 
 
@@ -181,3 +181,17 @@ def test_an_address_reads_as_ipaddress_reads_it(text):
     except Invalid:
         got = None
     assert got == (want if isinstance(want, ipaddress.IPv4Address) else None)
+
+
+def test_the_replicas_list_names_each_replica_and_its_target(tmp_path):
+    path = tmp_path / "listed.yaml"
+    path.write_text(GOOD + "replicas:\n  r2: ssl:10.0.0.12:6653\n  r1: 'unix:/run/cw/r1.sock'\n")
+    assert load_model(str(path))[0].replicas == (("r1", "unix:/run/cw/r1.sock"), ("r2", "ssl:10.0.0.12:6653"))
+    lines = GOOD.count("\n")
+    got = problems(tmp_path, GOOD + "replicas:\n  r1: ssl:10.0.0.11\n  'r 2': ssl:10.0.0.12:6653\n")
+    assert got == [f"t.yaml:{lines + 2}:7: replicas: r1: 'ssl:10.0.0.11' is not a controller target "
+                   "(ssl:HOST:PORT, tcp:HOST:PORT or unix:/path)",
+                   f"t.yaml:{lines + 3}:3: replicas: 'r 2' is not a replica name (letters, digits, '_', '.', '-'; "
+                   "its certificate's name)"]
+    assert problems(tmp_path, GOOD + "replicas: []\n")[0].endswith("replicas must be a mapping of replica name to "
+                                                                   "its controller target (ssl:HOST:PORT)")

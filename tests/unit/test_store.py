@@ -145,3 +145,17 @@ def test_a_sites_next_hop_is_its_masters_row_else_the_newest_by_a_listed_replica
     assert got == {"a": "02:00:00:00:00:01", "b": "02:00:00:00:00:04"}
     # the site's master is believed even before its Replica row is seen
     assert dict(_next_hops_of(rows, {"c": "east"}, set())) == {"c": "02:66:66:66:66:66"}
+
+
+def test_only_the_policys_listed_replicas_targets_reach_the_bridges():
+    from controller.replica import allowed_targets
+
+    rows = (("r1", "ssl:10.0.0.11:6653"), ("r2", "ssl:10.0.0.12:6653"), ("east", "ssl:10.6.6.6:6653"),
+            ("r2", "ssl:10.6.6.7:6653"))
+    own = ("r1", "ssl:10.0.0.11:6653")
+    assert allowed_targets(rows, None, own)[0] == ("ssl:10.0.0.11:6653", "ssl:10.0.0.12:6653", "ssl:10.6.6.6:6653",
+                                                  "ssl:10.6.6.7:6653")
+    listed = (("r1", "ssl:10.0.0.11:6653"), ("r2", "ssl:10.0.0.12:6653"), ("r3", "ssl:10.0.0.13:6653"))
+    targets, refused = allowed_targets(rows, listed, own)
+    assert targets == ("ssl:10.0.0.11:6653", "ssl:10.0.0.12:6653")  # r3 has no row: not running
+    assert refused == (("east", "ssl:10.6.6.6:6653"), ("r2", "ssl:10.6.6.7:6653"))
