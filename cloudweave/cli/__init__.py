@@ -501,6 +501,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--replicas", type=int, default=0, metavar="N",
                    help="start a 3-member store and N controller replicas instead of one controller "
                         "(docs/replicas.md)")
+    t.add_argument("--tls", action="store_true",
+                   help="as across hosts: a PKI made for the run (in WORKDIR/pki), a management network joining "
+                        "every site and this host, switches connected over ssl:, each site's OVSDB on pssl: "
+                        "(FILE's ovsdb: are rewritten to those addresses), with --replicas a TLS store with "
+                        "RBAC (docs/deploy.md)")
     t = tsub.add_parser("exec", help="run a command in an endpoint's namespace; exits with its status")
     t.add_argument("host")
     t.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")

@@ -25,6 +25,7 @@ from cloudweave.flows.compile import compile_site
 from cloudweave.flows.cookies import OWNER, OWNER_MASK
 from cloudweave.launch import PYTHON_M
 from cloudweave.store.cluster import free_port
+from cloudweave.testbed import tls
 from cloudweave.testbed.ovs import OvsInstance, alive, kill
 from cloudweave.testbed.state import State
 
@@ -98,8 +99,10 @@ def plug_underlay(ovs: OvsInstance, peer: str, peer_vtep: str) -> None:
     ovs.appctl("tnl/neigh/set", UNDERLAY_BRIDGE, peer_vtep, underlay_mac(peer))
 
 
-def site_rundir(model: Model, site: str) -> str:
+def site_rundir(model: Model, site: str, state: State | None = None) -> str:
     rundir = model.site(site).ovsdb_dir
+    if rundir is None and state is not None and site in state.sites:  # --tls: the file names its ssl: address
+        return state.sites[site]["rundir"]
     if rundir is None:
         raise TestbedError(f"site {site}: the test bed needs 'ovsdb: unix:/path/db.sock', got "
                            f"'{model.site(site).ovsdb}'")
@@ -107,27 +110,36 @@ def site_rundir(model: Model, site: str) -> str:
 
 
 def start_replica(state: State, model: Model, name: str, import_file: bool = False) -> subprocess.Popen:
-    """Start (or start again) one replica of a test bed: its socket linked into every site's run directory, its
-    pid and log in the state file (so that `down` stops it whoever started it)."""
-
-    sock = os.path.join(state.workdir, f"{name}.sock")
+    """Start (or start again) one replica of a test bed: its socket linked into every site's run directory (or,
+    with --tls, an ssl: listener on the management network, on the port it had before), its pid and log in the
+    state file (so that `down` stops it whoever started it)."""
     log = os.path.join(state.workdir, f"{name}.log")
-    for site in model.sites:
-        link = os.path.join(site_rundir(model, site.name), f"{name}.sock")
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(sock, link)
     metrics = f"127.0.0.1:{free_port()}"
+    if state.tls:
+        target = state.replicas.get(name, {}).get("target") or f"ssl:{tls.HOST_IP}:{free_port(tls.HOST_IP)}"
+        listen = ["--listen", target, *tls.tls_args(tls_bed(state), name)]
+    else:
+        sock = os.path.join(state.workdir, f"{name}.sock")
+        for site in model.sites:
+            link = os.path.join(site_rundir(model, site.name, state), f"{name}.sock")
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(sock, link)
+        target = f"unix:{sock}"
+        listen = ["--listen", target, "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock"]
     argv = [*PYTHON_M, "cloudweave", "run", *([state.topology] if import_file else []),
-            "--store", state.store["remotes"], "--replica", name, "--listen", f"unix:{sock}",
-            "--switch-target", "unix:{ovsdb_dir}/" + f"{name}.sock", "--metrics", metrics]
+            "--store", state.store["remotes"], "--replica", name, *listen, "--metrics", metrics]
     env = dict(os.environ, CLOUDWEAVE_POLICY_DIR=os.path.join(state.workdir, f"{name}-policy"))
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    state.replicas[name] = {"pid": proc.pid, "target": f"unix:{sock}", "log": log, "metrics": metrics}
+    state.replicas[name] = {"pid": proc.pid, "target": target, "log": log, "metrics": metrics}
     state.controller = {"pid": 0, "target": f"{len(state.replicas)} replicas", "log": log}
     state.save()
     return proc
+
+
+def tls_bed(state: State) -> tls.TlsBed:
+    return tls.TlsBed(state.tls["pki"], tuple(sorted(state.tls["addresses"].items())))
 
 
 class Testbed:
@@ -141,7 +153,7 @@ class Testbed:
 
     # ---- build --------------------------------------------------------------------------------------------
 
-    def build(self, controller_target: str | None, metrics: str, replicas: int = 0) -> None:
+    def build(self, controller_target: str | None, metrics: str, replicas: int = 0, with_tls: bool = False) -> None:
         clash = ({s.name for s in self.model.sites} | {INTERNET}) & {e.name for e in self.model.endpoints}
         if clash:
             raise TestbedError(f"names used by both a site and an endpoint: {', '.join(sorted(clash))}")
@@ -153,6 +165,8 @@ class Testbed:
             self._internet()
         for ep in self.model.endpoints:
             self._endpoint(ep)
+        if with_tls:
+            self._management(replicas)
         if replicas:
             self._start_replicas(replicas)
             return
@@ -239,9 +253,32 @@ class Testbed:
             host.cmd(f"ip route add default via {seg.gateway} dev eth0")
         self.ovs[ep.site].vsctl("--may-exist", "add-port", self.model.site(ep.site).bridge, ep.port)
 
+    def _management(self, replicas: int) -> None:
+        """--tls: the PKI, the management network, each switch's TLS; the file's ovsdb: become ssl:."""
+        from cloudweave.config import load_model
+
+        names = ("operator", *(f"r{i + 1}" for i in range(replicas))) if replicas else ("controller",)
+        sites = {s.name: self.nodes[s.name] for s in self.model.sites}
+        bed, node = tls.build(self.state.workdir, sites, self.ovs, names, self.state.others)
+        self.nodes[tls.MGMT] = node
+        self.state.tls = {"pki": bed.pki, "addresses": dict(bed.addresses)}
+        self.state.save()
+        tls.point_ovsdb(self.state.topology, bed)
+        self.model = load_model(self.state.topology)[0]
+
     def _start_controller(self, metrics: str) -> str:
-        sock = os.path.join(self.state.workdir, "controller.sock")
         log = os.path.join(self.state.workdir, "controller.log")
+        if self.state.tls:
+            target = f"ssl:{tls.HOST_IP}:{free_port(tls.HOST_IP)}"
+            argv = [*PYTHON_M, "cloudweave", "run", self.state.topology, "--listen", target,
+                    *tls.tls_args(tls_bed(self.state), "controller"), "--metrics", metrics,
+                    "--state", os.path.join(self.state.workdir, "te-state.json")]
+            with open(log, "wb") as fh:
+                self.controller = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.state.controller = {"pid": self.controller.pid, "target": target, "log": log}
+            self.state.save()
+            return target
+        sock = os.path.join(self.state.workdir, "controller.sock")
         # OVS connects only to unix sockets inside its own run directory: link ours into each site's.
         for site in self.model.sites:
             link = os.path.join(site_rundir(self.model, site.name), SITE_CONTROLLER_SOCK)
@@ -269,7 +306,8 @@ class Testbed:
             shutil.rmtree(store_dir)  # a new test bed starts with a new store
         self.state.store = {"members": [os.path.join(store_dir, f"s{i + 1}") for i in range(3)], "remotes": ""}
         self.state.save()
-        members = cluster.local_cluster(store_dir, 3)
+        members = cluster.local_cluster(store_dir, 3, pki_dir=self.state.tls.get("pki"),
+                                        operators=("operator", "r1") if self.state.tls else ())
         self.state.store["remotes"] = ",".join(m.remote for m in members)
         self.state.save()
         for i in range(count):
@@ -287,6 +325,10 @@ class Testbed:
 
         if not self.state.store:
             return quarantine.load(paths.default_quarantine_path(self.state.topology))
+        if self.state.tls:
+            from cloudweave.store.client import use_tls
+
+            use_tls(*tls_bed(self.state).files("operator"))
         lst = StoredList(self.state.store["remotes"], "testbed")
         try:
             return lst.load()

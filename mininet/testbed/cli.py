@@ -19,7 +19,7 @@ UP_TIMEOUT_S = 180.0
 
 
 def up(topology: str, workdir: str, controller: str | None = None, metrics: str = "127.0.0.1:9108",
-       replicas: int = 0) -> int:
+       replicas: int = 0, tls: bool = False) -> int:
     existing = State.load(workdir)
     if existing is not None and alive(existing.keeper_pid):
         print(f"cloudweave: a test bed is already running in {workdir} (keeper pid {existing.keeper_pid}); "
@@ -37,6 +37,8 @@ def up(topology: str, workdir: str, controller: str | None = None, metrics: str 
         argv += ["--controller", controller]
     if replicas:
         argv += ["--replicas", str(replicas)]
+    if tls:
+        argv.append("--tls")
     log = os.path.join(workdir, "testbed.log")
     with open(log, "ab") as fh:
         keeper = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -151,7 +153,11 @@ def main(args: argparse.Namespace) -> int:
         if args.replicas and args.controller:
             print("cloudweave: --replicas starts its own controllers: not with --controller", file=sys.stderr)
             return 2
-        return up(args.topology, workdir, args.controller, replicas=args.replicas)
+        if args.tls and args.controller:
+            print("cloudweave: --tls starts its own controller (with the run's certificates): not with "
+                  "--controller", file=sys.stderr)
+            return 2
+        return up(args.topology, workdir, args.controller, replicas=args.replicas, tls=args.tls)
     if args.action == "down":
         return down(workdir, args.force)
     if args.action == "status":

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller", default=None)
     p.add_argument("--metrics", default="127.0.0.1:9108")
     p.add_argument("--replicas", type=int, default=0)
+    p.add_argument("--tls", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = State(workdir=os.path.abspath(args.workdir), topology=os.path.abspath(args.topology),
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, _ = load_model(state.topology)
         bed = Testbed(model, state)
-        bed.build(args.controller, args.metrics, args.replicas)
+        bed.build(args.controller, args.metrics, args.replicas, args.tls)
         bed.wait_for_flows()
     except (ConfigError, Exception) as exc:  # noqa: BLE001 - report any failure through the state file
         traceback.print_exc()

@@ -22,6 +22,8 @@ from cloudweave.testbed.traffic import iperf, ns_argv, probe
 from testkit.harness import ROOT, free_port, rewrite_topology, wait_for
 
 pytestmark = pytest.mark.testbed
+# CLOUDWEAVE_TESTBED_TLS=1: every test bed as across hosts (testbed up --tls); CI runs some suites both ways.
+TLS = os.environ.get("CLOUDWEAVE_TESTBED_TLS") == "1"
 # The userspace datapath's revalidators push flow statistics about twice a second; counters read sooner lag.
 STATS_SETTLE_S = 1.5
 
@@ -33,7 +35,7 @@ def bring_up(tmp_path_factory, name: str, edit=None, replicas: int = 0):
     model = load_model(src)[0]
     topo = str(workdir / f"{name}.yaml")
     rewrite_topology(src, topo, {s.name: str(workdir / s.name) for s in model.sites}, edit)
-    rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}", replicas=replicas)
+    rc = up(topo, str(workdir), metrics=f"127.0.0.1:{free_port()}", replicas=replicas, tls=TLS)
     if rc != 0:
         down(str(workdir), force=True)
         log = (workdir / "testbed.log").read_text()[-3000:]
