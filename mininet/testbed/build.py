@@ -116,7 +116,7 @@ def start_replica(state: State, model: Model, name: str, import_file: bool = Fal
     log = os.path.join(state.workdir, f"{name}.log")
     metrics = f"127.0.0.1:{free_port()}"
     if state.tls:
-        target = state.replicas.get(name, {}).get("target") or f"ssl:{tls.HOST_IP}:{free_port(tls.HOST_IP)}"
+        target = state.replicas.get(name, {}).get("target") or f"ssl:{state.tls['host']}:{free_port(state.tls['host'])}"
         listen = ["--listen", target, *tls.tls_args(tls_bed(state), name)]
     else:
         sock = os.path.join(state.workdir, f"{name}.sock")
@@ -139,7 +139,7 @@ def start_replica(state: State, model: Model, name: str, import_file: bool = Fal
 
 
 def tls_bed(state: State) -> tls.TlsBed:
-    return tls.TlsBed(state.tls["pki"], tuple(sorted(state.tls["addresses"].items())))
+    return tls.TlsBed(state.tls["pki"], tuple(sorted(state.tls["addresses"].items())), state.tls["host"])
 
 
 class Testbed:
@@ -257,11 +257,11 @@ class Testbed:
         """--tls: the PKI, the management network, each switch's TLS; the file's ovsdb: become ssl:."""
         from cloudweave.config import load_model
 
-        names = ("operator", *(f"r{i + 1}" for i in range(replicas))) if replicas else ("controller",)
+        names = ("operator", *(f"r{i + 1}" for i in range(replicas))) if replicas else ("operator", "controller")
         sites = {s.name: self.nodes[s.name] for s in self.model.sites}
         bed, node = tls.build(self.state.workdir, sites, self.ovs, names, self.state.others)
         self.nodes[tls.MGMT] = node
-        self.state.tls = {"pki": bed.pki, "addresses": dict(bed.addresses)}
+        self.state.tls = {"pki": bed.pki, "addresses": dict(bed.addresses), "host": bed.host}
         self.state.save()
         tls.point_ovsdb(self.state.topology, bed)
         self.model = load_model(self.state.topology)[0]
@@ -269,7 +269,8 @@ class Testbed:
     def _start_controller(self, metrics: str) -> str:
         log = os.path.join(self.state.workdir, "controller.log")
         if self.state.tls:
-            target = f"ssl:{tls.HOST_IP}:{free_port(tls.HOST_IP)}"
+            host = self.state.tls["host"]
+            target = f"ssl:{host}:{free_port(host)}"
             argv = [*PYTHON_M, "cloudweave", "run", self.state.topology, "--listen", target,
                     *tls.tls_args(tls_bed(self.state), "controller"), "--metrics", metrics,
                     "--state", os.path.join(self.state.workdir, "te-state.json")]

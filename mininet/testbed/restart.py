@@ -145,7 +145,7 @@ def restart_ovs(workdir: str, site: str, flow_restore_wait: bool = True) -> Rest
         raise LookupError(f"no site named '{site}' (sites: {', '.join(sorted(state.sites))})")
     model = load_model(state.topology)[0]
     run = _ns_run(state.sites[site]["pid"])
-    ovs = OvsInstance(site_rundir(model, site), run=run)
+    ovs = OvsInstance(site_rundir(model, site, state), run=run)
     started = time.monotonic()
     bridges = _bridges(ovs)
     saved: dict[str, tuple[str, str]] = {}

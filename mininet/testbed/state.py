@@ -23,7 +23,7 @@ class State:
     others: dict[str, int] = field(default_factory=dict)  # other namespaces (the "internet") -> shell pid
     replicas: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"pid", "target", "log", "metrics"}
     store: dict[str, Any] = field(default_factory=dict)  # {"remotes", "members": [member directories]}
-    tls: dict[str, Any] = field(default_factory=dict)  # --tls: {"pki": dir, "addresses": {site: management IP}}
+    tls: dict[str, Any] = field(default_factory=dict)  # --tls: {"pki", "addresses": {site: IP}, "host"}
 
     @property
     def path(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,7 @@ from cloudweave.testbed.ovs import OvsInstance
 
 MGMT = "mgmt"  # the management network's namespace (in the state file's `others`)
 MGMT_BRIDGE = "mbr"
-MGMT_NET = "10.253.0."  # /24: sites .1 up, this host .254
-HOST_IP = MGMT_NET + "254"
+MGMT_NETS = "10.253."  # each test bed takes a free 10.253.X.0/24: sites .1 up, this host .254
 OVSDB_PORT = 6640
 
 
@@ -30,6 +30,7 @@ OVSDB_PORT = 6640
 class TlsBed:
     pki: str  # the run's CA and every certificate
     addresses: tuple[tuple[str, str], ...]  # site -> its management address
+    host: str  # this host's management address, where the controllers listen
 
     def files(self, name: str) -> tuple[str, str, str]:
         return (os.path.join(self.pki, f"{name}-key.pem"), os.path.join(self.pki, f"{name}-cert.pem"),
@@ -42,6 +43,15 @@ class TlsBed:
 def host_link_name(workdir: str) -> str:
     """This host's end of the management link: unique per test bed (several may run on one host)."""
     return "cwmg" + hashlib.blake2b(os.path.abspath(workdir).encode(), digest_size=5).hexdigest()
+
+
+def free_network() -> str:
+    """`10.253.X.` of a /24 that no interface of this host is on (two test beds may run at once)."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    for x in range(256):
+        if f" {MGMT_NETS}{x}." not in used:
+            return f"{MGMT_NETS}{x}."
+    raise RuntimeError(f"no free {MGMT_NETS}X.0/24 for a management network")
 
 
 def build(workdir: str, sites: dict[str, Host], ovs: dict[str, OvsInstance], names: tuple[str, ...],
@@ -59,9 +69,10 @@ def build(workdir: str, sites: dict[str, Host], ovs: dict[str, OvsInstance], nam
     others[MGMT] = node.pid
     node.cmd(f"sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip link set lo up; ip link add {MGMT_BRIDGE} type bridge; "
              f"ip link set {MGMT_BRIDGE} up")
+    net = free_network()
     addresses = []
     for i, (site, site_node) in enumerate(sorted(sites.items()), start=1):
-        ip = f"{MGMT_NET}{i}"
+        ip = f"{net}{i}"
         there = ("mg-" + site)[:15]
         Link(site_node, node, intfName1="mg0", intfName2=there)
         node.cmd(f"ip link set {there} master {MGMT_BRIDGE} up")
@@ -72,8 +83,8 @@ def build(workdir: str, sites: dict[str, Host], ovs: dict[str, OvsInstance], nam
     if os.system(f"ip link add {here} type veth peer name mg-host netns {node.pid}") != 0:
         raise RuntimeError(f"cannot create the management link {here}")
     node.cmd(f"ip link set mg-host master {MGMT_BRIDGE} up")
-    os.system(f"ip addr add {HOST_IP}/24 dev {here}; ip link set {here} up")
-    bed = TlsBed(d, tuple(addresses))
+    os.system(f"ip addr add {net}254/24 dev {here}; ip link set {here} up")
+    bed = TlsBed(d, tuple(addresses), f"{net}254")
     for site in sites:
         key, cert, ca = bed.files(site)
         ovs[site].vsctl("set-ssl", key, cert, ca)
