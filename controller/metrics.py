@@ -45,6 +45,9 @@ class Metrics:
         self.replica_shards = Gauge("cloudweave_replica_shards", "Shards this replica masters", registry=r)
         self.replica_claims = Counter("cloudweave_replica_claims", "Shard claims committed by this replica",
                                       registry=r)
+        self.replica_forged_claims = Counter(
+            "cloudweave_replica_forged_claims", "Shard rows naming a master the policy does not list, claimed again "
+            "by this replica (it held the lock)", registry=r)
         self.ovsdb_syncs = Counter("cloudweave_ovsdb_syncs", "OVSDB syncs of a site's bridge", ["site", "result"],
                                    registry=r)
 

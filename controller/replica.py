@@ -87,6 +87,7 @@ class ReplicaService:
         self.coordinator = False
         self.targets: tuple[str, ...] = (target,)  # every replica's target template, own included
         self._refused_targets: set[tuple[str, str]] = set()  # said once each
+        self._forged: dict[str, tuple[str, int]] = {}  # shard -> the unlisted claim last taken back
         self._te_lock = threading.Lock()
         self._quarantine_lock = threading.Lock()
         self._quarantine_writes: list[Any] = []  # entries the core made, to write (under _quarantine_lock)
@@ -303,11 +304,25 @@ class ReplicaService:
 
     # ---- claims ----------------------------------------------------------------------------------------------
 
+    def _listed(self) -> set[str] | None:
+        """The replicas the policy lists (`replicas:`); None without the section (any replica may master)."""
+        snap = self._published()
+        listed = snap.state.model.replicas if snap is not None else None
+        return None if listed is None else {name for name, _ in listed}
+
     def _shard_step(self, shard: str, idl: client.StoreIdl, now: float) -> None:
         if not idl.holds_lock:
             self._claimed.discard(shard)
             return
         if shard in self._claimed:
+            return
+        listed = self._listed()
+        if listed is not None and self.name not in listed:
+            if now - self._passed_at.get(shard, 0.0) >= HANDOFF_S:
+                self._passed_at[shard] = now
+                LOG.warning("shard %s: this replica (%s) is not on the policy's replicas list; it claims nothing",
+                            shard, self.name)
+                self._requeue(idl, shard)  # let a listed replica have the lock
             return
         row = self._shard_row(idl, shard)
         if row is None:
@@ -369,8 +384,19 @@ class ReplicaService:
                     LOG.warning("shard %s: site %s's switch holds generation %d, above this claim (%d): claiming "
                                 "again above it", shard, site, behind[site], self.mine[shard])
                     self._claimed.discard(shard)  # the next step claims again, while the lock is held
+        listed = self._listed()
         for shard, gen in list(self.mine.items()):
             row = rows.get(shard)
+            if row is not None and listed is not None and row.owner and row.owner not in listed:
+                # A claim by a name the policy does not list (the store cannot tie a Shard row to its lock:
+                # cloudweave.store.rbac): this replica still holds the lock, so it claims again over it.
+                if self._forged.get(shard) != (row.owner, row.generation):  # once per forged row
+                    self._forged[shard] = (row.owner, row.generation)
+                    LOG.warning("shard %s: the store names '%s' as its master, which is not on the policy's "
+                                "replicas list; claiming it again", shard, row.owner)
+                    self.metrics.replica_forged_claims.inc()
+                    self._claimed.discard(shard)
+                continue
             if row is not None and (row.generation > gen or (row.generation == gen and row.owner != self.name)):
                 LOG.info("shard %s: now mastered by %s (generation %d); this replica is slave there", shard,
                          row.owner, row.generation)

@@ -14,6 +14,7 @@ import yaml
 from os_ken.lib.packet import arp, ethernet, packet
 
 from cloudweave.flows.compile import compile_site
+from cloudweave.store import client
 from controller.core import Core
 from controller.messages import PacketIn, QuarantineAlarm, SwitchUp, Tick
 from controller.metrics import Metrics
@@ -80,10 +81,22 @@ def turn_until(members: list[Member], done, timeout_s: float, what: str) -> None
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
+    yield from _cluster(tmp_path, monkeypatch, listed=False)
+
+
+@pytest.fixture
+def listed_cluster(tmp_path, monkeypatch):
+    """The same, with the policy's `replicas:` list naming r1 and r2."""
+    yield from _cluster(tmp_path, monkeypatch, listed=True)
+
+
+def _cluster(tmp_path, monkeypatch, listed: bool):
     monkeypatch.setattr(SwitchSession, "start", lambda self: None)  # this thread steps each session
     with open(os.path.join(ROOT, "topologies", "three-clouds.yaml")) as fh:
         doc = yaml.safe_load(fh)
     doc["sites"]["cloud2"]["uplink_gateway"] = GATEWAY
+    if listed:
+        doc["replicas"] = {name: f"unix:/nonexistent/{name}.sock" for name in ("r1", "r2")}
     config = str(tmp_path / "fabric.yaml")
     with open(config, "w") as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
@@ -144,3 +157,23 @@ def test_mastership_quarantine_and_next_hops_go_through_the_store(cluster):
     assert dict(nat_master.core.state.next_hops)["cloud2"] == GATEWAY_MAC
     turn_until([r1, r2], lambda: dict(follower.core.state.next_hops).get("cloud2") == GATEWAY_MAC, 10,
                "the next hop at the other replica")
+
+
+def test_a_claim_by_a_name_the_policy_does_not_list_is_taken_back_by_the_lock_holder(listed_cluster):
+    (r1, r2), store = listed_cluster
+    sites = {s.name for s in r1.core.state.model.sites}
+    turn_until([r1, r2], lambda: masters(r1) | masters(r2) == sites, 30, "every site mastered")
+    owner = r1 if "cloud1" in masters(r1) else r2
+    shard = dict(owner.core.published.site_shards)["cloud1"]
+    forger = client.connect(store.remotes, ["Shard"])
+    try:
+        def forge(txn, tables):
+            row = next(r for r in tables["Shard"].rows.values() if r.name == shard)
+            row.owner, row.generation = "east", row.generation + 100
+        assert forger.commit(forge)[0] == client.SUCCESS
+    finally:
+        forger.close()
+    turn_until([r1, r2], lambda: {r["owner"] for r in store_rows(store.remotes, "Shard") if r["name"] == shard}
+               == {owner.name}, 10, "the lock holder claiming its shard again")
+    assert "cloud1" in masters(owner)
+    assert owner.service.metrics.replica_forged_claims._value.get() == 1
