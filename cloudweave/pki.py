@@ -106,6 +106,22 @@ def peer_identity(peercert: dict[str, Any] | None) -> tuple[str | None, frozense
     return subject.get("organizationalUnitName"), frozenset(names)
 
 
+def tls_files(key: str | None, cert: str | None, ca: str | None) -> tuple[str, str, str] | None:
+    """A process's --private-key, --certificate and --ca-cert, as absolute paths: None when none is given;
+    PkiError when only some are, or one cannot be read."""
+    given = (key, cert, ca)
+    if not any(given):
+        return None
+    missing = [n for n, v in zip(("--private-key", "--certificate", "--ca-cert"), given, strict=True) if not v]
+    if missing:
+        raise PkiError(f"TLS needs {', '.join(missing)} too (cloudweave pki issue DIR NAME --kind KIND)")
+    for path in given:
+        if not os.access(path, os.R_OK):  # type: ignore[arg-type]
+            raise PkiError(f"cannot read {path}")
+    a, b, c = (os.path.abspath(p) for p in given)  # type: ignore[type-var]
+    return a, b, c
+
+
 def certificate_name(path: str) -> str:
     """The CN of the certificate in `path`: the name a peer knows its holder by (ovsdb-server's RBAC uses
     exactly this)."""

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+from cloudweave.pki import PkiError, tls_files
+
 
 class ListenError(ValueError):
     """A listen address that cannot be served as given: the message says why."""
@@ -27,15 +29,14 @@ def check_listen(listen: str, key: str | None = None, cert: str | None = None, c
     if not sep or scheme not in ("tcp", "ssl", "unix"):
         raise ListenError(f"unknown scheme '{scheme if sep else listen}': use ssl:HOST:PORT, tcp:HOST:PORT or "
                           "unix:/path")
-    tls = (key, cert, ca)
-    if scheme == "ssl" or "ssl:" in (store or "") or any(tls):
-        missing = [n for n, v in zip(("--private-key", "--certificate", "--ca-cert"), tls, strict=True) if not v]
-        if missing:
-            what = "TLS" if any(tls) or scheme == "ssl" else "the store's ssl: remotes"
-            raise ListenError(f"{what} needs {', '.join(missing)} (cloudweave pki issue DIR NAME --kind replica)")
-        for path in tls:
-            if not os.access(path, os.R_OK):
-                raise ListenError(f"cannot read {path}")
+    try:
+        files = tls_files(key, cert, ca)
+    except PkiError as exc:
+        raise ListenError(str(exc)) from None
+    if files is None and (scheme == "ssl" or "ssl:" in (store or "")):
+        what = "TLS" if scheme == "ssl" else "the store's ssl: remotes"
+        raise ListenError(f"{what} needs --private-key, --certificate, --ca-cert (cloudweave pki issue DIR NAME "
+                          "--kind replica)")
     if scheme in ("tcp", "ssl"):
         host, _, port = rest.rpartition(":")
         if not port.isdigit() or not 0 < int(port) < 65536:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from cloudweave.config import ConfigError, load_model
 from cloudweave.config.model import Model
-from cloudweave.pki import PkiError
+from cloudweave.pki import PkiError, tls_files
 from cloudweave.store.client import StoreUnavailable, use_tls
 
 
@@ -36,16 +35,9 @@ def add_store_tls(p: argparse.ArgumentParser) -> None:
 
 def use_store_tls(args: argparse.Namespace) -> str | None:
     """Give this process the TLS files of `args` (add_store_tls); the certificate's name, or None without."""
-    files = (args.private_key, args.certificate, args.ca_cert)
-    if not any(files):
-        return None
-    if not all(files):
-        raise StoreUnavailable("give all three of --private-key, --certificate and --ca-cert")
-    for path in files:
-        if not os.access(path, os.R_OK):
-            raise StoreUnavailable(f"cannot read {path}")
     try:
-        return use_tls(*files)
+        files = tls_files(args.private_key, args.certificate, args.ca_cert)
+        return use_tls(*files) if files else None
     except PkiError as exc:
         raise StoreUnavailable(str(exc)) from None
 

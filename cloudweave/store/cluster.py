@@ -67,20 +67,16 @@ def _checked_tls(raft: str, listen: str, tls: tuple[str, str, str] | None) -> tu
     missing."""
     client_remote(listen)
     needs = [a for a in (raft, listen) if a.startswith(("ssl:", "pssl:"))]
-    if tls is None or not any(tls):
-        if needs:
-            raise StoreError(f"{needs[0]} needs the member's --private-key, --certificate and --ca-cert "
-                             "(cloudweave pki issue DIR NAME --kind replica)")
-        return None
-    if not all(tls):
-        raise StoreError("give all three of --private-key, --certificate and --ca-cert")
-    for path in tls:
-        if not os.access(path, os.R_OK):
-            raise StoreError(f"cannot read {path}")
-    if not needs:
+    try:
+        files = pki.tls_files(*(tls or (None, None, None)))
+    except pki.PkiError as exc:
+        raise StoreError(str(exc)) from None
+    if files is None and needs:
+        raise StoreError(f"{needs[0]} needs the member's --private-key, --certificate and --ca-cert "
+                         "(cloudweave pki issue DIR NAME --kind store)")
+    if files is not None and not needs:
         raise StoreError("TLS files given, but neither --raft nor --listen is ssl:/pssl:")
-    a, b, c = (os.path.abspath(p) for p in tls)
-    return a, b, c
+    return files
 
 
 def _run(*argv: str, timeout: float = 30) -> str:
