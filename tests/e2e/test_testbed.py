@@ -40,12 +40,16 @@ def bring_up(tmp_path_factory, name: str, edit=None, replicas: int = 0):
         down(str(workdir), force=True)
         log = (workdir / "testbed.log").read_text()[-3000:]
         pytest.fail(f"test bed did not come up:\n{log}")
-    if TLS:  # this process reads the TLS store as the bed's operator (store_rows, quarantine --store)
-        from cloudweave.store.client import use_tls
-        from cloudweave.testbed.build import tls_bed
+    try:
+        if TLS:  # this process reads the TLS store as the bed's operator (store_rows, quarantine --store)
+            from cloudweave.store.client import use_tls
+            from cloudweave.testbed.build import tls_bed
 
-        use_tls(*tls_bed(State.load(str(workdir))).files("operator"))
-    return str(workdir), load_model(topo)[0]
+            use_tls(*tls_bed(State.load(str(workdir))).files("operator"))
+        return str(workdir), load_model(topo)[0]
+    except BaseException:
+        down(str(workdir), force=True)  # the bed is up: a failure here must not leave it running
+        raise
 
 
 @pytest.fixture(scope="module")
