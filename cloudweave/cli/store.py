@@ -47,6 +47,9 @@ def cmd_store(args: argparse.Namespace) -> int:
             print("remotes: " + ",".join(m.remote for m in members))
         elif args.action == "status":
             return _member_status([cluster.load(d) for d in args.dir])
+        elif args.action == "upgrade":
+            said = cluster.upgrade(cluster.load(args.dir), tuple(args.operator))
+            print(f"{args.dir}: {said}")
         elif args.action == "operator":
             m = cluster.load(args.dir)
             if args.op in ("add", "remove"):
@@ -245,6 +248,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--election-timer", type=int, default=cluster.ELECTION_MS)
     t.add_argument("--pki", default=None, metavar="DIR",
                    help="a CA (cloudweave pki init DIR): TLS clients and Raft, members' certificates issued there")
+    t.add_argument("--operator", action="append", default=[], metavar="NAME",
+                   help="a certificate name that may apply policies (repeat)")
+    t = ssub.add_parser("upgrade", help="convert a running store to this version's schema (online), with the "
+                                        "RBAC role; the policy in force is kept")
+    t.add_argument("dir", help="a running member's directory (its unix socket is used)")
     t.add_argument("--operator", action="append", default=[], metavar="NAME",
                    help="a certificate name that may apply policies (repeat)")
     t = ssub.add_parser("operator", help="who may apply policies: add, remove or list the certificate names, "

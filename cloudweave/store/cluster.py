@@ -20,6 +20,7 @@ import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from cloudweave import pki
 from cloudweave.store import DB, LOCAL_SCHEMA, SCHEMA, rbac
@@ -206,6 +207,38 @@ def add_operator(m: Member, name: str, remove: bool = False) -> None:
     errors = [r for r in out if isinstance(r, dict) and "error" in r]
     if errors and errors[0].get("error") != "constraint violation":  # the index: already an operator
         raise StoreError(f"operator {name}: {errors[0].get('error')}: {errors[0].get('details', '')}")
+
+
+def upgrade(m: Member, operators: tuple[str, ...] = ()) -> str:
+    """Convert a running store to this version's schema, online, through the member's unix socket, and give
+    it the RBAC role (and `operators`) if it has none: a store made before 1.3.0 has neither. Policy stopped
+    being a root table in 1.3.0 (a row lives while an Operator row points at it), so the policy in force is
+    carried over under an Operator row named `upgrade:OLD-VERSION`, which no certificate of our PKI can
+    have. What it did, in a sentence."""
+    sock = f"unix:{m.path('db.sock')}"
+
+    def transact(*ops: Any) -> list[Any]:
+        return json.loads(_run("ovsdb-client", "transact", sock, json.dumps([DB, *ops])))
+
+    before = _run("ovsdb-client", "get-schema-version", sock, DB).strip()
+    kept = transact({"op": "select", "table": "Policy", "where": []})[0]["rows"]
+    _run("ovsdb-client", "convert", sock, SCHEMA, timeout=120)
+    said = []
+    if kept and not transact({"op": "select", "table": "Policy", "where": []})[0]["rows"]:
+        row = {k: v for k, v in max(kept, key=lambda r: r["version"]).items() if not k.startswith("_")}
+        transact({"op": "insert", "table": "Policy", "uuid-name": "p", "row": row},
+                 {"op": "insert", "table": "Operator",
+                  "row": {"name": f"upgrade:{before}", "policy": ["named-uuid", "p"]}})
+        said.append(f"policy version {row['version']} kept")
+    if not transact({"op": "select", "table": "RBAC_Role", "where": [["name", "==", rbac.ROLE]]})[0]["rows"]:
+        transact(*rbac.seed_operations(DB, ())[1:])
+        said.append("RBAC role added")
+    for name in operators:
+        add_operator(m, name)
+    if operators:
+        said.append(f"operators {', '.join(operators)}")
+    after = _run("ovsdb-client", "get-schema-version", sock, DB).strip()
+    return ", ".join([f"schema {before} -> {after}", *said])
 
 
 def operators(m: Member) -> list[str]:

@@ -57,7 +57,11 @@ def transact(store: Store, c: pki.Issued, *ops: dict) -> list:
 
 def select(store: Store, table: str) -> list[dict]:
     """Rows as root sees them, through a member's unix socket."""
-    out = subprocess.run(["ovsdb-client", "transact", f"unix:{store.members[0].path('db.sock')}", json.dumps(
+    return select_at(f"unix:{store.members[0].path('db.sock')}", table)
+
+
+def select_at(remote: str, table: str) -> list[dict]:
+    out = subprocess.run(["ovsdb-client", "transact", remote, json.dumps(
         [DB, {"op": "select", "table": table, "where": []}])], capture_output=True, text=True, timeout=20)
     return json.loads(out.stdout)[0]["rows"]
 
@@ -175,3 +179,37 @@ def test_a_replica_over_tls_is_its_certificate(bed):
             return {r["owner"] for r in select(store, "Shard")}
         wait_for(lambda: mastered() == {"r2"}, 30, what="r2 mastering every shard")
         assert [r["name"] for r in select(store, "Replica") if r["name"] == "r2"] == ["r2"]
+
+
+def test_a_store_of_the_previous_schema_is_upgraded_online_with_its_role(tmp_path):
+    """A 1.2.0 store (no RBAC, Policy a root table) converted in place by `cloudweave store upgrade`."""
+    old = os.path.join(os.path.dirname(__file__), "cloudweave-1.2.0.ovsschema")
+    d = str(tmp_path / "old")
+    os.makedirs(d)
+    m = cluster.Member(d, f"unix:{d}/raft.sock", f"ptcp:{cluster.free_port()}:127.0.0.1")
+    subprocess.run(["ovsdb-tool", "create-cluster", m.path("cloudweave.db"), old, m.raft], check=True)
+    cluster._prepare(m)
+    cluster.start(m)
+    try:
+        cluster.wait_formed([m])
+        sock = f"unix:{m.path('db.sock')}"
+        subprocess.run(["ovsdb-client", "transact", sock, json.dumps(
+            [DB, {"op": "insert", "table": "Policy", "row": {"version": 7, "applied_by": "old", "digest": "d7",
+                                                             "chunks": ["map", [[0, "{}"]]]}}])],
+            check=True, capture_output=True)
+        out = subprocess.run([sys.executable, "-m", "cloudweave", "store", "upgrade", d, "--operator", "alice"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "schema 1.2.0 -> 1.3.0, policy version 7 kept, RBAC role added, operators alice" in out.stdout
+        assert cluster.operators(m) == ["alice", "upgrade:1.2.0"]
+        [kept] = select_at(sock, "Policy")
+        assert (kept["version"], kept["digest"], kept["applied_by"]) == (7, "d7", "old")
+        assert [r["name"] for r in select_at(sock, "RBAC_Role")] == ["cloudweave"]
+        out = subprocess.run([sys.executable, "-m", "cloudweave", "apply", TOPOLOGY, "--store", m.remote],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert out.returncode == 0 and "policy version 8 applied" in out.stdout, out.stderr
+        out = subprocess.run([sys.executable, "-m", "cloudweave", "store", "upgrade", d], capture_output=True,
+                             text=True, cwd=ROOT, timeout=120)
+        assert out.stdout.endswith(": schema 1.3.0 -> 1.3.0\n"), out.stdout + out.stderr  # again: nothing to add
+    finally:
+        cluster.stop(m)
