@@ -454,7 +454,8 @@ class ReplicaService:
     def _next_hops(self) -> None:
         """Write the next hops this replica learned at the sites it masters, one row per (site, replica): the
         store lets a certificate write only rows of its own name (cloudweave.store.rbac). Tell the core, per
-        site, the row of the site's master, else the newest row of a replica the store lists."""
+        site, the row of the site's master, else the newest row of a replica (of the policy's list, if it has
+        one; else of the store's)."""
         snap = self._published()
         mine = {r.site: r for r in self.main.rows("NextHop") if r.learned_by == self.name}
         if snap is not None:
@@ -469,8 +470,12 @@ class ReplicaService:
                                                                         learned_by=self.name)
                         row.mac, row.learned_at = mac, time.time()
                 self.main.commit(build)
-        stored = _next_hops_of(self.main.rows("NextHop"), self._site_masters(snap),
-                               {r.name for r in self.main.rows("Replica")})
+        # With the policy's replicas list, only listed names count (a Shard or Replica row is writable by any
+        # certificate of the CA); without it, the replicas the store knows.
+        listed = self._listed()
+        known = listed if listed is not None else {r.name for r in self.main.rows("Replica")}
+        masters = {s: m for s, m in self._site_masters(snap).items() if listed is None or m in listed}
+        stored = _next_hops_of(self.main.rows("NextHop"), masters, known)
         if stored != self._posted.get("next_hops"):
             self._posted["next_hops"] = stored
             self._post(NextHopsStored(stored))
