@@ -38,8 +38,8 @@ HELD = ("quarantine", "limited")  # records of what a quarantine or an outside a
 class _Collector:
     """One site's socket, the observation domain its records must carry, and what it has counted."""
 
-    def __init__(self, site: str, sock: socket.socket, key: tuple, domain: int):
-        self.site, self.sock, self.key, self.domain = site, sock, key, domain
+    def __init__(self, site: str, sock: socket.socket, key: tuple, domain: int, sender: str):
+        self.site, self.sock, self.key, self.domain, self.sender = site, sock, key, domain, sender
         self.decoder = Decoder()
         self.socket_drops = 0
         self.lost_said = (0, 0)  # sequence gaps and undecodable sets counted so far
@@ -118,12 +118,13 @@ class FlowLogService:
     def _open(self, site: Any) -> None:
         key = self._key(site)
         try:
-            sock = udp_socket("127.0.0.1", 0, key[2])
+            host, sender = collector_address(site.ovsdb)
+            sock = udp_socket(host, 0, key[2])
         except OSError as exc:
             LOG.error("site %s: no flow-log socket: %s", site.name, exc)
             self.retry_at[site.name] = time.monotonic() + RETRY_S
             return
-        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        target = f"{host}:{sock.getsockname()[1]}"
         db = None
         try:
             db = SiteOvsdb(site)
@@ -136,7 +137,8 @@ class FlowLogService:
         finally:
             if db is not None:
                 db.close()
-        c = _Collector(site.name, sock, key, site_domain(self.published().state.flowlog_key, site.name, site.dpid))
+        c = _Collector(site.name, sock, key, site_domain(self.published().state.flowlog_key, site.name, site.dpid),
+                       sender)
         self.collectors[site.name] = c
         self.selector.register(sock, selectors.EVENT_READ, c)
         LOG.info("site %s: flow-log collector on %s%s (IPFIX row created: templates come at once)", site.name,
@@ -156,7 +158,7 @@ class FlowLogService:
                 data, anc, _, sender = c.sock.recvmsg(65535, socket.CMSG_SPACE(4))
             except BlockingIOError:
                 break
-            cause = _rejected(data, sender, c.domain)
+            cause = _rejected(data, sender, c.domain, c.sender)
             if cause is not None:
                 # Before the decoder sees it: a template from another domain is never learned either.
                 self.metrics.flowlog_rejected.labels(c.site, cause).inc()
@@ -231,11 +233,27 @@ class FlowLogService:
             os.replace(self.path, self.path + ".1")
 
 
-def _rejected(data: bytes, sender: Any, domain: int) -> str | None:
-    """Why a datagram is not believed, or None. OVS sends from this host's loopback (the collector's socket is
-    bound there, in vswitchd's namespace), and every record of a site carries the site's domain."""
+def collector_address(ovsdb: str) -> tuple[str, str]:
+    """(where the site's collector listens, whom its datagrams must come from). A site on this host (a unix
+    OVSDB socket): its vswitchd's loopback, in its namespace. A site on another host (`ssl:IP:PORT`): this
+    host's address on the route to IP, and the datagrams must come from IP, the address its OVSDB is
+    reached at (OVS sends IPFIX from its host's address on the route back). IPFIX has no TLS in OVS: records
+    cross that network readable, authenticated by the site's domain (docs/deploy.md)."""
+    scheme, _, rest = ovsdb.partition(":")
+    if scheme not in ("ssl", "tcp"):
+        return "127.0.0.1", "127."
+    ip = rest.rpartition(":")[0].strip("[]")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((ip, 9))  # no datagram is sent: the kernel picks the source address of the route
+        return probe.getsockname()[0], ip
+
+
+def _rejected(data: bytes, sender: Any, domain: int, expect: str = "127.") -> str | None:
+    """Why a datagram is not believed, or None: it must come from `expect` (an address, or "127." for the
+    switch's own loopback when the collector's socket is bound there, in vswitchd's namespace), and every
+    record of a site carries the site's domain."""
     host = sender[0] if isinstance(sender, tuple) and sender else ""
-    if not host.startswith("127."):
+    if not (host.startswith(expect) if expect.endswith(".") else host == expect):
         return "sender"
     if len(data) >= 16 and struct.unpack_from("!I", data, 12)[0] != domain:
         return "domain"

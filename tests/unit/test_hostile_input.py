@@ -275,3 +275,14 @@ def test_flow_monitor_updates_are_read_from_bytes_and_never_trusted():
         list(fm.updates(fm.RawFlowUpdates(junk)))  # ends, whatever the lengths say
     raw = fm.request(5)
     assert len(raw) == 40 and raw[1] == 18 and struct.unpack_from("!H", raw, 8)[0] == 16  # OFPMP_FLOW_MONITOR
+
+
+def test_a_remote_sites_records_must_come_from_its_address():
+    from controller.flowlog_service import collector_address
+
+    assert collector_address("unix:/run/x/db.sock") == ("127.0.0.1", "127.")
+    assert collector_address("ssl:127.0.0.1:6640") == ("127.0.0.1", "127.0.0.1")
+    h = bytes(12) + (0xABCD).to_bytes(4, "big")
+    assert _rejected(h, ("10.253.0.1", 4739), 0xABCD, "10.253.0.1") is None
+    assert _rejected(h, ("10.253.0.11", 4739), 0xABCD, "10.253.0.1") == "sender"  # not a prefix match
+    assert _rejected(h, ("127.0.0.1", 4739), 0xABCD, "10.253.0.1") == "sender"
